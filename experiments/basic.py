@@ -1,0 +1,107 @@
+"""The foundation commands: ``extract``, ``generate`` and ``info``.
+
+Each takes a composed config (``conf/<command>.yaml``) and prints its result;
+errors are raised and turned into one line by `experiments.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import steering as st
+
+
+def _load(cfg: DictConfig):  # -> (model, tokenizer)
+    return st.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+
+
+def _layers(value: object) -> list[int] | int | None:
+    if value is None:
+        return None
+    if isinstance(value, (ListConfig, list, tuple)):
+        return [int(v) for v in value]
+    return int(value)  # type: ignore[arg-type]
+
+
+def extract_command(cfg: DictConfig) -> Path:
+    """Extract a vector from ``cfg.data`` and save it to ``cfg.out``."""
+    out = Path(cfg.out)
+    if out.suffix != ".safetensors":
+        raise st.SteeringError(f"out={out}: the output file must end in .safetensors")
+    pairs = st.load_pairs(cfg.data)
+    model, tok = _load(cfg)
+    vector = st.extract(
+        model,
+        tok,
+        pairs,
+        _layers(cfg.layers),
+        method=cfg.method,
+        position=cfg.position,
+        site=cfg.site,
+        batch_size=int(cfg.batch_size),
+    )
+    vector.save(out)
+    norms = ", ".join(f"{i}: {n:.3f}" for i, n in vector.norms().items())
+    print(f"saved {out} ({vector.method}, {vector.n_pairs} pairs, {vector.site}, position={vector.position}; norms {norms})")
+    return out
+
+
+def generate_command(cfg: DictConfig) -> dict[float, str]:
+    """Print the completion of ``cfg.prompt`` at each coefficient (and unsteered with compare)."""
+    model, tok = _load(cfg)
+    vector = None
+    if cfg.vector is not None:
+        vector = st.SteeringVector.load(cfg.vector, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))
+    coefs = [float(c) for c in cfg.coef] if isinstance(cfg.coef, ListConfig) else [float(cfg.coef)]
+    if vector is None:
+        coefs = [0.0]
+    elif cfg.compare and 0.0 not in coefs:
+        coefs = [0.0, *coefs]
+    gen = {"do_sample": bool(cfg.do_sample)}
+    if cfg.do_sample:
+        gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
+    results: dict[float, str] = {}
+    for coef in coefs:
+        import torch
+
+        torch.manual_seed(int(cfg.seed))
+        steered = vector if coef != 0.0 else None
+        if steered is not None and cfg.layers is not None:
+            steered = steered.select(_layers(cfg.layers) if isinstance(cfg.layers, (ListConfig, list)) else [int(cfg.layers)])
+        text = st.generate(
+            model,
+            tok,
+            str(cfg.prompt),
+            steered,
+            coef,
+            max_new_tokens=int(cfg.max_new_tokens),
+            positions=cfg.positions,
+            mode=cfg.mode,
+            chat=cfg.chat,
+            **gen,
+        )
+        results[coef] = text
+        label = "unsteered" if coef == 0.0 else f"coef {coef:+g}"
+        if len(coefs) > 1:
+            print(f"--- {label} ---")
+        print(text.strip())
+    return results
+
+
+def info_command(path: str | Path) -> None:
+    """Print a vector file's metadata, layers and norms."""
+    vector = st.SteeringVector.load(path)
+    print(f"file: {path}")
+    for key, value in sorted(vector.metadata().items()):
+        print(f"  {key}: {value}")
+    print(f"layers ({len(vector.layers)}): {vector.layers}")
+    print("norms:")
+    for layer, norm in vector.norms().items():
+        print(f"  layer {layer:>3}: {norm:.4f}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (for logs and run folders)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,86 @@
+"""The ``steering`` command: ``steering <command> key=value ...``.
+
+Commands compose ``conf/<command>.yaml`` with Hydra overrides. Errors print one
+line and exit non-zero; set ``STEERING_DEBUG=1`` (or pass ``--debug``) for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+USAGE = """usage: steering <command> [key=value ...]
+
+commands:
+  extract   contrastive pairs -> steering vector (.safetensors)
+            steering extract data=sentiment layers=[10,12,14] method=mean_diff out=v.safetensors
+  generate  steered completion of a prompt
+            steering generate vector=v.safetensors coef=4 prompt="Tell me about your day." compare=true
+  info      metadata, layers and norms of a vector file
+            steering info v.safetensors
+
+Overrides use Hydra syntax (key=value, lists as [a,b]); see conf/<command>.yaml.
+Set STEERING_DEBUG=1 or pass --debug to see tracebacks."""
+
+
+def _extract(args: Sequence[str]) -> None:
+    from .basic import extract_command
+    from .config import compose_config
+
+    extract_command(compose_config("extract", args))
+
+
+def _generate(args: Sequence[str]) -> None:
+    from .basic import generate_command
+    from .config import compose_config
+
+    generate_command(compose_config("generate", args))
+
+
+def _info(args: Sequence[str]) -> None:
+    from .basic import info_command
+
+    paths = [a.split("=", 1)[1] if a.startswith("file=") else a for a in args]
+    if len(paths) != 1:
+        raise ValueError("info takes one vector file: steering info <file>.safetensors")
+    info_command(paths[0])
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
+    "extract": _extract,
+    "generate": _generate,
+    "info": _info,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("STEERING_DEBUG", "") not in ("", "0") or "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"steering: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this tool never fetches from a hub
+    try:
+        COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        print(f"steering {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for any failure, unless debugging
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"steering {command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

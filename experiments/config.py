@@ -1,0 +1,41 @@
+"""Compose the Hydra configs in ``conf/`` from ``key=value`` command-line overrides."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+# Keys whose values are free text or paths: quoted before Hydra parses them, so
+# a prompt may hold commas, colons or brackets without tripping its grammar.
+FREE_TEXT_KEYS = ("prompt", "out", "data", "vector", "model", "file")
+_OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[\w.]+)=(?P<value>.*)$", re.S)
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder that sits beside the ``experiments`` package."""
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def quote_free_text(overrides: Sequence[str]) -> list[str]:
+    """Quote the values of free-text keys (see `FREE_TEXT_KEYS`) unless already quoted."""
+    out = []
+    for item in overrides:
+        match = _OVERRIDE.match(item)
+        if match and match["key"].lstrip("+~").split(".")[-1] in FREE_TEXT_KEYS:
+            value = match["value"]
+            if not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"") and value != "null":
+                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+                item = f'{match["key"]}="{escaped}"'
+        out.append(item)
+    return out
+
+
+def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` with ``overrides`` (Hydra's own errors propagate)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=f"steering_{name}"):
+        return compose(config_name=name, overrides=quote_free_text(overrides))

@@ -1,0 +1,44 @@
+"""Mechanics of reading and writing a model's residual stream with forward hooks.
+
+An internal layer of the `steering` framework (users import `steering`); it
+knows nothing of steering vectors. Every registration is owned by a
+`HookGroup` that removes exactly what it added.
+"""
+
+from .errors import LayerError, SteeringError
+from .handles import HookGroup
+from .layers import decoder_layers, decoder_layers_path, decoder_stack, num_layers, resolve_layers, set_decoder_layers
+from .outputs import unpack, unpack_inputs
+from .patch import AblateOp, AddOp, Op, patch
+from .positions import POSITIONS, PositionTracker, past_length
+from .record import Recording, StopForward, capture, record, run_until_stopped
+from .sites import SITES, check_site, site_module
+
+__all__ = [
+    "POSITIONS",
+    "SITES",
+    "AblateOp",
+    "AddOp",
+    "HookGroup",
+    "LayerError",
+    "Op",
+    "PositionTracker",
+    "Recording",
+    "SteeringError",
+    "StopForward",
+    "capture",
+    "check_site",
+    "decoder_layers",
+    "decoder_layers_path",
+    "decoder_stack",
+    "num_layers",
+    "past_length",
+    "patch",
+    "record",
+    "resolve_layers",
+    "run_until_stopped",
+    "set_decoder_layers",
+    "site_module",
+    "unpack",
+    "unpack_inputs",
+]

@@ -1,0 +1,76 @@
+"""steering: activation steering (representation engineering) for Hugging Face causal LMs.
+
+Capture residual-stream activations with forward hooks, turn contrastive pairs
+into one direction per layer, save it as self-describing safetensors, and add
+or subtract it while generating.
+
+Example:
+    >>> import steering as st
+    >>> model, tok = st.load_model("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> vec = st.extract(model, tok, st.load_pairs("sentiment"), layers=[12])  # doctest: +SKIP
+    >>> vec.save("sentiment.safetensors")  # doctest: +SKIP
+    >>> st.generate(model, tok, "Tell me about your day.", vec, coef=4.0)  # doctest: +SKIP
+
+Importing this package registers no hooks and changes no global state.
+"""
+
+from hooks import (
+    SITES,
+    HookGroup,
+    LayerError,
+    Recording,
+    SteeringError,
+    decoder_layers,
+    record,
+    resolve_layers,
+    set_decoder_layers,
+)
+from vectors import (
+    METHODS,
+    ContrastPair,
+    DatasetError,
+    SteeringVector,
+    VectorFileError,
+    VectorMismatchError,
+    extract,
+    model_fingerprint,
+    register_method,
+)
+
+from .apply import attach, steer
+from .data import bundled_datasets, load_lines, load_pairs
+from .generate import generate
+from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "METHODS",
+    "MODEL_REGISTRY",
+    "SITES",
+    "ContrastPair",
+    "DatasetError",
+    "HookGroup",
+    "LayerError",
+    "ModelLoadError",
+    "Recording",
+    "SteeringError",
+    "SteeringVector",
+    "VectorFileError",
+    "VectorMismatchError",
+    "attach",
+    "bundled_datasets",
+    "decoder_layers",
+    "extract",
+    "generate",
+    "load_lines",
+    "load_model",
+    "load_pairs",
+    "model_fingerprint",
+    "record",
+    "register_method",
+    "resolve_layers",
+    "set_decoder_layers",
+    "steer",
+]

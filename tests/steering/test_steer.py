@@ -1,0 +1,227 @@
+"""Steering at inference: exactness against references, positions under the KV cache, cleanup."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hooks
+import steering as st
+from helpers import hook_count
+
+PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
+
+
+def _vector(model, layers=(1,), scale=3.0, seed=0) -> st.SteeringVector:
+    width = model.config.get_text_config().hidden_size
+    gen = torch.Generator().manual_seed(seed)
+    return st.SteeringVector(
+        {i: torch.randn(width, generator=gen) * scale for i in layers},
+        hidden_size=width,
+        num_layers=hooks.num_layers(model),
+        model_fingerprint=st.model_fingerprint(model),
+    )
+
+
+def _plain_generate(model, tok, prompts, max_new_tokens=6):
+    tok.padding_side = "left"
+    batch = tok.pad({"input_ids": [tok(p)["input_ids"] for p in prompts]}, return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+@torch.no_grad()
+def test_coef_zero_gives_plain_generate_tokens(tiny) -> None:
+    model, tok = tiny
+    vec = _vector(model, layers=(0, 1, 2))
+    plain = _plain_generate(model, tok, PROMPTS)
+    with st.steer(model, vec, coef=0.0):
+        steered = _plain_generate(model, tok, PROMPTS)
+    assert torch.equal(plain, steered)
+    with st.steer(model, vec, coef=8.0):
+        moved = _plain_generate(model, tok, PROMPTS)
+    assert not torch.equal(plain, moved)  # the vector really acts
+
+
+@torch.no_grad()
+def test_add_then_subtract_cancels(tiny) -> None:
+    model, tok = tiny
+    vec = _vector(model, layers=(0, 1))
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    with st.record(model, site="block_output") as ref:
+        model(**batch)
+    with st.steer(model, vec, coef=2.5), st.steer(model, -vec, coef=2.5), st.record(model, site="block_output") as rec:
+        model(**batch)
+    for layer in range(hooks.num_layers(model)):
+        torch.testing.assert_close(rec[layer], ref[layer], atol=1e-5, rtol=0)
+    # and the combined form cancels exactly
+    with st.steer(model, [(vec, 1.0), (vec, -1.0)]):
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, model(**batch).logits, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_patch_equals_manual_addition(tiny) -> None:
+    """block_output[i] steered == unsteered block_output[i] + coef * v, seen as block_input[i+1]."""
+    model, tok = tiny
+    vec = _vector(model, layers=(1,))
+    batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    with st.record(model, [1]) as ref:
+        model(**batch)
+    with st.steer(model, vec, coef=-1.5), st.record(model, [2], site="block_input") as rec:
+        model(**batch)
+    torch.testing.assert_close(rec[2], ref[1] - 1.5 * vec.directions[1], atol=1e-5, rtol=1e-5)
+
+
+def _reference_generate(model, tok, prompt, delta_layer, delta, positions, steps=6):
+    """Greedy decoding without a KV cache, adding ``delta`` by slicing the full sequence."""
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    prompt_len = ids.shape[1]
+    block = hooks.decoder_layers(model)[delta_layer]
+
+    def hook(module, args, output):
+        hidden, repack = hooks.unpack(output)
+        hidden = hidden.clone()
+        if positions == "prompt":
+            hidden[:, :prompt_len] += delta
+        else:
+            hidden[:, prompt_len:] += delta
+        return repack(hidden)
+
+    handle = block.register_forward_hook(hook)
+    try:
+        for _ in range(steps):
+            logits = model(input_ids=ids, use_cache=False).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    finally:
+        handle.remove()
+    return ids[0, prompt_len:]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_positions_match_full_sequence_reference(tiny, positions: str, use_cache: bool) -> None:
+    model, tok = tiny
+    vec = _vector(model, layers=(1,), scale=6.0)
+    expected = _reference_generate(model, tok, PROMPTS[0], 1, vec.directions[1], positions)
+    with st.steer(model, vec, coef=1.0, positions=positions):
+        out = model.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=6, do_sample=False, use_cache=use_cache)
+    got = out[0, -6:]
+    assert torch.equal(got, expected)
+
+
+@torch.no_grad()
+def test_generated_positions_leave_prompt_logits_alone(llama) -> None:
+    model, tok = llama
+    vec = _vector(model, layers=(0, 1), scale=10.0)
+    batch = tok(PROMPTS[0], return_tensors="pt")
+    plain = model(**batch).logits
+    with st.steer(model, vec, coef=1.0, positions="generated"):
+        steered = model(**batch).logits
+    with st.steer(model, vec, coef=1.0, positions="prompt"):
+        prompt_steered = model(**batch).logits
+    torch.testing.assert_close(steered, plain, atol=0, rtol=0)
+    assert not torch.allclose(prompt_steered, plain)
+
+
+@torch.no_grad()
+def test_left_padded_batch_equals_one_by_one(tiny) -> None:
+    model, tok = tiny
+    vec = _vector(model, layers=(0, 2), scale=2.0)
+    for positions in ("all", "generated"):
+        batched = st.generate(model, tok, PROMPTS, vec, coef=1.0, max_new_tokens=6, positions=positions)
+        alone = [st.generate(model, tok, p, vec, coef=1.0, max_new_tokens=6, positions=positions) for p in PROMPTS]
+        assert batched == alone
+
+
+@torch.no_grad()
+def test_ablate_removes_the_direction(tiny) -> None:
+    model, tok = tiny
+    vec = _vector(model, layers=(1,))
+    batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    unit = vec.directions[1] / vec.directions[1].norm()
+    with st.record(model, [1]) as ref:
+        model(**batch)
+    assert (ref[1] @ unit).abs().max() > 1e-3
+    with st.steer(model, vec, mode="ablate"), st.record(model, [2], site="block_input") as rec:
+        model(**batch)
+    assert (rec[2] @ unit).abs().max() < 1e-4
+    torch.testing.assert_close(rec[2], ref[1] - (ref[1] @ unit)[..., None] * unit, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_several_vectors_sum(llama) -> None:
+    model, tok = llama
+    a, b = _vector(model, (0, 1), seed=1), _vector(model, (1, 2), seed=2)
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    with st.steer(model, [(a, 1.5), (b, -0.5)]):
+        together = model(**batch).logits
+    with st.steer(model, 1.5 * a - 0.5 * b, coef=1.0):
+        combined = model(**batch).logits
+    torch.testing.assert_close(together, combined, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_layers_subset(llama) -> None:
+    model, tok = llama
+    vec = _vector(model, (0, 2))
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    with st.steer(model, vec, coef=3.0, layers=[2]):
+        subset = model(**batch).logits
+    with st.steer(model, vec.select([2]), coef=3.0):
+        selected = model(**batch).logits
+    torch.testing.assert_close(subset, selected, atol=0, rtol=0)
+    with pytest.raises(st.LayerError, match=r"layers \[1\] are not in the vector"):
+        st.steer(model, vec, layers=[1]).__enter__()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"coef": float("nan")}, "coef must be a finite number, got nan"),
+        ({"coef": math.inf}, "coef must be a finite number, got inf"),
+        ({"mode": "scale"}, "unknown mode 'scale'"),
+        ({"positions": "middle"}, "unknown positions 'middle'"),
+    ],
+)
+def test_bad_arguments_raise_and_leave_no_hooks(llama, kwargs, message) -> None:
+    model, _ = llama
+    baseline = hook_count(model)
+    with pytest.raises(st.SteeringError, match=message):
+        with st.steer(model, _vector(model), **kwargs):
+            pass
+    assert hook_count(model) == baseline
+
+
+def test_vector_for_another_model_shape(llama) -> None:
+    model, _ = llama
+    wide = st.SteeringVector({0: torch.ones(64)}, hidden_size=64, num_layers=3)
+    with pytest.raises(st.VectorMismatchError, match="hidden size 64 does not match the model's 32"):
+        st.attach(model, wide)
+    deep = st.SteeringVector({10: torch.ones(32)}, hidden_size=32, num_layers=30)
+    with pytest.raises(st.LayerError, match=r"layers \[10\] are out of range for a model with 3 layers"):
+        st.attach(model, deep)
+
+
+def test_attach_handle_repr_and_idempotent_remove(llama) -> None:
+    model, tok = llama
+    baseline = hook_count(model)
+    group = st.attach(model, _vector(model, (0, 2)), coef=2.0, positions="generated")
+    assert "layers=[0, 2]" in repr(group) and "coef=2.0" in repr(group) and "positions=generated" in repr(group)
+    assert hook_count(model) == baseline + 3
+    group.remove()
+    group.remove()
+    assert hook_count(model) == baseline
+
+
+def test_exception_inside_steer_removes_hooks(tiny) -> None:
+    model, tok = tiny
+    baseline = hook_count(model)
+    with pytest.raises(ValueError, match="inside"):
+        with st.steer(model, _vector(model, (0, 1, 2)), coef=1.0, positions="prompt"):
+            model(**tok(PROMPTS[:1], return_tensors="pt"))
+            raise ValueError("inside")
+    assert hook_count(model) == baseline

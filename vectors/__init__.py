@@ -1,0 +1,41 @@
+"""Steering vectors: contrastive pairs, extraction methods, the vector type and its files.
+
+An internal layer of the `steering` framework (users import `steering`); it
+builds on `hooks` and never imports upwards.
+"""
+
+from .extract import READ_POSITIONS, collect_stats, extract, pair_texts, read_indices
+from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write, load_vector, save_vector
+from .methods import METHODS, LayerStats, Method, get_method, register_method
+from .model_info import hidden_size, model_fingerprint, model_name
+from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
+from .vector import SteeringVector, VectorMismatchError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "METHODS",
+    "READ_POSITIONS",
+    "ContrastPair",
+    "DatasetError",
+    "LayerStats",
+    "Method",
+    "SteeringVector",
+    "VectorFileError",
+    "VectorMismatchError",
+    "as_pairs",
+    "atomic_write",
+    "collect_stats",
+    "dataset_sha256",
+    "extract",
+    "get_method",
+    "hidden_size",
+    "load_vector",
+    "model_fingerprint",
+    "model_name",
+    "pair_texts",
+    "read_indices",
+    "read_pairs",
+    "register_method",
+    "save_vector",
+]

@@ -1,0 +1,210 @@
+"""Turn contrastive pairs into a `SteeringVector`.
+
+For each batch of pairs, positives and negatives run in one padded forward
+pass (either padding side; explicit ``position_ids`` keep absolute-position
+models exact under left padding). Hooks reduce each layer's hidden states to
+one vector per text on the fly (``last``: last non-pad token; ``mean``: mean
+over the completion tokens) and fold them into running sums; the forward pass
+stops after the deepest requested layer.
+
+Text of a pair: with a prompt and a chat template, the templated user turn with
+the generation prompt, then the completion, tokenised without adding special
+tokens again; otherwise prompt and completion as plain text (with the
+tokenizer's usual special tokens, e.g. a BOS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hooks import SteeringError, capture, check_site, num_layers, resolve_layers, run_until_stopped
+
+from .methods import LayerStats, get_method
+from .model_info import hidden_size, model_fingerprint, model_name
+from .pairs import ContrastPair, as_pairs, dataset_sha256
+from .vector import SteeringVector
+
+Position = Literal["last", "mean"]
+READ_POSITIONS: tuple[str, ...] = ("last", "mean")
+
+
+def pair_texts(tokenizer: Any, pair: ContrastPair) -> tuple[str, str, str, bool]:
+    """Return ``(positive_text, negative_text, prefix, add_special_tokens)`` for a pair."""
+    if pair.prompt is None:
+        return pair.positive, pair.negative, "", True
+    if getattr(tokenizer, "chat_template", None):
+        prefix = tokenizer.apply_chat_template(
+            [{"role": "user", "content": pair.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return prefix + pair.positive, prefix + pair.negative, prefix, False
+    prompt = pair.prompt
+    if not (prompt[-1:].isspace() or pair.positive[:1].isspace()):
+        prompt += " "
+    return prompt + pair.positive, prompt + pair.negative, prompt, True
+
+
+def read_indices(attention_mask: Tensor) -> Tensor:
+    """Index of the last non-pad token of each row, for left or right padding."""
+    seq = attention_mask.shape[1]
+    return seq - 1 - attention_mask.flip(1).int().argmax(1)
+
+
+def completion_mask(attention_mask: Tensor, prefix_lens: Tensor) -> Tensor:
+    """Boolean ``[batch, seq]``: the non-pad tokens after each row's prefix.
+
+    A row whose completion got no token of its own falls back to its last token.
+    """
+    mask = attention_mask.bool()
+    first = mask.int().argmax(1)  # index of the first real token (left padding: after pads)
+    position = torch.arange(mask.shape[1], device=mask.device)[None, :] - first[:, None]
+    out = mask & (position >= prefix_lens[:, None])
+    empty = ~out.any(1)
+    if empty.any():
+        last = read_indices(attention_mask)
+        out[empty, last[empty]] = True
+    return out
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device) -> dict[str, Tensor]:
+    ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in zip(texts, special)]
+    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    mask = batch["attention_mask"]
+    out = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": mask.to(device),
+        # Absolute-position models (GPT-2, OPT) need the real positions under left padding.
+        "position_ids": (mask.cumsum(1) - 1).clamp_min(0).to(device),
+    }
+    if position == "mean":
+        lens = [len(tokenizer(p, add_special_tokens=s)["input_ids"]) if p else 0 for p, s in zip(prefixes, special)]
+        out["_reduce"] = completion_mask(mask, torch.tensor(lens)).to(device)
+    else:
+        out["_reduce"] = read_indices(mask).to(device)
+    return out
+
+
+def _reduce(hidden: Tensor, how: Tensor) -> Tensor:
+    """``[batch, seq, d]`` -> ``[batch, d]`` by last index or masked mean."""
+    if how.dim() == 1:
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), how]
+    weights = how.to(hidden.dtype)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def collect_stats(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[ContrastPair],
+    layers: Iterable[int] | int | None,
+    *,
+    position: str = "last",
+    site: str = "block_output",
+    batch_size: int = 16,
+    needs_outer: bool = False,
+    needs_samples: bool = False,
+    progress: bool | None = None,
+) -> dict[int, LayerStats]:
+    """Run the pairs through the model and return running statistics per layer."""
+    indices = resolve_layers(model, layers)
+    check_site(site)
+    if position not in READ_POSITIONS:
+        raise SteeringError(f"unknown position {position!r}; choose one of {', '.join(READ_POSITIONS)}")
+    if batch_size < 1:
+        raise SteeringError(f"batch_size must be >= 1, got {batch_size}")
+    if tokenizer.pad_token_id is None:
+        raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+    width = hidden_size(model)
+    stats = {i: LayerStats(width, keep_outer=needs_outer, keep_samples=needs_samples) for i in indices}
+    device = next(model.parameters()).device
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    # Similar lengths in one batch waste less compute on padding; sums do not care about order.
+    order = sorted(range(len(texts)), key=lambda k: len(texts[k][0]) + len(texts[k][1]))
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    disable = (not progress) if progress is not None else (True if len(batches) < 8 else None)
+
+    current: dict[str, Tensor] = {}
+
+    def fold(layer: int, hidden: Tensor) -> None:
+        reduced = _reduce(hidden, current["_reduce"])
+        half = reduced.shape[0] // 2
+        stats[layer].update(reduced[:half], reduced[half:])
+
+    with capture(model, indices, fold, site=site, stop_after_last=True):
+        for batch in tqdm(batches, desc="extract", unit="batch", disable=disable):
+            rows = [texts[k] for k in batch]
+            all_texts = [r[0] for r in rows] + [r[1] for r in rows]
+            prefixes = [r[2] for r in rows] * 2
+            special = [r[3] for r in rows] * 2
+            current = _encode(tokenizer, all_texts, prefixes, special, position, device)
+            inputs = {k: v for k, v in current.items() if not k.startswith("_")}
+            run_until_stopped(model, **inputs, use_cache=False)
+    return stats
+
+
+def extract(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[ContrastPair | dict[str, Any] | tuple[str, str]],
+    layers: Iterable[int] | int | None = None,
+    *,
+    method: str = "mean_diff",
+    position: str = "last",
+    site: str = "block_output",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """Extract a steering vector from contrastive pairs.
+
+    Args:
+        model: a Hugging Face decoder-only model.
+        tokenizer: its tokenizer (needs a pad token).
+        pairs: `ContrastPair` objects (or dicts / ``(positive, negative)`` tuples).
+        layers: layers to extract (``None`` = all; negative indices allowed).
+        method: a name in `vectors.METHODS` (``mean_diff``, ``pca_diff``, ``probe``).
+        position: ``last`` (last non-pad token) or ``mean`` (completion tokens).
+        site: hook site to read (`hooks.SITES`).
+        batch_size: pairs per forward pass (two sequences each).
+        progress: show a progress bar (default: on long runs in a terminal).
+
+    Returns:
+        A `SteeringVector` with one direction per layer and its metadata.
+
+    Example:
+        >>> vec = extract(model, tok, load_pairs("sentiment"), layers=[12])  # doctest: +SKIP
+    """
+    chosen = get_method(method)
+    pair_list = as_pairs(pairs)
+    stats = collect_stats(
+        model,
+        tokenizer,
+        pair_list,
+        layers,
+        position=position,
+        site=site,
+        batch_size=batch_size,
+        needs_outer=chosen.needs_outer,
+        needs_samples=chosen.needs_samples,
+        progress=progress,
+    )
+    directions = {i: chosen.fn(s) for i, s in stats.items()}
+    for layer, direction in directions.items():
+        if not bool(torch.isfinite(direction).all()):
+            raise SteeringError(f"method {method!r} gave a non-finite direction at layer {layer}")
+    return SteeringVector(
+        directions,
+        hidden_size=hidden_size(model),
+        num_layers=num_layers(model),
+        model=model_name(model),
+        model_fingerprint=model_fingerprint(model),
+        site=site,
+        method=method,
+        position=position,
+        n_pairs=len(pair_list),
+        dataset_sha256=dataset_sha256(pair_list),
+    )

@@ -1,0 +1,185 @@
+"""Safetensors files for steering vectors: atomic writes, validated reads.
+
+Layout: one float32 tensor ``layers.{i}`` of shape ``[hidden_size]`` per layer,
+and a string metadata header that describes the vector on its own
+(``format=steering-vector``, ``format_version``, model, fingerprint, sizes,
+site, method, position, pair count, dataset hash, library version). Every
+problem found on load raises `VectorFileError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from hooks import SteeringError, num_layers
+
+from .model_info import hidden_size, model_fingerprint, model_name
+from .vector import UNKNOWN, SteeringVector
+
+FORMAT = "steering-vector"
+FORMAT_VERSION = 1
+REQUIRED = (
+    "format",
+    "format_version",
+    "model",
+    "model_fingerprint",
+    "hidden_size",
+    "num_layers",
+    "site",
+    "method",
+    "position",
+    "n_pairs",
+    "dataset_sha256",
+    "steering_version",
+)
+_LAYER_KEY = re.compile(r"layers\.(\d+)")
+_INT_FIELDS = ("hidden_size", "num_layers", "n_pairs")
+
+
+class VectorFileError(SteeringError, ValueError):
+    """A vector file that is missing, corrupt, inconsistent, or for another model."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steering")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A crash or error leaves ``path`` as it was: never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_vector(vector: SteeringVector, path: str | Path) -> Path:
+    """Save ``vector`` to ``path`` (safetensors), atomically. Returns the path."""
+    tensors = {f"layers.{i}": t.contiguous() for i, t in vector.directions.items()}
+    metadata = {
+        **vector.metadata(),
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "steering_version": vector.extra.get("steering_version", _version()),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
+    """Load a vector file and validate it (and, given ``model``, that it fits that model).
+
+    Args:
+        path: a ``.safetensors`` file written by `save_vector`.
+        model: optional model to check hidden size, layer range and fingerprint against.
+        allow_model_mismatch: accept a vector whose fingerprint names another
+            checkpoint of the same shape (sizes are still checked).
+
+    Raises:
+        VectorFileError: naming the file and field, for a missing or corrupt
+            file, missing or malformed metadata, NaN/inf values, shapes or
+            layers that do not fit, or a different model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VectorFileError(f"{path}: no such vector file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise VectorFileError(f"{path}: not a readable safetensors file ({exc})") from None
+
+    if meta.get("format") != FORMAT:
+        raise VectorFileError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    for key in REQUIRED:
+        if key not in meta:
+            raise VectorFileError(f"{path}: missing metadata field {key!r}")
+    ints: dict[str, int] = {}
+    for key in (*_INT_FIELDS, "format_version"):
+        try:
+            ints[key] = int(meta[key])
+        except ValueError:
+            raise VectorFileError(f"{path}: metadata field {key!r} is not an integer: {meta[key]!r}") from None
+    if ints["format_version"] > FORMAT_VERSION:
+        raise VectorFileError(
+            f"{path}: format_version {ints['format_version']} is newer than this library reads ({FORMAT_VERSION}); upgrade steering"
+        )
+
+    directions: dict[int, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = _LAYER_KEY.fullmatch(key)
+        if match is None:
+            raise VectorFileError(f"{path}: unexpected tensor {key!r} (expected names like 'layers.12')")
+        layer = int(match.group(1))
+        if tuple(tensor.shape) != (ints["hidden_size"],):
+            raise VectorFileError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected ({ints['hidden_size']},) from hidden_size")
+        if not tensor.is_floating_point():
+            raise VectorFileError(f"{path}: tensor {key!r} has dtype {tensor.dtype}, expected float32")
+        if not bool(torch.isfinite(tensor).all()):
+            raise VectorFileError(f"{path}: tensor {key!r} contains NaN or inf values")
+        if not 0 <= layer < ints["num_layers"]:
+            raise VectorFileError(f"{path}: tensor {key!r} is outside the file's num_layers={ints['num_layers']}")
+        directions[layer] = tensor.float()
+    if not directions:
+        raise VectorFileError(f"{path}: the file holds no 'layers.{{i}}' tensors")
+
+    if model is not None:
+        _check_model(path, meta, ints, directions, model, allow_model_mismatch)
+
+    fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")}
+    extra = {k: v for k, v in meta.items() if k not in REQUIRED or k == "steering_version"}
+    return SteeringVector(
+        directions,
+        hidden_size=ints["hidden_size"],
+        num_layers=ints["num_layers"],
+        n_pairs=ints["n_pairs"],
+        extra=extra,
+        **fields,
+    )
+
+
+def _check_model(path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool) -> None:
+    name = model_name(model)
+    width = hidden_size(model)
+    if ints["hidden_size"] != width:
+        raise VectorFileError(f"{path}: hidden_size {ints['hidden_size']} does not match model {name!r} (hidden size {width})")
+    depth = num_layers(model)
+    too_deep = [i for i in directions if i >= depth]
+    if too_deep:
+        raise VectorFileError(f"{path}: layers {too_deep} are out of range for model {name!r} with {depth} layers")
+    if ints["num_layers"] != depth and not allow:
+        raise VectorFileError(
+            f"{path}: num_layers {ints['num_layers']} does not match model {name!r} ({depth} layers); "
+            "pass allow_model_mismatch=True to load it anyway"
+        )
+    expected = meta["model_fingerprint"]
+    if expected != UNKNOWN and not allow:
+        actual = model_fingerprint(model)
+        if actual != expected:
+            raise VectorFileError(
+                f"{path}: model_fingerprint {expected} (made on {meta['model']!r}) does not match "
+                f"model {name!r} (fingerprint {actual}); pass allow_model_mismatch=True to load it anyway"
+            )
+

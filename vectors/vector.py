@@ -1,0 +1,195 @@
+"""`SteeringVector`: one float32 direction per layer, plus where it came from.
+
+Vectors are immutable values. Arithmetic builds new vectors: ``-v`` turns a
+behaviour off, ``a + b`` combines behaviours, ``k * v`` scales. A layer
+missing from one operand counts as zero there. Vectors made on different
+models (different fingerprints) never combine or compare: their spaces differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hooks import SteeringError
+
+UNKNOWN = "unknown"
+
+
+class VectorMismatchError(SteeringError, ValueError):
+    """Two vectors, or a vector and a model, that do not belong together."""
+
+
+@dataclass(frozen=True, eq=False)
+class SteeringVector:
+    """A behaviour direction per decoder layer.
+
+    Attributes:
+        directions: layer index -> float32 tensor ``[hidden_size]`` (read-only mapping).
+        hidden_size: width of the residual stream.
+        num_layers: number of decoder layers of the model it was made on.
+        model: model id (registry name, hub id or path).
+        model_fingerprint: see `vectors.model_info.model_fingerprint`.
+        site: hook site the activations were read at (`hooks.SITES`).
+        method: extraction method name (`vectors.METHODS`).
+        position: token position read (``last`` or ``mean``).
+        n_pairs: number of contrastive pairs used.
+        dataset_sha256: hash of the pairs' content.
+        extra: further string metadata, kept through save and load.
+
+    Example:
+        >>> v = SteeringVector({12: torch.ones(576)}, hidden_size=576, num_layers=30)
+        >>> (-2 * v).directions[12][0].item()
+        -2.0
+    """
+
+    directions: Mapping[int, Tensor]
+    hidden_size: int
+    num_layers: int
+    model: str = UNKNOWN
+    model_fingerprint: str = UNKNOWN
+    site: str = "block_output"
+    method: str = UNKNOWN
+    position: str = UNKNOWN
+    n_pairs: int = 0
+    dataset_sha256: str = UNKNOWN
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean: dict[int, Tensor] = {}
+        for layer, tensor in sorted(self.directions.items()):
+            if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+                raise VectorMismatchError(f"layer {layer!r} is outside 0..{self.num_layers - 1}")
+            if not isinstance(tensor, Tensor) or tuple(tensor.shape) != (self.hidden_size,):
+                shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+                raise VectorMismatchError(f"layer {layer}: expected shape ({self.hidden_size},), got {shape}")
+            # A private float32 CPU copy: the caller's tensor may change later.
+            clean[layer] = tensor.detach().to("cpu", torch.float32).clone()
+        if not clean:
+            raise VectorMismatchError("a steering vector needs at least one layer")
+        object.__setattr__(self, "directions", MappingProxyType(clean))
+        object.__setattr__(self, "extra", MappingProxyType({str(k): str(v) for k, v in self.extra.items()}))
+
+    # ----------------------------------------------------------------- views
+    @property
+    def layers(self) -> list[int]:
+        """Sorted layer indices."""
+        return list(self.directions)
+
+    def norms(self) -> dict[int, float]:
+        """L2 norm of each layer's direction."""
+        return {layer: float(t.norm()) for layer, t in self.directions.items()}
+
+    def select(self, layers: Iterable[int]) -> SteeringVector:
+        """A vector with only ``layers`` (each must be present)."""
+        wanted = list(layers)
+        missing = [i for i in wanted if i not in self.directions]
+        if missing:
+            raise VectorMismatchError(f"layers {missing} are not in this vector (it has {self.layers})")
+        return self._with({i: self.directions[i] for i in wanted})
+
+    def metadata(self) -> dict[str, str]:
+        """All metadata as strings (the safetensors header, minus format fields)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("directions", "extra")}
+        return {**dict(self.extra), **{k: str(v) for k, v in fields.items()}}
+
+    # ------------------------------------------------------------ arithmetic
+    def __neg__(self) -> SteeringVector:
+        return self._with({i: -t for i, t in self.directions.items()})
+
+    def __mul__(self, k: float) -> SteeringVector:
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return self._with({i: t * float(k) for i, t in self.directions.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float) -> SteeringVector:
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return self * (1.0 / k)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        self._check_same_space(other, "add")
+        if self.site != other.site:
+            raise VectorMismatchError(f"cannot add a {self.site} vector to a {other.site} vector")
+        out = dict(self.directions)
+        for layer, tensor in other.directions.items():
+            out[layer] = out[layer] + tensor if layer in out else tensor
+        method = self.method if self.method == other.method else "combination"
+        return dataclasses.replace(self, directions=out, method=method, n_pairs=self.n_pairs + other.n_pairs, dataset_sha256=UNKNOWN)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return self + (-other)
+
+    def normalized(self) -> SteeringVector:
+        """Each layer's direction scaled to unit norm."""
+        return self._with({i: t / t.norm().clamp_min(1e-12) for i, t in self.directions.items()})
+
+    def project_out(self, other: SteeringVector) -> SteeringVector:
+        """Remove, at each shared layer, the component along ``other``'s direction."""
+        self._check_same_space(other, "project")
+        out = {}
+        for layer, tensor in self.directions.items():
+            if layer in other.directions:
+                unit = other.directions[layer] / other.directions[layer].norm().clamp_min(1e-12)
+                tensor = tensor - (tensor @ unit) * unit
+            out[layer] = tensor
+        return self._with(out)
+
+    def cosine(self, other: SteeringVector) -> dict[int, float]:
+        """Cosine similarity with ``other`` at each shared layer."""
+        self._check_same_space(other, "compare")
+        shared = [i for i in self.directions if i in other.directions]
+        if not shared:
+            raise VectorMismatchError(f"no shared layers: {self.layers} vs {other.layers}")
+        return {
+            i: float(torch.nn.functional.cosine_similarity(self.directions[i].double(), other.directions[i].double(), dim=0))
+            for i in shared
+        }
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` as safetensors with a metadata header (atomically)."""
+        from .io import save_vector
+
+        return save_vector(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
+        """Read and validate a vector file; see `vectors.io.load_vector`."""
+        from .io import load_vector
+
+        return load_vector(path, model, allow_model_mismatch=allow_model_mismatch)
+
+    # --------------------------------------------------------------- helpers
+    def _with(self, directions: Mapping[int, Tensor]) -> SteeringVector:
+        return dataclasses.replace(self, directions=directions)
+
+    def _check_same_space(self, other: SteeringVector, verb: str) -> None:
+        if self.hidden_size != other.hidden_size:
+            raise VectorMismatchError(f"cannot {verb} vectors of hidden size {self.hidden_size} and {other.hidden_size}")
+        known = UNKNOWN not in (self.model_fingerprint, other.model_fingerprint)
+        if known and self.model_fingerprint != other.model_fingerprint:
+            raise VectorMismatchError(
+                f"cannot {verb} vectors from different models ({self.model!r} vs {other.model!r}): "
+                "their activation spaces differ"
+            )
+
+    def __repr__(self) -> str:
+        norms = ", ".join(f"{i}: {n:.3g}" for i, n in self.norms().items())
+        return (
+            f"SteeringVector(model={self.model!r}, site={self.site}, method={self.method}, "
+            f"position={self.position}, n_pairs={self.n_pairs}, norms={{{norms}}})"
+        )
