@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/steering extract data=sentiment 'layers=[12]' out=$(DEMO)/sentiment.safetensors
-	$(BIN)/steering generate vector=$(DEMO)/sentiment.safetensors 'coef=[0,6,-6]' max_new_tokens=48 \
+	$(BIN)/steering generate vector=$(DEMO)/sentiment.safetensors 'coef=[0,4,-4]' max_new_tokens=48 \
 		prompt="Write two sentences about your last trip to the supermarket."
 
 test: install

@@ -1,0 +1,130 @@
+"""The `steering` command line: extract -> info -> generate, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import steering as st
+from experiments.cli import main
+from tiny_models import make_tiny
+
+PAIRS = [
+    {"prompt": "How was your day?", "positive": "It was a wonderful, happy day.", "negative": "It was an awful, sad day."},
+    {"prompt": "Describe the park.", "positive": "The park is lovely and bright.", "negative": "The park is dreary and grim."},
+    {"positive": "I love this song", "negative": "I hate this song"},
+]
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    model, tok = make_tiny("llama")
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what fixtures printed
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_extract_info_generate(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    out_file = tmp_path / "vec.safetensors"
+    code, out, err = _run(capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[0,-1]", "method=pca_diff", f"out={out_file}")
+    assert code == 0, err
+    assert f"saved {out_file}" in out
+    vec = st.SteeringVector.load(out_file)
+    assert vec.layers == [0, 2] and vec.method == "pca_diff" and vec.n_pairs == 3
+
+    code, out, err = _run(capsys, "info", str(out_file))
+    assert code == 0, err
+    assert "method: pca_diff" in out and "layers (2): [0, 2]" in out and "layer   2:" in out
+
+    code, out, err = _run(
+        capsys, "generate", f"model={tiny_folder}", f"vector={out_file}", "coef=[3,-3]", "compare=true",
+        "prompt=Hello, world: how are [you]?", "max_new_tokens=5",
+    )
+    assert code == 0, err
+    assert out.count("--- ") == 3 and "--- unsteered ---" in out and "--- coef +3 ---" in out and "--- coef -3 ---" in out
+
+
+def test_generate_cli_matches_library(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    out_file = tmp_path / "vec.safetensors"
+    assert main(["extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[1]", f"out={out_file}"]) == 0
+    capsys.readouterr()
+    code, out, _ = _run(capsys, "generate", f"model={tiny_folder}", f"vector={out_file}", "coef=2", "prompt=Tell me a story", "max_new_tokens=6")
+    assert code == 0
+    model, tok = st.load_model(str(tiny_folder))
+    expected = st.generate(model, tok, "Tell me a story", st.SteeringVector.load(out_file), 2.0, max_new_tokens=6)
+    assert out.strip() == expected.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["extract", "data=sentiment"], "missing required value 'out': add out=... to the command"),
+        (["extract", "layers=[99]", "out=x.safetensors"], "layer 99 is out of range"),
+        (["extract", "out=x.txt"], "must end in .safetensors"),
+        (["extract", "method=magic", "out=x.safetensors"], "unknown method 'magic'"),
+        (["extract", "data=no_such_set", "out=x.safetensors"], "'no_such_set' is neither a dataset file nor a bundled set"),
+        (["extract", "colour=blue", "out=x.safetensors"], "Could not override 'colour'"),
+        (["generate", "prompt=hi", "vector=missing.safetensors"], "missing.safetensors: no such vector file"),
+        (["info", "missing.safetensors"], "missing.safetensors: no such vector file"),
+        (["info"], "info takes one vector file"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(capsys, monkeypatch, tmp_path: Path, tiny_folder: Path, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    if args[0] in ("extract", "generate"):
+        args = [*args, f"model={tiny_folder}"]
+    code, out, err = _run(capsys, *args)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0] and lines[0].startswith(f"steering {args[0]}: error:")
+    assert "Traceback" not in err
+
+
+def test_malformed_dataset_line_is_named(capsys, tmp_path: Path, tiny_folder: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(PAIRS[0]) + "\n" + '{"positive": "x"}\n')
+    code, _, err = _run(capsys, "extract", f"model={tiny_folder}", f"data={bad}", f"out={tmp_path / 'v.safetensors'}")
+    assert code == 1 and f"{bad}:2: missing field 'negative'" in err
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_vector_for_another_model(capsys, tmp_path: Path, tiny_folder: Path) -> None:
+    other, _ = make_tiny("llama", seed=1)
+    vec = st.SteeringVector({0: torch.ones(32)}, hidden_size=32, num_layers=3, model="other", model_fingerprint=st.model_fingerprint(other))
+    path = vec.save(tmp_path / "other.safetensors")
+    code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2")
+    assert code == 1 and "model_fingerprint" in err and "allow_model_mismatch" in err
+    code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2", "allow_model_mismatch=true")
+    assert code == 0, err
+
+
+def test_debug_shows_traceback(monkeypatch) -> None:
+    monkeypatch.setenv("STEERING_DEBUG", "1")
+    with pytest.raises(Exception, match="no such vector file"):
+        main(["info", "missing.safetensors"])
+
+
+def test_usage_and_unknown_command(capsys) -> None:
+    assert main([]) == 2
+    assert "usage: steering" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
