@@ -68,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"steering: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this tool never fetches from a hub
+    # transformers' per-load progress bars would bury the one line a command prints.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     try:
         COMMANDS[command](rest)
     except KeyboardInterrupt:
@@ -76,10 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line for any failure, unless debugging
         if debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"steering {command}: error: {message}", file=sys.stderr)
+        print(f"steering {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(exc: Exception) -> str:
+    """A one-line message for any error, phrased for the command line."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(exc, MissingMandatoryValue):
+        key = exc.full_key or "value"
+        return f"missing required value {key!r}: add {key}=... to the command"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":
