@@ -70,9 +70,25 @@ def completion_mask(attention_mask: Tensor, prefix_lens: Tensor) -> Tensor:
     return out
 
 
+def _prefix_tokens(tokenizer: Any, text: str, prefix: str, special: bool, offsets: list[tuple[int, int]] | None) -> int:
+    """How many tokens of ``text`` belong to ``prefix``.
+
+    With character offsets (fast tokenizers) a token belongs to the prefix when
+    it ends inside it, which is exact even where the tokenizer merges the
+    separating space into the first completion token ("Ġhappy"). Otherwise the
+    prefix is tokenised alone, without trailing whitespace for that reason.
+    """
+    if not prefix:
+        return 0
+    if offsets is not None:
+        return sum(1 for _, end in offsets if end <= len(prefix))
+    return len(tokenizer(prefix if not special else prefix.rstrip(), add_special_tokens=special)["input_ids"])
+
+
 def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device) -> dict[str, Tensor]:
-    ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in zip(texts, special)]
-    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    want_offsets = position == "mean" and getattr(tokenizer, "is_fast", False)
+    encoded = [tokenizer(t, add_special_tokens=s, return_offsets_mapping=want_offsets) for t, s in zip(texts, special)]
+    batch = tokenizer.pad({"input_ids": [e["input_ids"] for e in encoded]}, return_tensors="pt")
     mask = batch["attention_mask"]
     out = {
         "input_ids": batch["input_ids"].to(device),
@@ -81,7 +97,10 @@ def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], speci
         "position_ids": (mask.cumsum(1) - 1).clamp_min(0).to(device),
     }
     if position == "mean":
-        lens = [len(tokenizer(p, add_special_tokens=s)["input_ids"]) if p else 0 for p, s in zip(prefixes, special)]
+        lens = [
+            _prefix_tokens(tokenizer, t, p, s, e.get("offset_mapping") if want_offsets else None)
+            for t, p, s, e in zip(texts, prefixes, special, encoded)
+        ]
         out["_reduce"] = completion_mask(mask, torch.tensor(lens)).to(device)
     else:
         out["_reduce"] = read_indices(mask).to(device)

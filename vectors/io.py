@@ -82,7 +82,7 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         **vector.metadata(),
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "steering_version": vector.extra.get("steering_version", _version()),
+        "steering_version": _version(),  # the library that wrote this file
     }
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
