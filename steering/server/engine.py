@@ -1,0 +1,378 @@
+"""`Engine`: continuous batching of steered generation on a stock transformers model.
+
+One scheduler thread owns the model; nothing else runs it. Each loop turn it
+
+1. admits waiting requests while the batch has free rows, and *prefills each
+   one alone* (a batch of one, no padding, its prompt-phase steering), picks
+   its first token, and joins its cache to the running batch (`KVBatch.join`);
+2. runs one *decode pass* for all running rows together, each row feeding its
+   last token at its own absolute position with its own generated-phase
+   steering (`RowSteering`), and picks every row's next token with the row's
+   own sampler;
+3. sends text deltas to each request's sink, and drops rows that finished
+   (EOS, a stop sequence, ``max_tokens``) or were cancelled.
+
+Requests therefore join and leave between decode passes. A row's result does
+not depend on its neighbours: its prefill is the solo computation, and in a
+decode pass padding is masked, positions are per row, and unsteered rows get a
+zero delta (an exact no-op). Greedy outputs of a request in a mixed batch are
+the same tokens as the request alone, which the tests check.
+
+Sinks are called on the scheduler thread and must not block (the HTTP layer
+hands events to its event loop with ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hooks import SteeringError
+from vectors import hidden_size
+
+from .kv_batch import KVBatch, forward_parameters, prefill
+from .metrics import ServerMetrics
+from .row_steering import NO_STEERING, Phase, RowDeltas, RowSteering
+from .sampling import Sampler, SamplingParams
+from .text import Codec, TextStream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to generate (already validated and tokenised)."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    stop: tuple[str, ...] = ()
+    steering: RowDeltas = NO_STEERING
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of a completion (deltas add up to `Finished.text`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a completion: why it ended, its text and token counts."""
+
+    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The completion could not be produced."""
+
+    error: BaseException
+
+
+Event = TextDelta | Finished | Failed
+Sink = Callable[[Event], None]
+
+
+class EngineBusy(SteeringError):
+    """No room for more requests (running and waiting are at their limits)."""
+
+
+class EngineClosed(SteeringError):
+    """The engine was shut down."""
+
+
+@dataclass(eq=False)
+class _Sequence:
+    id: int
+    request: GenerationRequest
+    sink: Sink
+    submitted: float = field(default_factory=time.perf_counter)
+    tokens: list[int] = field(default_factory=list)
+    sampler: Sampler | None = None
+    stream: TextStream | None = None
+    deltas: RowDeltas = NO_STEERING
+
+    @property
+    def position(self) -> int:
+        """Absolute position of the last token (the one the next decode pass feeds)."""
+        return len(self.request.prompt_ids) + len(self.tokens) - 1
+
+
+class Engine:
+    """The scheduler thread and its running batch.
+
+    Args:
+        model: a Hugging Face causal LM (owned by the engine while it runs).
+        codec: tokenizer wrapper used to decode completions.
+        max_batch_size: rows decoded together.
+        max_queue: requests allowed to wait for a row; beyond, `submit` raises `EngineBusy`.
+        metrics: where to count tokens, batch sizes and latencies.
+
+    Example:
+        >>> engine = Engine(model, codec, max_batch_size=8).start()  # doctest: +SKIP
+        >>> engine.generate(GenerationRequest(tuple(ids), max_tokens=20)).text
+        >>> engine.close()
+    """
+
+    def __init__(
+        self, model: nn.Module, codec: Codec, *, max_batch_size: int = 8, max_queue: int = 64, metrics: ServerMetrics | None = None
+    ) -> None:
+        self.model = model
+        self.codec = codec
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.metrics = metrics or ServerMetrics()
+        param = next(model.parameters())
+        self._device, self._dtype = param.device, param.dtype
+        self._width = hidden_size(model)
+        accepted = forward_parameters(model)
+        self._last_only = "logits_to_keep" in accepted
+        self._pass_cache_position = "cache_position" in accepted
+        self._steering = RowSteering(model)
+        self._batch = KVBatch()
+        self._running: list[_Sequence] = []
+        self._waiting: deque[_Sequence] = deque()
+        self._cancelled: set[int] = set()
+        self._active = 0  # running rows plus those being prefilled
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._closing = False
+        self._pauses = 0
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ client side
+    def start(self) -> Engine:
+        """Start the scheduler thread (idempotent); returns ``self``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="steering-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
+        """Queue ``requests`` (all or none); return their ids for `cancel`.
+
+        Raises:
+            EngineBusy: running plus waiting would exceed ``max_batch_size + max_queue``.
+            EngineClosed: after `close`.
+        """
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shut down")
+            room = self.max_batch_size + self.max_queue - self._active - len(self._waiting)
+            if len(requests) > room:
+                raise EngineBusy(
+                    f"server busy: {self._active} running and {len(self._waiting)} waiting "
+                    f"(max_batch_size={self.max_batch_size}, max_queue={self.max_queue})"
+                )
+            seqs = [_Sequence(next(self._ids), r, s) for r, s in zip(requests, sinks, strict=True)]
+            self._waiting.extend(seqs)
+            self.metrics.waiting.set(len(self._waiting))
+            self._cond.notify()
+        return [s.id for s in seqs]
+
+    def cancel(self, ids: Sequence[int]) -> None:
+        """Stop these requests; their sinks get no more events."""
+        with self._cond:
+            wanted = set(ids)
+            self._waiting = deque(s for s in self._waiting if s.id not in wanted)
+            self.metrics.waiting.set(len(self._waiting))
+            self._cancelled |= wanted
+            self._cond.notify()
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
+        """Submit one request and block until it finishes (for scripts and tests)."""
+        done = threading.Event()
+        result: list[Event] = []
+
+        def sink(event: Event) -> None:
+            if isinstance(event, (Finished, Failed)):
+                result.append(event)
+                done.set()
+
+        self.submit([request], [sink])
+        if not done.wait(timeout):
+            raise TimeoutError(f"generation did not finish within {timeout} s")
+        if isinstance(result[0], Failed):
+            raise result[0].error
+        return result[0]  # type: ignore[return-value]
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the scheduler between passes: nothing is admitted or decoded inside the block.
+
+        Requests submitted meanwhile queue up and are admitted together on
+        exit (tests use this to line up a batch; operators to drain).
+        """
+        with self._cond:
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pauses -= 1
+                self._cond.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """``(running, waiting)`` right now."""
+        with self._cond:
+            return self._active, len(self._waiting)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread, fail what is left, and remove the steering hooks."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for seq in [*self._running, *self._waiting]:
+            self._send(seq, Failed(EngineClosed("the server shut down before this request finished")))
+        self._running, self._waiting = [], deque()
+        self._batch = KVBatch()
+        self._steering.remove()
+
+    # ------------------------------------------------------------- scheduler thread
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._closing and (self._pauses or not (self._waiting or self._running or self._cancelled)):
+                        self._cond.wait()
+                    if self._closing:
+                        return
+                    admitted = []
+                    while self._waiting and self._active < self.max_batch_size:
+                        admitted.append(self._waiting.popleft())
+                        self._active += 1
+                    cancelled, self._cancelled = self._cancelled, set()
+                    self.metrics.waiting.set(len(self._waiting))
+                self._drop_cancelled(cancelled)
+                for seq in admitted:
+                    if seq.id in cancelled:  # cancelled between admission and prefill
+                        self._release(1)
+                        continue
+                    self._prefill(seq)
+                if self._running:
+                    self._decode()
+                self.metrics.running.set(len(self._running))
+
+    def _prefill(self, seq: _Sequence) -> None:
+        try:
+            seq.sampler = Sampler(seq.request.sampling, self._device)
+            seq.stream = TextStream(self.codec, seq.request.stop)
+            seq.deltas = seq.request.steering.to(self._device, self._dtype)
+            self._set_rows([seq], "prompt")
+            try:
+                logits, cache, mask = prefill(self.model, seq.request.prompt_ids, self._device, last_logits_only=self._last_only)
+            finally:
+                self._steering.disarm()
+            self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
+            if seq.request.steering:
+                self.metrics.steered.inc()
+            if not self._advance(seq, seq.sampler(logits)):
+                self._batch.join(cache, mask, self.model)
+                self._running.append(seq)
+                return
+        except Exception as exc:  # this request only; the batch is untouched
+            logger.exception("prefill failed")
+            self._fail(seq, exc)
+            return
+        self._release(1)
+
+    def _decode(self) -> None:
+        rows = self._running
+        try:
+            tokens = torch.tensor([s.tokens[-1] for s in rows], device=self._device)
+            positions = torch.tensor([s.position for s in rows], device=self._device)
+            self._set_rows(rows, "generated")
+            try:
+                logits = self._batch.forward_step(self.model, tokens, positions, pass_cache_position=self._pass_cache_position)
+            finally:
+                self._steering.disarm()
+            self.metrics.batch_size.observe(len(rows))
+            keep = [i for i, seq in enumerate(rows) if not self._advance(seq, seq.sampler(logits[i]))]  # type: ignore[misc]
+        except Exception as exc:  # the shared pass failed: every row in it fails
+            logger.exception("decode pass failed")
+            for seq in rows:
+                self._fail(seq, exc)
+            self._running, self._batch = [], KVBatch()
+            self._steering.clear()
+            return
+        self._release(len(rows) - len(keep))
+        self._running = [rows[i] for i in keep]
+        self._batch.keep(keep)
+
+    def _set_rows(self, rows: list[_Sequence], phase: Phase) -> None:
+        deltas, ids = [s.deltas for s in rows], [s.id for s in rows]
+        self._steering.set_rows(deltas, phase, ids=ids, width=self._width, device=self._device, dtype=self._dtype)
+
+    def _advance(self, seq: _Sequence, token: int) -> bool:
+        """Record ``token`` for ``seq`` and send its text; return whether ``seq`` is finished."""
+        assert seq.stream is not None
+        if not seq.tokens:
+            self.metrics.first_token.observe(time.perf_counter() - seq.submitted)
+        seq.tokens.append(token)
+        self.metrics.completion_tokens.inc()
+        if token in self.codec.eos_ids:
+            return self._finish(seq, "stop")
+        delta, stopped = seq.stream.push(token)
+        if delta:
+            self._send(seq, TextDelta(delta))
+        if stopped:
+            return self._finish(seq, "stop")
+        if len(seq.tokens) >= seq.request.max_tokens:
+            return self._finish(seq, "length")
+        return False
+
+    def _finish(self, seq: _Sequence, reason: str) -> bool:
+        assert seq.stream is not None
+        rest = seq.stream.flush()
+        if rest:
+            self._send(seq, TextDelta(rest))
+        self._send(seq, Finished(reason, seq.stream.text, len(seq.request.prompt_ids), len(seq.tokens), tuple(seq.tokens)))
+        self.metrics.generations.labels(finish_reason=reason).inc()
+        self.metrics.latency.observe(time.perf_counter() - seq.submitted)
+        return True
+
+    def _fail(self, seq: _Sequence, exc: BaseException) -> None:
+        self._send(seq, Failed(exc))
+        self.metrics.generations.labels(finish_reason="error").inc()
+        self._release(1)
+
+    def _drop_cancelled(self, cancelled: set[int]) -> None:
+        if not cancelled or not self._running:
+            return
+        keep = [i for i, s in enumerate(self._running) if s.id not in cancelled]
+        dropped = len(self._running) - len(keep)
+        if dropped:
+            self.metrics.generations.labels(finish_reason="cancelled").inc(dropped)
+            self._running = [self._running[i] for i in keep]
+            self._batch.keep(keep)
+            self._release(dropped)
+
+    def _release(self, count: int) -> None:
+        with self._cond:
+            self._active -= count
+
+    def _send(self, seq: _Sequence, event: Event) -> None:
+        try:
+            seq.sink(event)
+        except Exception:  # a broken sink must not take the batch down
+            logger.exception("a request's sink failed; cancelling it")
+            with self._cond:
+                self._cancelled.add(seq.id)

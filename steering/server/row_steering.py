@@ -1,0 +1,187 @@
+"""Per-row steering: every row of a batch adds its own delta at each hooked layer.
+
+A request's steering terms are folded, once, into `RowDeltas`: for each
+``(site, layer)`` the vector it adds at prompt positions and the one it adds
+at generated positions (terms with ``positions="all"`` go into both). The
+sums are formed exactly as `steering.apply.build_ops` forms them, so a request
+served alone adds the very tensor ``st.steer`` would.
+
+`RowSteering` owns one hook per ``(site, layer)`` that any request has used
+(registered through `hooks.patch`, so cleanup follows the foundation's rules)
+and a *step table*: for the forward pass about to run, ``(site, layer) ->
+[batch, d_model]``, one row per batch row, zeros for rows that do not steer
+there. The engine swaps the table before every pass; a prefill pass uses the
+prompt deltas of its rows, a decode pass the generated deltas, which is how
+``positions`` stays per row and absolute (the engine never mixes prompt and
+generated tokens in one pass). Adding a zero row leaves a hidden state
+bit-for-bit unchanged, so unsteered rows in a steered batch are exact.
+
+Tensors: ``d`` is the model's hidden size, ``B`` the rows of the current pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from hooks import HookGroup, LayerError, patch
+from vectors import SteeringVector
+
+Key = tuple[str, int]  # (site, layer)
+Phase = Literal["prompt", "generated"]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One resolved steering term: ``coef * vector`` at ``layers``, at ``positions``."""
+
+    vector: SteeringVector
+    coef: float
+    layers: tuple[int, ...]
+    positions: str = "all"
+
+
+@dataclass(frozen=True)
+class RowDeltas:
+    """What one request adds, per ``(site, layer)``, at prompt and at generated positions."""
+
+    prompt: Mapping[Key, Tensor] = field(default_factory=dict)
+    generated: Mapping[Key, Tensor] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[Key]:
+        return set(self.prompt) | set(self.generated)
+
+    def __bool__(self) -> bool:
+        return bool(self.prompt or self.generated)
+
+    def phase(self, phase: Phase) -> Mapping[Key, Tensor]:
+        return self.prompt if phase == "prompt" else self.generated
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> RowDeltas:
+        """A copy with every delta on ``device`` in ``dtype`` (done once per request)."""
+        move = lambda table: MappingProxyType({k: v.to(device=device, dtype=dtype) for k, v in table.items()})  # noqa: E731
+        return RowDeltas(move(self.prompt), move(self.generated))
+
+
+NO_STEERING = RowDeltas()
+
+
+def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
+    """Fold ``terms`` into one float32 delta per ``(site, layer)`` and phase.
+
+    Example:
+        >>> deltas = build_row_deltas([Term(vec, 4.0, (12,), "generated")])  # doctest: +SKIP
+        >>> list(deltas.generated), list(deltas.prompt)  # doctest: +SKIP
+        ([('block_output', 12)], [])
+    """
+    tables: dict[str, dict[Key, Tensor]] = {}
+    for phase in ("prompt", "generated"):
+        items: dict[Key, list[tuple[Tensor, float]]] = {}
+        for term in terms:
+            if term.positions not in ("all", phase):
+                continue
+            for layer in term.layers:
+                items.setdefault((term.vector.site, layer), []).append((term.vector.directions[layer], term.coef))
+        # The same expression as steering.apply.build_ops, so the bits match.
+        tables[phase] = {key: sum(c * d for d, c in pairs) for key, pairs in sorted(items.items())}  # type: ignore[misc]
+    return RowDeltas(MappingProxyType(tables["prompt"]), MappingProxyType(tables["generated"]))
+
+
+class _RowOp:
+    """`hooks.Op` adding the current step table's ``[B, d]`` rows for one ``(site, layer)``."""
+
+    def __init__(self, owner: RowSteering, key: Key) -> None:
+        self._owner = owner
+        self._key = key
+
+    def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        delta = self._owner.table.get(self._key) if self._owner.armed else None
+        if delta is None:
+            return hidden
+        if delta.shape[0] != hidden.shape[0]:
+            raise LayerError(f"step table for {self._key} has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
+        if delta.dtype != hidden.dtype:
+            delta = delta.to(hidden.dtype)
+        return hidden + delta[:, None, :]
+
+
+class RowSteering:
+    """The hooks and per-pass table of batched per-row steering.
+
+    Only the thread that runs the model may call `ensure`, `set_rows` and
+    `clear` (the engine's scheduler thread).
+
+    Example:
+        >>> rows = RowSteering(model)  # doctest: +SKIP
+        >>> rows.ensure(deltas.keys)
+        >>> rows.set_rows([deltas, NO_STEERING], "generated", width=576, device=dev, dtype=dt)
+        >>> model(...)  # row 0 steered, row 1 not
+        >>> rows.disarm()  # any later pass runs unsteered until the next set_rows
+        >>> rows.remove()
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._groups: dict[Key, HookGroup] = {}
+        self.table: dict[Key, Tensor] = {}
+        self.armed = False  # the table applies only to the pass it was set for
+        self._table_key: tuple[object, ...] | None = None
+
+    @property
+    def hooked(self) -> list[Key]:
+        """The ``(site, layer)`` pairs with a hook, sorted."""
+        return sorted(self._groups)
+
+    def ensure(self, keys: Iterable[Key]) -> None:
+        """Register a hook for each ``(site, layer)`` not hooked yet."""
+        for site, layer in sorted(set(keys) - set(self._groups)):
+            op = _RowOp(self, (site, layer))
+            self._groups[(site, layer)] = patch(self._model, {layer: op}, site=site, label=f"serve rows {site}[{layer}]")
+
+    def set_rows(
+        self, rows: Sequence[RowDeltas], phase: Phase, *, ids: Sequence[object], width: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        """Make ``rows`` (one per batch row, in order) the table of the next pass.
+
+        ``ids`` identify the rows; the stacked table is reused while they and
+        ``phase`` stay the same (decode steps of an unchanged batch).
+        """
+        key = (phase, *ids)
+        self.armed = True
+        if key == self._table_key:
+            return
+        tables = [row.phase(phase) for row in rows]
+        keys = set().union(*(t.keys() for t in tables)) if tables else set()
+        self.ensure(keys)
+        table: dict[Key, Tensor] = {}
+        for k in keys:
+            zero = torch.zeros(width, device=device, dtype=dtype)
+            table[k] = torch.stack([t.get(k, zero) for t in tables])
+        self.table = table
+        self._table_key = key
+
+    def disarm(self) -> None:
+        """Stop applying the table (after each pass), keeping it for reuse by `set_rows`."""
+        self.armed = False
+
+    def clear(self) -> None:
+        """Forget the table."""
+        self.armed = False
+        self.table = {}
+        self._table_key = None
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        self.clear()
+        groups, self._groups = self._groups, {}
+        for group in groups.values():
+            group.remove()
+
+    def __repr__(self) -> str:
+        return f"RowSteering(hooks={self.hooked}, rows={next(iter(self.table.values())).shape[0] if self.table else 0})"

@@ -1,0 +1,198 @@
+"""Unit tests of the server's parts: text streaming, vector store, sampling, per-row deltas, config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import hook_count
+from server_helpers import tiny_vector
+from tiny_models import make_tiny
+
+from experiments.cli import USAGE
+from experiments.config import compose_config
+from experiments.serve import server_config
+from hooks import AddOp, patch
+from steering.apply import build_ops
+from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas
+from steering.server.row_steering import NO_STEERING
+from steering.server.sampling import Sampler, SamplingParams, top_p_filter
+from steering.server.text import Codec, TextStream
+from steering.server.vector_store import VectorNameError, VectorNotFound
+from vectors import VectorFileError
+
+# ----------------------------------------------------------------------------- text
+
+
+class _CharCodec(Codec):
+    """Token i decodes to chr(i); 0xFFFD stands for half a character."""
+
+    def __init__(self) -> None:
+        super().__init__(None, [])
+
+    def decode(self, ids) -> str:  # type: ignore[override]
+        return "".join(chr(i) for i in ids)
+
+
+def _run(stream: TextStream, text: str) -> tuple[list[str], bool]:
+    pieces, stopped = [], False
+    for ch in text:
+        piece, stopped = stream.push(ord(ch))
+        pieces.append(piece)
+        if stopped:
+            break
+    pieces.append(stream.flush())
+    return pieces, stopped
+
+
+def test_text_stream_holds_back_a_possible_stop_and_cuts_at_it() -> None:
+    pieces, stopped = _run(TextStream(_CharCodec(), ["END"]), "abEN then ENDxyz")
+    assert stopped and "".join(pieces) == "abEN then "
+    assert pieces[2] == "" and pieces[3] == ""  # "E", "EN" held back while they might start "END"
+    assert not any("END" in p for p in pieces)
+
+
+def test_text_stream_earliest_of_several_stops_wins_and_no_stop_passes_all() -> None:
+    pieces, stopped = _run(TextStream(_CharCodec(), ["zz", "b c"]), "aab czz")
+    assert stopped and "".join(pieces) == "aa"
+    pieces, stopped = _run(TextStream(_CharCodec(), ["zz"]), "abc z")
+    assert not stopped and "".join(pieces) == "abc z" and pieces[-1] == "z"
+
+
+def test_text_stream_holds_unfinished_characters() -> None:
+    pieces, _ = _run(TextStream(_CharCodec()), "ab\ufffdc")
+    assert pieces[:3] == ["a", "b", ""] and pieces[3] == "\ufffdc"
+
+
+# ----------------------------------------------------------------------------- vector store
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "vecs"
+    folder.mkdir()
+    tiny_vector(1, [1, 2]).save(folder / "up.safetensors")
+    tiny_vector(2, [1]).save(tmp_path / "outside.safetensors")
+    return folder
+
+
+def test_store_resolves_names_only_inside_its_directory(store_dir: Path) -> None:
+    model, _ = make_tiny("llama")
+    store = VectorStore(store_dir, model)
+    assert store.get("up").layers == [1, 2] and store.get("up.safetensors").layers == [1, 2]
+    for name in ("../outside", "..", "/tmp/x", "a/b", "a\\b", ".hidden", "", "up\x00", "x" * 200):
+        with pytest.raises(VectorNameError):
+            store.get(name)
+    os.symlink(store_dir.parent / "outside.safetensors", store_dir / "escape.safetensors")
+    with pytest.raises(VectorNotFound):
+        store.get("escape")  # a symlink out of the directory is not in it
+    assert store.names() == ["up"]
+    with pytest.raises(VectorNotFound, match="available: up"):
+        store.get("outside")
+
+
+def test_store_reloads_a_changed_file_and_reports_broken_ones(store_dir: Path) -> None:
+    model, _ = make_tiny("llama")
+    store = VectorStore(store_dir, model)
+    assert store.get("up").layers == [1, 2]
+    tiny_vector(5, [0]).save(store_dir / "up.safetensors")
+    assert store.get("up").layers == [0]
+    (store_dir / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(VectorFileError, match="'bad'"):
+        store.get("bad")
+    good, bad = store.describe()
+    assert [v["id"] for v in good] == ["up"] and [b["name"] for b in bad] == ["bad"]
+    assert str(store_dir) not in bad[0]["error"]
+    with pytest.raises(VectorNotFound, match="no vectors directory"):
+        VectorStore(None, model).get("up")
+    with pytest.raises(VectorFileError, match="not a directory"):
+        VectorStore(store_dir / "missing", model)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = torch.isfinite(top_p_filter(logits, 0.75))
+    assert kept.tolist() == [True, True, False, False]
+    assert torch.isfinite(top_p_filter(logits, 1e-6)).tolist() == [True, False, False, False]
+
+
+def test_sampler_is_greedy_at_zero_and_seeded_otherwise() -> None:
+    logits = torch.randn(100)
+    cpu = torch.device("cpu")
+    assert Sampler(SamplingParams(0.0), cpu)(logits) == int(logits.argmax())
+
+    def draws(seed: int | None) -> list[int]:
+        sampler = Sampler(SamplingParams(1.0, 1.0, seed), cpu)
+        return [sampler(logits) for _ in range(20)]
+
+    assert draws(3) == draws(3) and draws(-1) == draws(-1)  # negative seeds fold into torch's range
+    assert draws(3) != draws(4)
+    assert len(set(draws(None))) > 1
+
+
+# ----------------------------------------------------------------------------- per-row deltas
+
+
+def test_row_deltas_equal_the_library_sum_and_split_by_positions() -> None:
+    a, b = tiny_vector(1, [1, 2]), tiny_vector(2, [1])
+    deltas = build_row_deltas([Term(a, 2.0, (1, 2)), Term(b, -3.0, (1,), "generated")])
+    ops, _ = build_ops(make_tiny("llama")[0], [(a, 2.0), (b, -3.0)])
+    ref = {layer: op._delta.value for layer, op in ops.items()}  # the tensors st.steer adds
+    assert torch.equal(deltas.generated[("block_output", 1)], ref[1])
+    assert torch.equal(deltas.generated[("block_output", 2)], ref[2])
+    assert torch.equal(deltas.prompt[("block_output", 1)], 2.0 * a.directions[1])
+    assert not build_row_deltas([]) and not NO_STEERING
+    only_prompt = build_row_deltas([Term(a, 1.0, (2,), "prompt")])
+    assert list(only_prompt.prompt) == [("block_output", 2)] and not only_prompt.generated
+
+
+def test_row_steering_adds_each_rows_delta_and_zero_rows_are_exact() -> None:
+    model, tok = make_tiny("llama")
+    baseline = hook_count(model)
+    vec = tiny_vector(1, [1])
+    ids = torch.tensor([tok("Hello there")["input_ids"]] * 2)
+    with torch.no_grad():
+        plain = model(ids).logits
+        with patch(model, {1: AddOp(3.0 * vec.directions[1])}):  # the hook path st.steer takes
+            steered = model(ids).logits
+        rows = RowSteering(model)
+        deltas = build_row_deltas([Term(vec, 3.0, (1,))])
+        rows.set_rows([NO_STEERING, deltas], "prompt", ids=[1, 2], width=32, device=torch.device("cpu"), dtype=torch.float32)
+        mixed = model(ids).logits
+        rows.disarm()
+        after = model(ids).logits
+        rows.remove()
+    assert torch.equal(mixed[0], plain[0])  # zero delta: bit-for-bit unchanged
+    assert torch.equal(mixed[1], steered[1])
+    assert torch.equal(after, plain)  # a disarmed table steers nothing
+    assert rows.hooked == [] and hook_count(model) == baseline
+
+
+# ----------------------------------------------------------------------------- config and CLI
+
+
+def test_server_config_rejects_impossible_limits() -> None:
+    with pytest.raises(ConfigError, match="max_batch_size=0"):
+        ServerConfig(max_batch_size=0)
+    with pytest.raises(ConfigError, match="max_coef"):
+        ServerConfig(max_coef=float("inf"))
+    with pytest.raises(ConfigError, match="default_temperature"):
+        ServerConfig(default_temperature=3.0)
+
+
+def test_serve_yaml_maps_onto_server_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_config("serve", [f"vectors={tmp_path}", "max_batch_size=4", "api_key=sk-1", "served_model_name=smol"])
+    config = server_config(cfg)
+    assert (config.model_name, config.vectors_dir, config.max_batch_size, config.resolved_api_key()) == ("smol", tmp_path, 4, "sk-1")
+    assert cfg.host == "127.0.0.1"
+    default = server_config(compose_config("serve", []))
+    monkeypatch.setenv("STEERING_API_KEY", "from-env")
+    assert default.model_name == "smollm2-135m-instruct" and default.resolved_api_key() == "from-env"
+    with pytest.raises(ValueError, match="not a directory"):
+        server_config(compose_config("serve", [f"vectors={tmp_path / 'nope'}"]))
+    assert "steering serve model=" in USAGE

@@ -1,0 +1,60 @@
+"""The server on the real SmolLM2-135M-Instruct: +coef and -coef change the answer, batching stays exact."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from openai import OpenAI
+
+import steering as st
+from steering.server import BackgroundServer, ServerConfig, create_app
+
+pytestmark = pytest.mark.slow
+
+NAME = "smollm2-135m-instruct"
+PROMPT = "Write one sentence about your weekend."
+
+
+@pytest.fixture(scope="module")
+def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    try:
+        model, tok = st.load_model(NAME)  # its own instance: the engine owns the model it serves
+    except st.ModelLoadError as exc:
+        pytest.skip(str(exc))
+    folder = tmp_path_factory.mktemp("smol_vectors")
+    st.extract(model, tok, st.load_pairs("sentiment")[:48], layers=[12]).save(folder / "sentiment.safetensors")
+    server = BackgroundServer(create_app(model, tok, ServerConfig(model_name=NAME, vectors_dir=folder, default_temperature=0.0)))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _ask(client: OpenAI, coef: float | None) -> str:
+    steering = None if coef is None else {"steering": [{"vector": "sentiment", "coef": coef}]}
+    out = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPT}], max_tokens=24, extra_body=steering)
+    return out.choices[0].message.content or ""
+
+
+def test_plus_and_minus_coef_change_the_completion(smol_server) -> None:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    client = OpenAI(base_url=f"{smol_server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    plain, happy, sad = _ask(client, None), _ask(client, 4.0), _ask(client, -4.0)
+    assert len({plain, happy, sad}) == 3, (plain, happy, sad)
+    vader = SentimentIntensityAnalyzer()
+    assert vader.polarity_scores(happy)["compound"] > vader.polarity_scores(sad)["compound"], (happy, sad)
+
+    engine = smol_server.app.state.serving.engine
+    with ThreadPoolExecutor(3) as pool:
+        with engine.paused():
+            futures = [pool.submit(_ask, client, coef) for coef in (None, 4.0, -4.0)]
+            deadline = time.monotonic() + 60
+            while engine.load[1] < 3:  # bounded: the three requests reach the queue in milliseconds
+                assert time.monotonic() < deadline, "requests did not queue"
+                time.sleep(0.01)
+        assert [f.result(timeout=300) for f in futures] == [plain, happy, sad]
