@@ -1,0 +1,15 @@
+"""Vectors from and for other tools: llama.cpp / repeng GGUF and CAA-style ``.pt``.
+
+The public face of `vectors.interop` (see its docs for the layer numbering
+and what metadata a foreign file lacks).
+
+Example:
+    >>> from steering.interop import export_gguf, import_gguf
+    >>> export_gguf(vec.select([8, 12]), "sentiment.gguf")  # doctest: +SKIP
+    >>> # llama-cli -m SmolLM2.gguf --control-vector-scaled sentiment.gguf 4.0
+    >>> theirs = import_gguf("repeng_happy.gguf", model)  # doctest: +SKIP
+"""
+
+from vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector
+
+__all__ = ["export_gguf", "export_pt", "import_gguf", "import_pt", "read_any_vector"]
