@@ -386,3 +386,15 @@ def test_fingerprint_same_across_dtypes(llama):
     model, _ = llama
     half = make_tiny_model("llama").to(torch.bfloat16)
     assert model_fingerprint(half) == model_fingerprint(model)
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from vectors import atomic_write
+
+    path = atomic_write(tmp_path / "f.txt", lambda tmp: tmp.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
