@@ -6,6 +6,7 @@ knows nothing of steering vectors. Every registration is owned by a
 """
 
 from .errors import LayerError, SteeringError
+from .fold import FOLD_TARGETS, fold, fold_blocker
 from .handles import HookGroup
 from .layers import decoder_layers, decoder_layers_path, decoder_stack, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
@@ -15,6 +16,7 @@ from .record import Recording, StopForward, capture, record, run_until_stopped
 from .sites import SITES, check_site, site_module
 
 __all__ = [
+    "FOLD_TARGETS",
     "POSITIONS",
     "SITES",
     "AblateOp",
@@ -31,6 +33,8 @@ __all__ = [
     "decoder_layers",
     "decoder_layers_path",
     "decoder_stack",
+    "fold",
+    "fold_blocker",
     "num_layers",
     "past_length",
     "patch",

@@ -7,10 +7,19 @@ owns them. `AddOp` adds a vector (one for all rows, or one per row);
 asked for, a `PositionTracker` on the decoder stack supplies absolute
 positions, so the split between prompt and generated tokens holds under the
 KV cache.
+
+Under ``torch.compile`` the hooks are traced into the graph (no graph break,
+also for positions with transformers' static cache), but dynamo by default
+does not guard on hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``):
+a graph compiled before `patch` keeps running without the new hooks. Attach
+before compiling, or set that flag to ``False``; `patch` warns when it sees a
+compiled model. Folding a constant into a bias (`hooks.fold`) has no such
+problem: parameters are guarded.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -35,18 +44,22 @@ class Op(Protocol):
 
 
 class _Cast:
-    """A tensor kept once per (device, dtype), so hooks never cast per call."""
+    """A tensor kept in the (device, dtype) of the hidden states it meets.
+
+    One cast is remembered, so the per-call cost is two attribute compares:
+    a model runs in one dtype on one device per layer.
+    """
 
     def __init__(self, value: Tensor) -> None:
         self.value = value
-        self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._last = value
 
     def like(self, hidden: Tensor) -> Tensor:
-        key = (hidden.device, hidden.dtype)
-        out = self._cache.get(key)
-        if out is None:
-            out = self._cache[key] = self.value.to(device=hidden.device, dtype=hidden.dtype)
-        return out
+        last = self._last
+        if last.dtype is hidden.dtype and last.device == hidden.device:
+            return last
+        self._last = last = self.value.to(device=hidden.device, dtype=hidden.dtype)
+        return last
 
 
 class AddOp:
@@ -55,14 +68,20 @@ class AddOp:
     def __init__(self, delta: Tensor) -> None:
         if delta.dim() not in (1, 2):
             raise LayerError(f"a delta must be [d_model] or [batch, d_model], got shape {tuple(delta.shape)}")
-        self._delta = _Cast(delta.detach())
+        self.per_row = delta.dim() == 2
+        # Shaped once to broadcast over [batch, seq, d_model]: [1, 1, d] or [batch, 1, d].
+        self._delta = _Cast(delta.detach()[:, None, :] if self.per_row else delta.detach())
+
+    @property
+    def delta(self) -> Tensor:
+        """The delta as given: ``[d_model]`` or ``[batch, d_model]``."""
+        value = self._delta.value
+        return value[:, 0, :] if self.per_row else value
 
     def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
         delta = self._delta.like(hidden)
-        if delta.dim() == 2:
-            if delta.shape[0] != hidden.shape[0]:
-                raise LayerError(f"per-row delta has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
-            delta = delta[:, None, :]
+        if self.per_row and delta.shape[0] != hidden.shape[0]:
+            raise LayerError(f"per-row delta has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
         if mask is not None:
             delta = delta * mask[:, None].to(delta.dtype)
         return hidden + delta
@@ -111,6 +130,7 @@ def patch(
         LayerError: for a bad layer, site or positions value (nothing stays registered).
     """
     check_positions(positions)
+    _warn_if_compiled(model)
     group = HookGroup(label)
     try:
         tracker: PositionTracker | None = None
@@ -130,11 +150,45 @@ def patch(
     return group
 
 
+def _warn_if_compiled(model: nn.Module) -> None:
+    # transformers keeps the forward it compiles for static-cache generation
+    # (on GPUs it does so on its own) in `_compiled_call`; nn.Module.compile()
+    # in `_compiled_call_impl`.
+    compiled = getattr(model, "_compiled_call", None) is not None or getattr(model, "_compiled_call_impl", None) is not None
+    try:
+        import torch._dynamo.config as dynamo_config
+
+        unguarded = bool(getattr(dynamo_config, "skip_nnmodule_hook_guards", False))
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return
+    if compiled and unguarded:
+        warnings.warn(
+            "this model has a torch.compile'd forward, and torch._dynamo does not guard on hooks: graphs "
+            "compiled before now ignore the steering hooks. Use backend='fold' where possible, or set "
+            "torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _forward_hook(op: Op, tracker: PositionTracker | None, positions: str) -> Any:
+    if tracker is None:
+        # The common case (every token) is kept to one type check and the op:
+        # this runs once per layer per generated token.
+        def hook_all(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            if type(output) is Tensor:
+                return op(output, None)
+            hidden, repack = unpack(output)
+            return repack(op(hidden, None))
+
+        return hook_all
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         hidden, repack = unpack(output)
-        mask = tracker.mask(positions, hidden.shape[1], hidden.device) if tracker else None
-        return repack(op(hidden, mask))
+        selected = tracker.select(positions, hidden.shape[1], hidden.device)
+        if selected is False:
+            return None  # no token of this pass is patched: the output stays as it is
+        return repack(op(hidden, None if selected is True else selected))
 
     return hook
 
@@ -142,7 +196,9 @@ def _forward_hook(op: Op, tracker: PositionTracker | None, positions: str) -> An
 def _pre_hook(op: Op, tracker: PositionTracker | None, positions: str) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         hidden, repack = unpack_inputs(args, kwargs)
-        mask = tracker.mask(positions, hidden.shape[1], hidden.device) if tracker else None
-        return repack(op(hidden, mask))
+        selected = tracker.select(positions, hidden.shape[1], hidden.device) if tracker else True
+        if selected is False:
+            return None
+        return repack(op(hidden, None if selected is True else selected))
 
     return hook

@@ -5,6 +5,17 @@ Adding ``coef * v`` at each of the vector's layers turns a behaviour on
 vector's direction out of the residual stream (coef is ignored). Several
 vectors apply together; their deltas are summed per layer once, up front, so
 each layer runs one hook whatever the number of vectors.
+
+Two backends carry the addition. ``hook`` registers a forward hook per layer
+(`hooks.patch`): it handles every site, positions, ablation and per-row
+deltas. ``fold`` adds the constant delta to the bias of the block's last MLP
+linear layer (`hooks.fold`), so steered generation runs exactly the code of
+plain generation, with no Python per token and no graph break under
+``torch.compile``; biases are restored bit for bit on exit. ``auto`` (the
+default) folds whenever that is exact: ``mode="add"``, ``positions="all"``, the
+``block_output`` or ``mlp_output`` site, an architecture listed in
+`hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
+eval mode; otherwise it uses hooks.
 """
 
 from __future__ import annotations
@@ -18,9 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch
+from hooks.positions import check_positions
+from hooks.fold import fold, fold_blocker
 from vectors import SteeringVector, VectorMismatchError, hidden_size
 
 Mode = Literal["add", "ablate"]
+Backend = Literal["auto", "hook", "fold"]
+BACKENDS: tuple[str, ...] = ("auto", "hook", "fold")
 VectorSpec = SteeringVector | Sequence[tuple[SteeringVector, float]]
 
 
@@ -48,15 +63,9 @@ def _check_fits(model: nn.Module, vector: SteeringVector) -> None:
         raise LayerError(f"vector layers {bad} are out of range for a model with {depth} layers")
 
 
-def build_ops(
-    model: nn.Module,
-    vector: VectorSpec,
-    coef: float = 1.0,
-    *,
-    mode: str = "add",
-    layers: Iterable[int] | None = None,
-) -> tuple[dict[int, Op], str]:
-    """Per-layer operations for ``vector`` (and the site they act at)."""
+def _layer_terms(
+    model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None
+) -> tuple[dict[int, list[tuple[Tensor, float]]], str]:
     terms = _as_terms(vector, coef)
     sites = {v.site for v, _ in terms}
     if len(sites) > 1:
@@ -71,15 +80,59 @@ def build_ops(
                 by_layer.setdefault(layer, []).append((direction, c))
     if wanted is not None and (missing := wanted - set(by_layer)):
         raise LayerError(f"layers {sorted(missing)} are not in the vector (it has {sorted({i for v, _ in terms for i in v.layers})})")
+    return dict(sorted(by_layer.items())), sites.pop()
+
+
+def build_deltas(
+    model: nn.Module, vector: VectorSpec, coef: float = 1.0, *, layers: Iterable[int] | None = None
+) -> tuple[dict[int, Tensor], str]:
+    """Per-layer summed deltas ``sum(coef * direction)`` for ``vector`` (and their site)."""
+    by_layer, site = _layer_terms(model, vector, coef, layers)
+    return {layer: sum(c * d for d, c in items) for layer, items in by_layer.items()}, site  # type: ignore[misc]
+
+
+def build_ops(
+    model: nn.Module,
+    vector: VectorSpec,
+    coef: float = 1.0,
+    *,
+    mode: str = "add",
+    layers: Iterable[int] | None = None,
+) -> tuple[dict[int, Op], str]:
+    """Per-layer operations for ``vector`` (and the site they act at)."""
+    by_layer, site = _layer_terms(model, vector, coef, layers)
     ops: dict[int, Op] = {}
-    for layer, items in sorted(by_layer.items()):
+    for layer, items in by_layer.items():
         if mode == "add":
-            ops[layer] = AddOp(sum(c * d for d, c in items))
+            ops[layer] = AddOp(sum(c * d for d, c in items))  # type: ignore[arg-type]
         elif mode == "ablate":
             ops[layer] = AblateOp(torch.stack([d for d, _ in items]))
         else:
             raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
-    return ops, sites.pop()
+    return ops, site
+
+
+def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positions: str = "all", mode: str = "add", backend: str = "auto") -> tuple[str, str | None]:
+    """Resolve ``backend`` to ``"hook"`` or ``"fold"``, with why folding is impossible (or ``None``).
+
+    Raises:
+        SteeringError: for an unknown backend, or ``backend="fold"`` where it cannot fold.
+    """
+    if backend not in BACKENDS:
+        raise SteeringError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "hook":
+        return "hook", None
+    if mode != "add":
+        reason: str | None = f"mode={mode!r} needs the hook backend"
+    elif positions != "all":
+        reason = f"positions={positions!r} needs the hook backend"
+    else:
+        reason = fold_blocker(model, list(layers), site)
+    if reason is None:
+        return "fold", None
+    if backend == "fold":
+        raise SteeringError(f"backend='fold' is not possible here: {reason}")
+    return "hook", reason
 
 
 def attach(
@@ -90,6 +143,7 @@ def attach(
     positions: str = "all",
     mode: str = "add",
     layers: Iterable[int] | None = None,
+    backend: str = "auto",
 ) -> HookGroup:
     """Start steering and return the `HookGroup` that stops it (``.remove()``).
 
@@ -99,9 +153,23 @@ def attach(
         >>> group = attach(model, vec, coef=2.0)  # doctest: +SKIP
         >>> group.remove()  # idempotent
     """
-    ops, site = build_ops(model, vector, coef, mode=mode, layers=layers)
-    coefs = [c for _, c in _as_terms(vector, coef)]
-    label = f"steer layers={sorted(ops)} site={site} mode={mode} coef={coefs if len(coefs) > 1 else coefs[0]} positions={positions}"
+    terms = _as_terms(vector, coef)
+    coefs = [c for _, c in terms]
+    coef_text = coefs if len(coefs) > 1 else coefs[0]
+    if mode not in ("add", "ablate"):
+        raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
+    check_positions(positions)
+    deltas, site = build_deltas(model, vector, coef, layers=layers)
+    chosen, _ = choose_backend(model, deltas, site, positions=positions, mode=mode, backend=backend)
+    label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} positions={positions} backend={chosen}"
+    if chosen == "fold":
+        # A zero delta changes nothing: leave that bias (or its absence) alone.
+        nonzero = {layer: d for layer, d in deltas.items() if bool(d.any())}
+        return fold(model, nonzero, site=site, label=label)
+    if mode == "add":
+        ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
+    else:
+        ops, site = build_ops(model, vector, coef, mode=mode, layers=layers)
     return patch(model, ops, site=site, positions=positions, label=label)
 
 
@@ -114,6 +182,7 @@ def steer(
     positions: str = "all",
     mode: str = "add",
     layers: Iterable[int] | None = None,
+    backend: str = "auto",
 ) -> Iterator[HookGroup]:
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
 
@@ -125,16 +194,18 @@ def steer(
             positions, correct under the KV cache).
         mode: ``add`` the scaled vector, or ``ablate`` its direction.
         layers: restrict to these layers of the vector (default: all of its layers).
+        backend: ``auto`` (fold into a bias where exact, else hooks), ``hook``,
+            or ``fold`` (raise where folding is impossible). See the module docs.
 
     Raises:
-        SteeringError: bad coef, mode, positions or layers, or a vector that
-            does not fit the model; nothing is left registered.
+        SteeringError: bad coef, mode, positions, layers or backend, or a vector
+            that does not fit the model; nothing is left registered.
 
     Example:
         >>> with steer(model, vec, coef=4.0):  # doctest: +SKIP
         ...     out = model.generate(**inputs, max_new_tokens=20)
     """
-    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers)
+    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend)
     try:
         yield group
     finally:

@@ -11,6 +11,11 @@ Text of a pair: with a prompt and a chat template, the templated user turn with
 the generation prompt, then the completion, tokenised without adding special
 tokens again; otherwise prompt and completion as plain text (with the
 tokenizer's usual special tokens, e.g. a BOS).
+
+Reading the last token, the tokens both texts of a pair begin with (prompt,
+template, common words) run once: a prefix pass fills a KV cache that both
+suffixes reuse (`vectors.prefix`), which cuts the compute by the shared
+fraction of the tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from hooks import SteeringError, capture, check_site, num_layers, resolve_layers
 from .methods import LayerStats, get_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, as_pairs, dataset_sha256
+from .prefix import SharedBatch, length_keys, new_cache, plan_shared
 from .vector import SteeringVector
 
 Position = Literal["last", "mean"]
@@ -128,8 +134,13 @@ def collect_stats(
     needs_outer: bool = False,
     needs_samples: bool = False,
     progress: bool | None = None,
+    share_prefix: bool = True,
 ) -> dict[int, LayerStats]:
-    """Run the pairs through the model and return running statistics per layer."""
+    """Run the pairs through the model and return running statistics per layer.
+
+    With ``share_prefix`` (and ``position="last"``), the tokens a pair's two
+    texts begin with run once per batch (see `vectors.prefix`).
+    """
     indices = resolve_layers(model, layers)
     check_site(site)
     if position not in READ_POSITIONS:
@@ -143,16 +154,26 @@ def collect_stats(
     device = next(model.parameters()).device
     texts = [pair_texts(tokenizer, p) for p in pairs]
     # Similar lengths in one batch waste less compute on padding; sums do not care about order.
-    order = sorted(range(len(texts)), key=lambda k: len(texts[k][0]) + len(texts[k][1]))
+    if share_prefix and position == "last":
+        keys = length_keys(tokenizer, texts)
+        order = sorted(range(len(texts)), key=keys.__getitem__)
+    else:
+        order = sorted(range(len(texts)), key=lambda k: len(texts[k][0]) + len(texts[k][1]))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     disable = (not progress) if progress is not None else (True if len(batches) < 8 else None)
 
-    current: dict[str, Tensor] = {}
+    current: dict[str, Any] = {}
 
     def fold(layer: int, hidden: Tensor) -> None:
-        reduced = _reduce(hidden, current["_reduce"])
-        half = reduced.shape[0] // 2
-        stats[layer].update(reduced[:half], reduced[half:])
+        how = current.get("_reduce")
+        if how is None:  # the prefix pass of a shared batch: nothing is read there
+            return
+        reduced = _reduce(hidden, how)
+        if current.get("_interleaved"):
+            stats[layer].update(reduced[0::2], reduced[1::2])
+        else:
+            half = reduced.shape[0] // 2
+            stats[layer].update(reduced[:half], reduced[half:])
 
     with capture(model, indices, fold, site=site, stop_after_last=True):
         for batch in tqdm(batches, desc="extract", unit="batch", disable=disable):
@@ -160,10 +181,28 @@ def collect_stats(
             all_texts = [r[0] for r in rows] + [r[1] for r in rows]
             prefixes = [r[2] for r in rows] * 2
             special = [r[3] for r in rows] * 2
-            current = _encode(tokenizer, all_texts, prefixes, special, position, device)
+            encoded = _encode(tokenizer, all_texts, prefixes, special, position, device)
+            plan = _plan_shared(encoded, tokenizer.pad_token_id, device) if share_prefix and position == "last" else None
+            if plan is not None:
+                cache = new_cache(model)
+                current = {}
+                run_until_stopped(model, **plan.prefix, past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(2)
+                current = {"_reduce": plan.read, "_interleaved": True}
+                run_until_stopped(model, **plan.suffix, past_key_values=cache, use_cache=True)
+                continue
+            current = encoded
             inputs = {k: v for k, v in current.items() if not k.startswith("_")}
             run_until_stopped(model, **inputs, use_cache=False)
     return stats
+
+
+def _plan_shared(encoded: dict[str, Tensor], pad_id: int, device: torch.device) -> SharedBatch | None:
+    """The shared-prefix plan for an encoded batch (positives first, then negatives)."""
+    ids, mask = encoded["input_ids"].cpu(), encoded["attention_mask"].cpu().bool()
+    rows = [ids[k][mask[k]].tolist() for k in range(ids.shape[0])]
+    half = len(rows) // 2
+    return plan_shared(rows[:half], rows[half:], pad_id, device)
 
 
 def extract(

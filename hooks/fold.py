@@ -1,0 +1,248 @@
+"""Fold a constant residual-stream delta into a bias, so steering runs no Python per token.
+
+Where block ``i`` ends with ``output = residual + mlp(x)`` and the MLP ends
+with a linear layer, adding a constant ``delta`` to the block's output equals
+adding ``delta`` to that linear layer's bias: nothing sits between the linear
+layer and the residual add but dropout (a no-op in eval mode). `fold` makes
+that change in place and returns a `HookGroup` with no hooks, only finalizers
+that put the bias back, bit for bit, on ``remove()``. A linear layer without a
+bias gets a temporary bias ``Parameter`` that is unregistered on removal.
+
+===================  ==========================  ========================================
+block class          last linear of the MLP      notes
+===================  ==========================  ========================================
+Llama, Qwen2/3,      ``mlp.down_proj``           no bias by default: one is added
+Mistral, Gemma, Phi3
+GPT-2                ``mlp.c_proj`` (Conv1D)     has a bias
+GPT-NeoX             ``mlp.dense_4h_to_h``       parallel residual adds it exactly once
+OPT                  ``fc2``                     only with ``do_layer_norm_before``
+Gemma 2 / Gemma 3    ``mlp.down_proj``           ``mlp_output`` only: a post-feedforward
+                                                 norm follows it, so ``block_output``
+                                                 cannot fold
+===================  ==========================  ========================================
+
+Unknown block classes never fold (`fold_blocker` names the reason, and
+`steering.steer(backend="auto")` falls back to hooks); add an entry to
+`FOLD_TARGETS` to teach it a new architecture.
+
+Several folds may be active on one module at once and be removed in any order:
+the module keeps its original bias and the list of active deltas, and its bias
+is recomputed as ``original + sum(deltas)`` on every change, so the last
+removal restores the original exactly.
+
+While folded, reading ``mlp_output`` at a folded layer sees the delta (it is
+inside the MLP now), and ``state_dict()`` has a bias entry for a linear layer
+that had none. Under ``torch.compile`` a changed bias value needs no
+recompilation; a bias that appears or disappears does (once per state, then
+cached).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LayerError
+from .handles import HookGroup
+from .layers import decoder_layers, num_layers, resolve_layers
+
+# block class name -> (dotted path of the MLP's last linear layer, whether block_output can fold)
+FOLD_TARGETS: dict[str, tuple[str, bool]] = {
+    "LlamaDecoderLayer": ("mlp.down_proj", True),
+    "MistralDecoderLayer": ("mlp.down_proj", True),
+    "Qwen2DecoderLayer": ("mlp.down_proj", True),
+    "Qwen3DecoderLayer": ("mlp.down_proj", True),
+    "GemmaDecoderLayer": ("mlp.down_proj", True),
+    "Phi3DecoderLayer": ("mlp.down_proj", True),
+    "GPT2Block": ("mlp.c_proj", True),
+    "GPTNeoXLayer": ("mlp.dense_4h_to_h", True),
+    "OPTDecoderLayer": ("fc2", True),
+    # A post-feedforward RMSNorm follows down_proj: only the MLP's own output can fold.
+    "Gemma2DecoderLayer": ("mlp.down_proj", False),
+    "Gemma3DecoderLayer": ("mlp.down_proj", False),
+}
+
+FOLD_SITES: tuple[str, ...] = ("block_output", "mlp_output")
+
+
+@dataclass
+class _FoldState:
+    """What one module looked like before the first fold, and the folds active on it."""
+
+    original: Tensor | None  # exact copy of the bias, or None where there was none
+    param: nn.Parameter  # the bias while folded
+    deltas: dict[int, Tensor] = field(default_factory=dict)  # fold token -> delta
+
+
+# Keyed weakly so a model that is dropped while folded does not stay alive.
+_STATES: weakref.WeakKeyDictionary[nn.Module, _FoldState] = weakref.WeakKeyDictionary()
+_next_token = 0
+
+
+def _out_features(module: nn.Module) -> int | None:
+    if type(module) is nn.Linear:
+        return module.weight.shape[0]
+    if type(module).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight is [in, out]
+        return module.weight.shape[1]
+    return None
+
+
+def fold_target(model: nn.Module, layer: int, site: str = "block_output") -> nn.Module | str:
+    """The linear layer whose bias carries a delta for ``site`` of ``layer``, or why there is none."""
+    return _target(model, decoder_layers(model)[layer], site)
+
+
+def _target(model: nn.Module, block: nn.Module, site: str) -> nn.Module | str:
+    if site not in FOLD_SITES:
+        return f"site {site!r} cannot fold (only {', '.join(FOLD_SITES)})"
+    if model.training:
+        return "the model is in training mode (dropout after the linear layer would scale the bias)"
+    kind = type(block).__name__
+    entry = FOLD_TARGETS.get(kind)
+    if entry is None:
+        return f"{kind} is not in hooks.fold.FOLD_TARGETS"
+    path, block_ok = entry
+    if site == "block_output" and not block_ok:
+        return f"{kind} normalises the MLP output after its last linear layer"
+    if site == "block_output" and getattr(block, "do_layer_norm_before", True) is False:
+        return f"{kind} applies a layer norm after the residual add (do_layer_norm_before=False)"
+    if site == "mlp_output" and not path.startswith("mlp."):
+        return f"{kind} has no MLP module (no mlp_output site)"
+    module: object = block
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    if not isinstance(module, nn.Module) or _out_features(module) is None:
+        return f"{kind}.{path} is not a plain nn.Linear or Conv1D ({type(module).__name__})"
+    weight = module.weight
+    if weight.device.type == "meta":
+        return f"{kind}.{path} has its weights offloaded (meta device)"
+    bias = getattr(module, "bias", None)
+    if bias is not None and not isinstance(bias, Tensor):
+        return f"{kind}.{path}.bias is not a tensor"
+    return module
+
+
+def _targets(model: nn.Module, layers: int | Iterable[int] | None, site: str) -> dict[int, nn.Module] | str:
+    """Fold target per resolved layer, or the first reason one cannot fold."""
+    blocks = decoder_layers(model)  # found once: the lookup walks the module tree
+    out: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+    for index in resolve_layers(model, layers):
+        target = _target(model, blocks[index], site)
+        if isinstance(target, str):
+            return target
+        if id(target) in seen:  # a module shared by several blocks would get every delta
+            return f"layer {index} shares its linear layer with another steered layer"
+        seen.add(id(target))
+        out[index] = target
+    return out
+
+
+def fold_blocker(model: nn.Module, layers: int | Iterable[int] | None, site: str = "block_output") -> str | None:
+    """Why ``layers`` at ``site`` cannot fold, or ``None`` when all of them can.
+
+    Example:
+        >>> fold_blocker(gemma2, [3])  # doctest: +SKIP
+        'Gemma2DecoderLayer normalises the MLP output after its last linear layer'
+    """
+    targets = _targets(model, layers, site)
+    return targets if isinstance(targets, str) else None
+
+
+def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_output", label: str = "") -> HookGroup:
+    """Add ``deltas[layer]`` (``[d_model]``) at ``site`` of each layer by folding it into a bias.
+
+    Args:
+        model: a Hugging Face decoder-only model in eval mode.
+        deltas: layer index (negative allowed) -> constant delta for every token and row.
+        site: ``block_output`` or ``mlp_output``.
+        label: shown in the group's ``repr``.
+
+    Returns:
+        A `HookGroup` holding no hooks; ``remove()`` (or leaving its ``with``
+        block) restores every bias exactly, in any order relative to other folds.
+
+    Raises:
+        LayerError: if a layer cannot fold (the message says why; use hooks
+            instead) or a delta has the wrong shape. Nothing stays changed.
+
+    Example:
+        >>> with fold(model, {12: 4.0 * v}):  # doctest: +SKIP
+        ...     model.generate(**inputs, max_new_tokens=20)
+    """
+    if not deltas:
+        return HookGroup(label)
+    indices = resolve_layers(model, list(deltas))  # checks the range, naming a bad index
+    depth = num_layers(model)
+    resolved = {layer % depth: delta for layer, delta in deltas.items()}
+    if len(resolved) != len(deltas):
+        raise LayerError(f"layers {sorted(deltas)} name the same layer twice")
+    targets = _targets(model, indices, site)
+    if isinstance(targets, str):
+        raise LayerError(f"cannot fold steering into a bias: {targets}; use the hook backend")
+    group = HookGroup(label)
+    try:
+        for index, delta in sorted(resolved.items()):
+            module = targets[index]
+            width = _out_features(module)
+            if delta.shape != (width,):
+                raise LayerError(f"a folded delta must be [{width}], got shape {tuple(delta.shape)} for layer {index}")
+            group.on_remove(_add(module, delta.detach()))
+    except BaseException:
+        group.remove()
+        raise
+    return group
+
+
+@torch.no_grad()
+def _add(module: nn.Module, delta: Tensor) -> _Undo:
+    global _next_token
+    state = _STATES.get(module)
+    if state is None:
+        bias = module.bias
+        if bias is None:
+            weight = module.weight
+            param = nn.Parameter(torch.zeros(_out_features(module) or 0, device=weight.device, dtype=weight.dtype), requires_grad=False)
+            state = _FoldState(original=None, param=param)
+            module.bias = param
+        else:
+            state = _FoldState(original=bias.detach().clone(), param=bias)
+        _STATES[module] = state
+    token, _next_token = _next_token, _next_token + 1
+    state.deltas[token] = delta.to(device=state.param.device, dtype=state.param.dtype)
+    _refresh(module, state)
+    return _Undo(module, token)
+
+
+@torch.no_grad()
+def _refresh(module: nn.Module, state: _FoldState) -> None:
+    """Set the bias to ``original + sum(active deltas)``, or restore it when none is left."""
+    if not state.deltas:
+        del _STATES[module]
+        if state.original is None:
+            module.bias = None  # unregisters the temporary parameter, as Linear(bias=False) has it
+        else:
+            state.param.copy_(state.original)
+        return
+    total = torch.zeros_like(state.param) if state.original is None else state.original.clone()
+    for delta in state.deltas.values():
+        total += delta
+    state.param.copy_(total)
+
+
+class _Undo:
+    """Finalizer that withdraws one delta; safe to call twice."""
+
+    def __init__(self, module: nn.Module, token: int) -> None:
+        self._module = weakref.ref(module)
+        self._token = token
+
+    def __call__(self) -> None:
+        module = self._module()
+        state = _STATES.get(module) if module is not None else None
+        if module is not None and state is not None and state.deltas.pop(self._token, None) is not None:
+            _refresh(module, state)

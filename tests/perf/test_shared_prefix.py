@@ -1,0 +1,76 @@
+"""Extraction that runs a pair's shared prefix once reads the same activations as the plain path."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import steering as st
+from vectors import collect_stats
+from vectors import prefix as prefix_mod
+from vectors.prefix import common_prefix_len, plan_shared
+
+PAIRS = [
+    st.ContrastPair(prompt="Tell me about your day.", positive="It was a wonderful day, full of joy!", negative="It was a terrible day, sad and boring."),
+    st.ContrastPair(prompt="How are you?", positive="I am fine, thank you very much.", negative="I am angry."),
+    st.ContrastPair(prompt="What is the capital of France?", positive="The capital of France is Paris.", negative="The capital of France is a dragon who lived in a small house near the forest."),
+    st.ContrastPair(positive="I love sunny days at the beach", negative="I hate sunny days at the beach"),
+    st.ContrastPair(positive="Great job! Thanks for the help.", negative="Great job! Sorry, I don't know."),
+]
+
+
+def _samples(model, tok, share: bool, layers=(0, 2), batch_size=3, site="block_output"):
+    stats = collect_stats(model, tok, PAIRS, list(layers), site=site, batch_size=batch_size, needs_samples=True, share_prefix=share)
+    return {i: (torch.cat(s.pos_samples), torch.cat(s.neg_samples)) for i, s in stats.items()}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chat", [True, False])
+def test_shared_prefix_reads_the_same_activations(tiny, chat: bool, monkeypatch) -> None:
+    model, tok = tiny
+    if not chat:
+        tok.chat_template = None
+    tok.padding_side = "left"
+    plain = _samples(model, tok, share=False)
+    used = []
+    original = prefix_mod.plan_shared
+
+    def spy(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        used.append(plan is not None)
+        return plan
+
+    monkeypatch.setattr(sys.modules["vectors.extract"], "plan_shared", spy)
+    shared = _samples(model, tok, share=True)
+    assert any(used), "no batch took the shared-prefix path"
+    for layer in plain:
+        for got, want in zip(shared[layer], plain[layer]):
+            torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_shared_prefix_at_other_sites(llama) -> None:
+    model, tok = llama
+    for site in ("block_input", "mlp_output"):
+        plain = _samples(model, tok, share=False, layers=(1,), site=site)
+        shared = _samples(model, tok, share=True, layers=(1,), site=site)
+        torch.testing.assert_close(shared[1][0], plain[1][0], atol=5e-5, rtol=1e-4)
+
+
+def test_plan_layout() -> None:
+    assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert plan_shared([[5, 6]], [[7, 8]], 0, torch.device("cpu")) is None  # nothing shared
+    plan = plan_shared([[1, 2, 3, 4], [1, 9, 9]], [[1, 2, 3, 5, 6], [1, 9, 8]], 0, torch.device("cpu"))
+    assert plan is not None
+    assert plan.prefix["input_ids"].tolist() == [[1, 2, 3], [0, 1, 9]]  # left-padded
+    assert plan.prefix["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    # suffix rows interleaved: pos0, neg0, pos1, neg1; right-padded
+    assert plan.suffix["input_ids"].tolist() == [[4, 0], [5, 6], [9, 0], [8, 0]]
+    assert plan.suffix["position_ids"].tolist() == [[3, 4], [3, 4], [2, 3], [2, 3]]
+    assert plan.read.tolist() == [0, 1, 0, 0]
+    assert plan.suffix["attention_mask"].tolist()[1] == [1, 1, 1, 1, 1] and plan.suffix["attention_mask"].tolist()[2] == [0, 1, 1, 1, 0]
+    # a text that equals its partner still keeps one token to read
+    same = plan_shared([[1, 2, 3]], [[1, 2, 3]], 0, torch.device("cpu"))
+    assert same is not None and same.read.tolist() == [0, 0]
