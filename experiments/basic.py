@@ -7,6 +7,7 @@ errors are raised and turned into one line by `experiments.cli`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -49,8 +50,15 @@ def extract_command(cfg: DictConfig) -> Path:
 
 
 def generate_command(cfg: DictConfig) -> dict[float, str]:
-    """Print the completion of ``cfg.prompt`` at each coefficient (and unsteered with compare)."""
+    """Print the completion of ``cfg.prompt`` at each coefficient (and unsteered with compare).
+
+    With ``vector=<run folder>`` of ``steering run``, each direction the run
+    chose (behaviour on, then off) is generated at its chosen layer(s), coef
+    and positions; ``coef``, ``layers`` and ``positions`` are then not used.
+    """
     model, tok = _load(cfg)
+    if cfg.vector is not None and Path(str(cfg.vector)).is_dir():
+        return _generate_from_run(cfg, model, tok)
     vector = None
     if cfg.vector is not None:
         vector = st.SteeringVector.load(cfg.vector, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))
@@ -86,6 +94,32 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
         label = "unsteered" if coef == 0.0 else f"coef {coef:+g}"
         if len(coefs) > 1:
             print(f"--- {label} ---")
+        print(text.strip())
+    return results
+
+
+def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str]:
+    import torch
+
+    from .summary import load_choices
+
+    choices = load_choices(cfg.vector, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))
+    gen = {"do_sample": bool(cfg.do_sample)}
+    if cfg.do_sample:
+        gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
+    runs = [("unsteered", None, 0.0, "all")] if cfg.compare else []
+    for c in choices:
+        label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, positions {c.positions}"
+        runs.append((label, c.vector, c.coef, c.positions))
+    results: dict[float, str] = {}
+    for label, vector, coef, positions in runs:
+        torch.manual_seed(int(cfg.seed))
+        text = st.generate(
+            model, tok, str(cfg.prompt), vector, coef,
+            max_new_tokens=int(cfg.max_new_tokens), positions=positions, mode=cfg.mode, chat=cfg.chat, **gen,
+        )
+        results[coef] = text
+        print(f"--- {label} ---")
         print(text.strip())
     return results
 

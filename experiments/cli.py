@@ -20,6 +20,12 @@ commands:
             steering generate vector=v.safetensors coef=4 prompt="Tell me about your day." compare=true
   info      metadata, layers and norms of a vector file
             steering info v.safetensors
+  compare   cosines, layers, norms, AUROC, plots and report.html for vectors
+            steering compare vectors=[a.safetensors,b.safetensors] out=cmp data=sentiment
+  serve     OpenAI-compatible server; each request brings its own steering
+            steering serve model=smollm2-135m-instruct vectors=./vectors host=127.0.0.1 port=8000
+  run       sweep layers x coefs, measure effects and side effects, choose the best (Hydra app)
+            steering run experiment=sentiment_sweep [-m method=mean_diff,pca_diff]
 
 Overrides use Hydra syntax (key=value, lists as [a,b]); see conf/<command>.yaml.
 Set STEERING_DEBUG=1 or pass --debug to see tracebacks."""
@@ -48,10 +54,41 @@ def _info(args: Sequence[str]) -> None:
     info_command(paths[0])
 
 
+def _compare(args: Sequence[str]) -> None:
+    from .compare import compare_command
+    from .config import compose_config
+
+    compare_command(compose_config("compare", args))
+
+
+def _serve(args: Sequence[str]) -> None:
+    from .config import compose_config
+    from .serve import serve_command
+
+    serve_command(compose_config("serve", args))
+
+
+def _run(args: Sequence[str]) -> None:
+    # A real @hydra.main app (so -m multirun, --cfg job, hydra.* overrides work): it reads sys.argv.
+    from .run import main as run_main
+
+    if os.environ.get("STEERING_DEBUG", "") not in ("", "0"):
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    saved = sys.argv
+    sys.argv = ["steering run", *args]
+    try:
+        run_main()
+    finally:
+        sys.argv = saved
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "extract": _extract,
     "generate": _generate,
     "info": _info,
+    "compare": _compare,
+    "serve": _serve,
+    "run": _run,
 }
 
 

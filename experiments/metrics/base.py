@@ -1,0 +1,126 @@
+"""What every metric sees: the evaluation data, the model, and the cell under test.
+
+A *cell* is one point of the sweep grid: a window of layers and a
+coefficient (the baseline cell has no layers and coefficient 0). Metrics do
+not steer the model themselves but enter ``cell.steering(model)`` around the
+passes that should be steered, so one metric may mix steered and unsteered
+passes (``gen_ppl`` scores steered text with the unsteered model).
+
+Work shared between metrics of one cell (the generations, the steered pass on
+the neutral text) is kept in ``cell.cache``; work shared between cells (the
+unsteered pass on the neutral text) in ``Context.cache``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import DictConfig
+from torch import nn
+
+import steering as st
+
+from .data import EvalData
+
+Values = dict[str, float]
+
+
+@dataclass
+class Cell:
+    """One grid point: add ``coef / len(layers)`` times the vector at each of ``layers``.
+
+    Attributes:
+        index: position in the sweep (0 is the baseline); seeds sampling.
+        layers: the window of layers steered (empty for the baseline).
+        coef: the grid coefficient, the total over the window.
+        vector: the vector restricted to ``layers`` (``None`` for the baseline).
+        positions: ``all``, ``prompt`` or ``generated``.
+        cache: per-cell results shared between metrics (see module docs).
+    """
+
+    index: int
+    layers: tuple[int, ...] = ()
+    coef: float = 0.0
+    vector: st.SteeringVector | None = None
+    positions: str = "all"
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_baseline(self) -> bool:
+        """True for the unsteered cell."""
+        return self.vector is None or self.coef == 0.0
+
+    @property
+    def layer_coef(self) -> float:
+        """Coefficient applied at each layer of the window."""
+        return self.coef / len(self.layers) if self.layers else 0.0
+
+    @property
+    def label(self) -> str:
+        """Row label: ``"12"`` for one layer, ``"10-14"`` for a window, ``"baseline"``."""
+        return window_label(self.layers)
+
+    def steering(self, model: nn.Module) -> AbstractContextManager[Any]:
+        """Context manager that steers ``model`` as this cell says (nothing for the baseline)."""
+        if self.is_baseline:
+            return nullcontext()
+        assert self.vector is not None
+        return st.steer(model, self.vector, coef=self.layer_coef, positions=self.positions)
+
+
+def window_label(layers: tuple[int, ...] | list[int]) -> str:
+    """``"12"``, ``"10-14"`` (a contiguous window) or ``"baseline"`` (no layers)."""
+    if not layers:
+        return "baseline"
+    if len(layers) == 1:
+        return str(layers[0])
+    return f"{layers[0]}-{layers[-1]}"
+
+
+@dataclass
+class Context:
+    """The model, its tokenizer, the run config and the evaluation data."""
+
+    model: nn.Module
+    tokenizer: Any
+    cfg: DictConfig
+    data: EvalData
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return int(self.cfg.seed)
+
+
+CellFn = Callable[[Context, Cell], Values]
+RowFn = Callable[[Context, list[Cell]], Values]
+LayerFn = Callable[[Context, list[int]], dict[int, Values]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric.
+
+    Attributes:
+        fn: ``fn(ctx, cell) -> values`` for ``kind="cell"``; ``fn(ctx, layers)
+            -> {layer: values}`` for ``kind="layer"`` (no steering involved).
+        values: names of the values it reports, given the config.
+        needs: the `EvalData` fields it reads (loaded before the model).
+        kind: ``cell`` (per grid point) or ``layer`` (per layer, once).
+        row: optional ``row(ctx, cells) -> values`` over one row of cells
+            (the baseline first), e.g. a slope against the coefficient.
+        row_values: names of the values ``row`` reports.
+        doc: one line for listings.
+    """
+
+    fn: Callable[..., Any]
+    values: Callable[[DictConfig], list[str]]
+    needs: frozenset[str]
+    kind: Literal["cell", "layer"] = "cell"
+    row: RowFn | None = None
+    row_values: tuple[str, ...] = ()
+    doc: str = ""

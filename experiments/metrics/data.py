@@ -1,0 +1,101 @@
+"""The held-out material metrics read, loaded and checked before any model loads.
+
+=========  ===============================================================
+prompts    user prompts to generate from (``eval.prompts``)
+neutral    plain factual sentences for side effects (``eval.neutral``)
+items      A/B items, CAA format (``eval.ab_items``, or the pairs held out of
+           ``data.path`` by ``data.holdout``)
+pairs      contrastive pairs for probes (``data.path``)
+=========  ===============================================================
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+import steering as st
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Evaluation material; a field a run does not need stays empty."""
+
+    prompts: list[str] = field(default_factory=list)
+    neutral: list[str] = field(default_factory=list)
+    items: list[st.ContrastPair] = field(default_factory=list)
+    pairs: list[st.ContrastPair] = field(default_factory=list)
+
+
+def split_pairs(pairs: Sequence[st.ContrastPair], fraction: float, seed: int) -> tuple[list[st.ContrastPair], list[st.ContrastPair]]:
+    """Shuffle with ``seed`` and return ``(kept, held_out)``, ``held_out`` being ``fraction`` of the pairs.
+
+    Raises:
+        ConfigError: when the split would leave either side empty.
+    """
+    from ..schema import ConfigError
+
+    if fraction <= 0:
+        return list(pairs), []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_held = round(len(pairs) * fraction)
+    if n_held < 1 or n_held >= len(pairs):
+        raise ConfigError(f"a split of {fraction} leaves no pairs on one side ({len(pairs)} pairs in all)")
+    held = sorted(order[:n_held])
+    kept = sorted(order[n_held:])
+    return [pairs[i] for i in kept], [pairs[i] for i in held]
+
+
+def _first(items: list, limit: int | None) -> list:
+    return items if limit is None else items[: int(limit)]
+
+
+def _lines(key: str, value: str, limit: int | None) -> list[str]:
+    try:
+        return _first(st.load_lines(value), limit)
+    except st.DatasetError as exc:
+        raise st.DatasetError(f"{key}={value}: {exc}") from None
+
+
+def load_items(path: str, limit: int | None) -> list[st.ContrastPair]:
+    """A/B items from a CAA-format file; each needs a question.
+
+    Raises:
+        DatasetError: naming the file and item for an item without a question.
+    """
+    items = st.load_pairs(path)
+    for i, item in enumerate(items):
+        if not item.prompt:
+            raise st.DatasetError(f"{path}: item {i} has no question (A/B items need 'question')")
+    return _first(items, limit)
+
+
+def load_eval_data(cfg: DictConfig, needs: set[str], pairs: Sequence[st.ContrastPair], held_out: Sequence[st.ContrastPair]) -> EvalData:
+    """Load what ``needs`` names (see module docs); ``held_out`` serves as A/B items when ``eval.ab_items`` is null.
+
+    Raises:
+        DatasetError: a missing or empty file, or bad items, naming the file.
+        ConfigError: A/B items needed but neither ``eval.ab_items`` nor ``data.holdout`` given.
+    """
+    from ..schema import ConfigError
+
+    ev = cfg.eval
+    prompts = _lines("eval.prompts", ev.prompts, ev.max_prompts) if "prompts" in needs else []
+    neutral = _lines("eval.neutral", ev.neutral, ev.max_neutral) if "neutral" in needs else []
+    items: list[st.ContrastPair] = []
+    if "items" in needs:
+        if ev.ab_items is not None:
+            items = load_items(ev.ab_items, ev.max_ab_items)
+        elif held_out:
+            items = _first(list(held_out), ev.max_ab_items)
+        else:
+            raise ConfigError("A/B metrics need test items: set eval.ab_items=<CAA test file> or data.holdout=<fraction of data.path>")
+        for i, item in enumerate(items):
+            if not item.prompt:
+                raise st.DatasetError(f"A/B item {i} ({item.positive!r} vs {item.negative!r}) has no question")
+    probe_pairs = list(pairs) if "pairs" in needs else []
+    return EvalData(prompts=prompts, neutral=neutral, items=items, pairs=probe_pairs)

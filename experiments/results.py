@@ -1,0 +1,137 @@
+"""Files a run writes as it goes: ``metrics.csv`` and ``generations.jsonl``.
+
+Both are appended to and flushed to disk after every cell, so an interrupted
+sweep keeps every cell it finished. ``metrics.csv`` is long-format, one row
+per (cell, value):
+
+===========  =============================================================
+cell         index of the cell (0 = baseline); empty for per-row and
+             per-layer values
+layer        row label: ``12``, ``10-14`` (a window) or ``baseline``
+layers       the layers steered, space-separated
+coef         the grid coefficient (total over the window); empty for
+             values computed across coefficients (e.g. ``slope``)
+layer_coef   the coefficient applied at each layer of the window
+metric       value name (``sentiment``, ``kl``, ...)
+value        the number
+===========  =============================================================
+
+The baseline (coef 0) is measured once and written once per row, so every
+row of the grid has its coef-0 point.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "metric", "value")
+
+
+@dataclass
+class CellResult:
+    """The measured values of one cell."""
+
+    index: int
+    label: str
+    layers: tuple[int, ...]
+    coef: float
+    layer_coef: float
+    values: dict[str, float] = field(default_factory=dict)
+
+    def within(self, budget: Mapping[str, float]) -> bool:
+        """True if every budgeted value is measured, finite and at most its limit."""
+        for key, limit in budget.items():
+            value = self.values.get(key, math.nan)
+            if not math.isfinite(value) or value > limit:
+                return False
+        return True
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    return repr(float(value))
+
+
+class _Appender:
+    """An append-mode text file flushed and synced after every write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = path.open("a", encoding="utf-8", newline="")
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class MetricsWriter(_Appender):
+    """Appends rows to ``metrics.csv`` (see module docs), header first if the file is new."""
+
+    def __init__(self, path: Path) -> None:
+        fresh = not path.exists() or path.stat().st_size == 0
+        super().__init__(path)
+        self._csv = csv.writer(self._file)
+        if fresh:
+            self._csv.writerow(COLUMNS)
+            self._sync()
+
+    def cell(self, result: CellResult, label: str | None = None, layers: Sequence[int] | None = None) -> None:
+        """Write every value of ``result`` (under another row's ``label``/``layers`` if given)."""
+        row_layers = result.layers if layers is None else tuple(layers)
+        for name, value in result.values.items():
+            self._csv.writerow(
+                [result.index, label or result.label, " ".join(map(str, row_layers)), _fmt(result.coef), _fmt(result.layer_coef), name, _fmt(value)]
+            )
+        self._sync()
+
+    def aggregate(self, label: str, layers: Sequence[int], values: Mapping[str, float], coef: float | None = None) -> None:
+        """Write values that belong to a row or layer rather than to one cell."""
+        for name, value in values.items():
+            self._csv.writerow(["", label, " ".join(map(str, layers)), _fmt(coef), "", name, _fmt(value)])
+        self._sync()
+
+
+class GenerationsWriter(_Appender):
+    """Appends one JSON line per generated text to ``generations.jsonl``."""
+
+    def cell(self, result: CellResult, prompts: Sequence[str], texts: Sequence[str], scores: Sequence[float] | None) -> None:
+        """Write the cell's texts (and their scores when there are any)."""
+        for i, (prompt, text) in enumerate(zip(prompts, texts)):
+            record: dict[str, Any] = {"cell": result.index, "layer": result.label, "coef": result.coef, "prompt": prompt, "text": text}
+            if scores is not None:
+                record["score"] = scores[i]
+            self._file.write(json.dumps(record) + "\n")
+        self._sync()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` with numbers parsed (empty fields become ``None``)."""
+    rows = []
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = dict(row)
+            for key in ("cell",):
+                parsed[key] = int(row[key]) if row[key] else None
+            for key in ("coef", "layer_coef", "value"):
+                parsed[key] = float(row[key]) if row[key] else None
+            rows.append(parsed)
+    return rows

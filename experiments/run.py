@@ -1,0 +1,233 @@
+"""``steering run``: sweep layers and strengths, measure effects and side effects, pick the best.
+
+The Hydra app (`main`) composes ``conf/run/config.yaml`` with the command line
+and calls `run`, which is plain Python and takes any composed config:
+
+1. check the config and load the data (bad input fails before the model loads);
+2. load the model once and extract a vector at every layer the grid needs,
+   in one pass over the pairs;
+3. measure the baseline and every (layer window, coef) cell, appending to
+   ``metrics.csv`` as each finishes (`experiments.sweep`);
+4. choose the best cell per direction within the side-effect budget and
+   write ``summary.json``, the figures and ``report.html``.
+
+A ``probe`` task instead fits a probe per layer (no steering). Everything
+goes to ``out_dir`` (Hydra's run folder by default); a Ctrl-C keeps the
+measured cells and still writes the summary and report.
+
+Example:
+    >>> from experiments.run import compose_run, run
+    >>> cfg = compose_run(["experiment=sentiment_sweep", "out_dir=/tmp/run"])  # doctest: +SKIP
+    >>> run(cfg)["best_layer"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+import steering as st
+from hooks import resolve_layers
+from vectors import atomic_write
+
+from . import plots
+from .config import conf_dir
+from .metrics import METRICS, Context, load_eval_data, split_pairs
+from .metrics.text import make_scorer
+from .report import write_report
+from .results import MetricsWriter
+from .schema import check, register_schema
+from .summary import VECTOR, config_yaml, probe_summary, sweep_summary, write_summary
+from .sweep import SweepResult, grid, run_sweep
+
+log = logging.getLogger(__name__)
+
+register_schema()  # before @hydra.main composes: config.yaml's first default is run_schema
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_conf_dir() -> Path:
+    """``conf/run``: the run configs and their groups.
+
+    They sit in a folder of their own because Hydra treats ``key=value`` as a
+    group choice whenever a group named ``key`` is on the search path; groups
+    ``model/``, ``data/`` and ``method/`` beside ``extract.yaml`` would turn
+    ``steering extract model=...`` into a group override.
+    """
+    return conf_dir() / "run"
+
+
+def compose_run(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/run/config.yaml`` with ``overrides`` outside a Hydra app (tests, notebooks).
+
+    Overrides mean what they mean on the command line (no extra quoting).
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(run_conf_dir()), version_base="1.3", job_name="steering_run"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _pairs(cfg: DictConfig) -> tuple[list[st.ContrastPair], list[st.ContrastPair]]:
+    try:
+        pairs = st.load_pairs(cfg.data.path)
+    except st.DatasetError as exc:
+        raise st.DatasetError(f"data.path={cfg.data.path}: {exc}") from None
+    kept, held = split_pairs(pairs, float(cfg.data.holdout), int(cfg.seed))
+    if cfg.data.max_pairs is not None:
+        kept = kept[: int(cfg.data.max_pairs)]
+    return kept, held
+
+
+def _preflight(cfg: DictConfig) -> None:
+    """Fail now, not after the sweep, on a missing plotting library or a scorer that cannot be built."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise st.SteeringError("steering run draws its figures with matplotlib: pip install 'steering[plots]'")
+    if "generation_score" in cfg.metric.use:
+        make_scorer(cfg.metric)
+
+
+def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run the experiment ``cfg`` describes; return its summary.
+
+    Args:
+        cfg: a composed config (`compose_run`, or Hydra's).
+        loaded: an already loaded ``(model, tokenizer)`` to use instead of ``cfg.model``.
+
+    Raises:
+        ConfigError, DatasetError, SteeringError: bad config or input, naming the key or file.
+        KeyboardInterrupt: after writing the summary and report of what was measured.
+    """
+    start = time.perf_counter()
+    check(cfg)
+    _preflight(cfg)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    yaml = config_yaml(cfg)
+    atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(yaml, encoding="utf-8"), suffix=".yaml")
+    seed_everything(int(cfg.seed))
+    pairs, held_out = _pairs(cfg)
+    needs = set().union(*(METRICS[name].needs for name in cfg.metric.use))
+    data = load_eval_data(cfg, needs, pairs, held_out)
+    if loaded is None:
+        log.info("loading model %s", cfg.model.name)
+        loaded = st.load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    model, tokenizer = loaded
+    ctx = Context(model, tokenizer, cfg, data)
+    if cfg.task == "probe":
+        return _probe(ctx, out_dir, yaml, start)
+    return _sweep(ctx, pairs, out_dir, yaml, start)
+
+
+def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float) -> dict[str, Any]:
+    cfg = ctx.cfg
+    rows = grid(cfg, ctx.model)
+    layers = sorted({i for row in rows for i in row})
+    log.info("extracting %s at %d layers from %d pairs", cfg.method.name, len(layers), len(pairs))
+    vector = st.extract(
+        ctx.model,
+        ctx.tokenizer,
+        pairs,
+        layers,
+        method=str(cfg.method.name),
+        position=str(cfg.method.position),
+        site=str(cfg.sweep.site),
+        batch_size=int(cfg.method.batch_size),
+        progress=bool(cfg.progress),
+    )
+    vector.save(out_dir / VECTOR)
+    log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))
+    result = run_sweep(ctx, vector, rows, out_dir)
+    summary = sweep_summary(cfg, result, time.perf_counter() - start)
+    write_summary(out_dir / "summary.json", summary)
+    _sweep_report(ctx, result, summary, out_dir, yaml)
+    log.info("results in %s", out_dir)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _sweep_report(ctx: Context, result: SweepResult, summary: dict[str, Any], out_dir: Path, yaml: str) -> None:
+    if result.baseline is None or not result.cells:
+        return
+    effect, budget = summary["effect"], summary["budget"]
+    figures_dir = out_dir / "plots"
+    choices = summary["directions"]
+    floor = 10 * float(ctx.cfg.select.min_delta)  # changes this small read as flat in the figures
+    figures = [
+        (plots.effect_vs_coef(figures_dir / "effect_vs_coef.png", result.baseline, result.cells, effect, budget, choices, floor), f"{effect} against coefficient per layer"),
+        (plots.heatmap(figures_dir / "heatmap.png", result.baseline, result.cells, effect, budget, choices, floor), f"layer x coefficient heatmap of {effect}"),
+    ]
+    side = plots.side_effects(figures_dir / "side_effects.png", result.baseline, result.cells, effect, budget, choices)
+    if side is not None:
+        figures.append((side, "side effects against effect"))
+    if "letter_balance" in summary:
+        figures.append((plots.letter_balance(figures_dir / "letter_balance.png", result.baseline, result.rows), "unsteered answer balance and steerability"))
+    if result.layers:
+        figures.append((plots.probe_layers(figures_dir / "probe_layers.png", result.layers), "probe accuracy against layer"))
+    write_report(
+        out_dir / "report.html",
+        summary,
+        figures,
+        yaml,
+        baseline=result.baseline,
+        cells=result.cells,
+        prompts=ctx.data.prompts,
+        generations=result.generations,
+        examples=int(ctx.cfg.report.examples),
+    )
+
+
+def _probe(ctx: Context, out_dir: Path, yaml: str, start: float) -> dict[str, Any]:
+    cfg = ctx.cfg
+    layers = resolve_layers(ctx.model, None if cfg.sweep.layers is None else list(cfg.sweep.layers))
+    per_layer: dict[int, dict[str, float]] = {}
+    with MetricsWriter(out_dir / "metrics.csv") as writer:
+        for name in cfg.metric.use:
+            if METRICS[name].kind != "layer":
+                continue
+            for layer, values in METRICS[name].fn(ctx, layers).items():
+                per_layer.setdefault(layer, {}).update(values)
+                writer.aggregate(str(layer), [layer], values)
+    summary = probe_summary(cfg, per_layer, time.perf_counter() - start)
+    write_summary(out_dir / "summary.json", summary)
+    figure = plots.probe_layers(out_dir / "plots" / "probe_layers.png", per_layer)
+    write_report(out_dir / "report.html", summary, [(figure, "probe accuracy and AUROC against layer")], yaml)
+    return summary
+
+
+# An absolute path: relative to this module, Hydra would look ``conf`` up as an importable
+# package, which breaks when the working directory holds a ``conf/`` folder of its own.
+@hydra.main(config_path=str(run_conf_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """The Hydra app behind ``steering run``: one line per known error, unless debugging."""
+    try:
+        run(cfg)
+    except st.SteeringError as exc:
+        if os.environ.get("STEERING_DEBUG", "") not in ("", "0"):
+            raise
+        log.error("steering run: error: %s", " ".join(str(exc).split()))
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Typed schema of ``steering run`` configs, and the checks across fields.
+
+The dataclasses below are registered in Hydra's ConfigStore as ``run_schema``,
+the first entry of ``conf/run/config.yaml``'s defaults list, so every group file
+and override is merged into typed nodes: a misspelt key or a value of the
+wrong type fails with Hydra's own error naming the key, before any model
+loads. `check` adds the rules a type cannot express (known choices, coef
+grids, budgets naming measured values) and raises `ConfigError` naming the
+config key and the bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from hooks import POSITIONS, SITES, SteeringError
+from vectors import METHODS, READ_POSITIONS
+
+TASKS = ("sweep", "probe")
+
+
+class ConfigError(SteeringError, ValueError):
+    """A composed config whose values do not fit together."""
+
+
+@dataclass
+class ModelConf:
+    """Which model to load (``steering.load_model``)."""
+
+    name: str = "smollm2-135m-instruct"  # registry name, HF folder or .gguf file
+    device: str | None = None  # cpu | cuda | auto (null = cpu)
+    dtype: str | None = None  # float32 | bfloat16 | float16 (null = float32)
+
+
+@dataclass
+class DataConf:
+    """Contrastive pairs the vector is extracted from."""
+
+    path: str = MISSING  # bundled set name, or a .jsonl / CAA .json file
+    max_pairs: int | None = None  # use the first N pairs (after the holdout split)
+    holdout: float = 0.0  # fraction of pairs kept out of extraction for evaluation
+
+
+@dataclass
+class MethodConf:
+    """Extraction method (``vectors.METHODS``)."""
+
+    name: str = "mean_diff"
+    position: str = "last"  # last | mean: token(s) read from each text
+    batch_size: int = 16
+
+
+@dataclass
+class MetricConf:
+    """Which registered metrics to measure, and which value to optimise."""
+
+    use: list[str] = field(default_factory=lambda: ["generation_score", "neutral_ppl", "kl", "repetition"])
+    effect: str = "sentiment"  # the value the choice maximises (+coef) / minimises (-coef)
+    scorer: str = "sentiment"  # generation_score: sentiment | keyword | module:function
+    keywords: list[str] = field(default_factory=list)  # for scorer=keyword
+
+
+@dataclass
+class SweepConf:
+    """The grid: rows are layer windows, columns coefficients."""
+
+    layers: list[int] | None = None  # first layer of each window (null = every layer)
+    window: list[int] = field(default_factory=lambda: [1])  # layers per cell; the coef is split over them
+    coefs: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    site: str = "block_output"
+    positions: str = "all"  # all | prompt | generated
+
+
+@dataclass
+class EvalConf:
+    """Held-out material the metrics read."""
+
+    prompts: str = "sentiment_eval_prompts.txt"  # generation prompts (file or bundled name)
+    max_prompts: int | None = None
+    max_new_tokens: int = 32
+    batch_size: int = 40  # prompts per generate call / texts per scoring pass
+    chat: bool | None = None  # chat template (null = when the tokenizer has one)
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    neutral: str = "neutral.txt"  # plain factual sentences for the side effects
+    max_neutral: int | None = None
+    neutral_prompt: str = "Tell me a fact."  # the user turn the neutral sentences answer
+    ab_items: str | None = None  # CAA A/B test items (null = the held-out part of data.path)
+    max_ab_items: int | None = None
+    test_fraction: float = 0.3  # probe_accuracy: pairs held out to test each probe
+
+
+@dataclass
+class SelectConf:
+    """How the best cell is chosen."""
+
+    min_delta: float = 0.02  # smallest change of the effect that counts as steering
+
+
+@dataclass
+class ReportConf:
+    """What the report shows."""
+
+    examples: int = 3  # generations shown per chosen cell
+
+
+@dataclass
+class RunConf:
+    """A whole ``steering run`` config."""
+
+    name: str = "run"
+    task: str = "sweep"  # sweep | probe
+    seed: int = 0
+    out_dir: str = "${hydra:runtime.output_dir}"
+    progress: bool = True
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    method: MethodConf = field(default_factory=MethodConf)
+    metric: MetricConf = field(default_factory=MetricConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    budget: dict[str, float] = field(default_factory=lambda: {"neutral_ppl": 1.3, "kl": 0.3})
+    select: SelectConf = field(default_factory=SelectConf)
+    report: ReportConf = field(default_factory=ReportConf)
+
+
+def register_schema() -> None:
+    """Store `RunConf` as ``run_schema`` in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConf)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise `ConfigError` for values that do not fit together (see module docs)."""
+    from .metrics import METRICS, produced_values
+
+    _choice("task", cfg.task, TASKS)
+    _choice("method.name", cfg.method.name, sorted(METHODS))
+    _choice("method.position", cfg.method.position, READ_POSITIONS)
+    _choice("sweep.site", cfg.sweep.site, SITES)
+    _choice("sweep.positions", cfg.sweep.positions, POSITIONS)
+    if cfg.method.batch_size < 1 or cfg.eval.batch_size < 1:
+        raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
+    if not 0.0 <= cfg.data.holdout < 1.0:
+        raise ConfigError(f"data.holdout={cfg.data.holdout} must be in [0, 1)")
+    if not 0.0 < cfg.eval.test_fraction < 1.0:
+        raise ConfigError(f"eval.test_fraction={cfg.eval.test_fraction} must be in (0, 1)")
+    for key in ("data.max_pairs", "eval.max_prompts", "eval.max_neutral", "eval.max_ab_items"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1 (or null for all)")
+    if cfg.eval.max_new_tokens < 1:
+        raise ConfigError(f"eval.max_new_tokens={cfg.eval.max_new_tokens} must be >= 1")
+    for name in cfg.metric.use:
+        _choice("metric.use", name, sorted(METRICS))
+    if cfg.task == "probe":
+        if "probe_accuracy" not in cfg.metric.use:
+            raise ConfigError("task=probe needs 'probe_accuracy' in metric.use")
+        return
+    coefs = list(cfg.sweep.coefs)
+    if not coefs or len(set(coefs)) != len(coefs):
+        raise ConfigError(f"sweep.coefs={coefs} must be a non-empty list without repeats")
+    if not any(c != 0 for c in coefs):
+        raise ConfigError(f"sweep.coefs={coefs} has no non-zero coefficient to test")
+    if not cfg.sweep.window or any(w < 1 for w in cfg.sweep.window):
+        raise ConfigError(f"sweep.window={list(cfg.sweep.window)} must list window sizes >= 1")
+    if cfg.sweep.layers is not None and not cfg.sweep.layers:
+        raise ConfigError("sweep.layers is an empty list; give layer indices or null for every layer")
+    values = produced_values(cfg)
+    if cfg.metric.effect not in values:
+        raise ConfigError(
+            f"metric.effect={cfg.metric.effect!r} is not measured by metric.use={list(cfg.metric.use)}; "
+            f"they measure: {', '.join(values)}"
+        )
+    for key in cfg.budget:
+        if key not in values:
+            raise ConfigError(f"budget.{key} names a value no metric in metric.use measures ({', '.join(values)})")

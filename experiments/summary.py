@@ -1,0 +1,163 @@
+"""``summary.json``: what a run found, and reading a run's choice back.
+
+A sweep's summary names, for behaviour on (``positive``) and off
+(``negative``), the chosen cell: ``best_layer`` (an int, or the list of
+layers of a window), ``best_coef`` (the coefficient applied at each of those
+layers, so ``steer(model, vec.select(layers), coef=best_coef,
+positions=positions)`` reproduces the cell), its values and side effects.
+The top-level ``best_layer``/``best_coef`` repeat the positive direction's.
+Non-finite numbers are written as ``null`` (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import steering as st
+from vectors import atomic_write
+
+from .select import choose
+from .sweep import SweepResult
+
+SUMMARY = "summary.json"
+VECTOR = "vector.safetensors"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> Path:
+    """Write ``summary`` as JSON, atomically, with NaN/inf as ``null``."""
+    text = json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), suffix=".json")
+
+
+def _common(cfg: DictConfig, runtime: float) -> dict[str, Any]:
+    return {
+        "name": str(cfg.name),
+        "task": str(cfg.task),
+        "model": str(cfg.model.name),
+        "data": str(cfg.data.path),
+        "seed": int(cfg.seed),
+        "runtime_s": round(runtime, 1),
+    }
+
+
+def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float) -> dict[str, Any]:
+    """The summary of a sweep (see module docs)."""
+    effect = str(cfg.metric.effect)
+    budget = {str(k): float(v) for k, v in cfg.budget.items()}
+    summary = _common(cfg, runtime)
+    summary.update(
+        method=str(cfg.method.name),
+        site=str(cfg.sweep.site),
+        positions=str(cfg.sweep.positions),
+        effect=effect,
+        budget=budget,
+        min_delta=float(cfg.select.min_delta),
+        vector=VECTOR,
+        interrupted=result.interrupted,
+        grid={
+            "rows": list(dict.fromkeys(c.label for c in result.cells)),
+            "coefs": [float(c) for c in cfg.sweep.coefs],
+            "planned": result.planned,
+            "measured": len(result.cells) + (result.baseline is not None),
+        },
+    )
+    if result.baseline is None:
+        summary.update(best_layer=None, best_coef=None, directions={}, baseline={})
+        return summary
+    directions = choose(result.cells, result.baseline, effect, budget, float(cfg.select.min_delta))
+    positive = directions["positive"]
+    summary.update(
+        best_layer=positive.get("best_layer"),
+        best_coef=positive.get("best_coef"),
+        best_values=positive.get("values"),
+        side_effects=positive.get("side_effects"),
+        directions=directions,
+        baseline=dict(result.baseline.values),
+    )
+    shares = {k.removeprefix("share_"): v for k, v in result.baseline.values.items() if k.startswith("share_")}
+    if shares:
+        summary["letter_balance"] = shares
+    if result.rows:
+        summary["rows"] = result.rows
+    if result.layers:
+        summary["layers"] = {str(k): v for k, v in sorted(result.layers.items())}
+    return summary
+
+
+def probe_summary(cfg: DictConfig, per_layer: dict[int, dict[str, float]], runtime: float) -> dict[str, Any]:
+    """The summary of a probe run: the layer with the best held-out accuracy (AUROC breaks ties)."""
+    summary = _common(cfg, runtime)
+    best = max(per_layer, key=lambda i: (per_layer[i]["probe_accuracy"], per_layer[i]["probe_auroc"], -i)) if per_layer else None
+    summary.update(
+        method=str(cfg.method.name),
+        effect="probe_accuracy",
+        budget={},
+        best_layer=best,
+        best_coef=None,
+        best_values=per_layer.get(best) if best is not None else None,
+        layers={str(k): v for k, v in sorted(per_layer.items())},
+    )
+    return summary
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A run's chosen steering for one direction, ready for ``steering.steer``."""
+
+    direction: str
+    vector: st.SteeringVector
+    coef: float
+    positions: str
+    label: str
+
+
+def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> list[Choice]:
+    """The chosen cells of a sweep's run folder (directions without one are left out).
+
+    Raises:
+        VectorFileError / SteeringError: a folder without ``summary.json`` or
+            the vector, a summary that is not a sweep's, or no direction with a choice.
+    """
+    folder = Path(run_dir)
+    path = folder / SUMMARY
+    if not path.is_file():
+        raise st.SteeringError(f"{folder} is a folder but has no {SUMMARY}; pass a run folder of `steering run` or a .safetensors file")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise st.SteeringError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if summary.get("task") != "sweep":
+        raise st.SteeringError(f"{path}: task is {summary.get('task')!r}; only sweep runs choose a layer and coef")
+    vector = st.SteeringVector.load(folder / summary.get("vector", VECTOR), model, allow_model_mismatch=allow_model_mismatch)
+    choices = []
+    for direction, choice in summary.get("directions", {}).items():
+        layer = choice.get("best_layer")
+        if layer is None:
+            continue
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        choices.append(Choice(direction, vector.select(layers), float(choice["best_coef"]), str(summary["positions"]), str(choice["window"])))
+    if not choices:
+        statuses = ", ".join(f"{d}: {c.get('status')}" for d, c in summary.get("directions", {}).items())
+        raise st.SteeringError(f"{path}: no direction has a chosen cell ({statuses or 'no cells measured'})")
+    return choices
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

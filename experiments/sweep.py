@@ -1,0 +1,164 @@
+"""The sweep: one vector, every (layer window, coefficient) cell, measured in turn.
+
+The grid's rows are layer windows (``sweep.layers`` x ``sweep.window``: a
+window of ``w`` layers starting at ``L`` steers ``L .. L+w-1``, each with
+``coef / w``), its columns the coefficients. The baseline (coefficient 0) is
+the same for every row, so it is measured once, first; then each row's
+non-zero coefficients, and the row's aggregates (e.g. the A/B slope) as soon
+as the row is complete. Every cell's values go to disk when it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+import steering as st
+from hooks import num_layers, resolve_layers
+
+from .metrics import METRICS, Cell, Context, window_label
+from .metrics import text as text_metrics
+from .results import CellResult, GenerationsWriter, MetricsWriter
+from .schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What a sweep measured (all of it, or up to an interruption)."""
+
+    baseline: CellResult | None
+    cells: list[CellResult]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    layers: dict[int, dict[str, float]] = field(default_factory=dict)
+    generations: dict[int, list[str]] = field(default_factory=dict)
+    interrupted: bool = False
+    planned: int = 0
+
+
+def plan_windows(model_layers: int, layers: list[int] | None, windows: list[int]) -> list[tuple[int, ...]]:
+    """The grid's rows: one tuple of layers per (start layer, window size).
+
+    Raises:
+        ConfigError: a window that runs past the last layer.
+    """
+    rows: list[tuple[int, ...]] = []
+    for size in windows:
+        starts = range(model_layers - size + 1) if layers is None else layers
+        for start in starts:
+            if start + size > model_layers:
+                raise ConfigError(
+                    f"sweep.layers has {start} with sweep.window={size}: layers {start}..{start + size - 1} "
+                    f"run past the model's last layer ({model_layers - 1})"
+                )
+            row = tuple(range(start, start + size))
+            if row not in rows:
+                rows.append(row)
+    return rows
+
+
+def resolve_starts(model: nn.Module, layers: list[int] | None) -> list[int] | None:
+    """Normalise negative start layers (``None`` stays: every layer)."""
+    if layers is None:
+        return None
+    try:
+        return resolve_layers(model, list(layers))
+    except st.LayerError as exc:
+        raise ConfigError(f"sweep.layers={list(layers)}: {exc}") from None
+
+
+def grid(cfg: DictConfig, model: nn.Module) -> list[tuple[int, ...]]:
+    """The rows for ``cfg.sweep`` on ``model``."""
+    windows = [int(w) for w in cfg.sweep.window]
+    return plan_windows(num_layers(model), resolve_starts(model, cfg.sweep.layers), windows)
+
+
+def _measure(ctx: Context, cell: Cell, names: list[str]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for name in names:
+        values.update(METRICS[name].fn(ctx, cell))
+    return values
+
+
+def _result(cell: Cell, values: dict[str, float]) -> CellResult:
+    return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values)
+
+
+def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...]], out_dir: Path) -> SweepResult:
+    """Measure the baseline, then every cell of ``rows`` x the non-zero ``sweep.coefs``.
+
+    Values are appended to ``out_dir/metrics.csv`` (and generations to
+    ``generations.jsonl``) as each cell finishes. A ``KeyboardInterrupt``
+    stops the sweep and returns what was measured, with ``interrupted`` set.
+    """
+    cfg = ctx.cfg
+    cell_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "cell"]
+    layer_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "layer"]
+    coefs = [float(c) for c in cfg.sweep.coefs if float(c) != 0.0]
+    positions = str(cfg.sweep.positions)
+    effect = str(cfg.metric.effect)
+    wants_text = any("prompts" in METRICS[n].needs for n in cell_metrics)
+    result = SweepResult(baseline=None, cells=[], planned=1 + len(rows) * len(coefs))
+    bar = tqdm(total=result.planned, desc="sweep", unit="cell", disable=not cfg.progress)
+    metrics_file = MetricsWriter(out_dir / "metrics.csv")
+    texts_file = GenerationsWriter(out_dir / "generations.jsonl") if wants_text else None
+    try:
+        for name in layer_metrics:
+            wanted = sorted({i for row in rows for i in row})
+            for layer, values in METRICS[name].fn(ctx, wanted).items():
+                result.layers.setdefault(layer, {}).update(values)
+                metrics_file.aggregate(str(layer), [layer], values)
+
+        def finish(cell: Cell) -> CellResult:
+            measured = _result(cell, _measure(ctx, cell, cell_metrics))
+            if texts_file is not None:
+                texts = text_metrics.generations(ctx, cell)
+                result.generations[cell.index] = texts
+                texts_file.cell(measured, ctx.data.prompts, texts, cell.cache.get("scores"))
+            value = measured.values.get(effect, math.nan)
+            bar.set_postfix_str(f"{measured.label} coef={cell.coef:+g} {effect}={value:.3f}")
+            bar.update()
+            return measured
+
+        baseline_cell = Cell(0, positions=positions)
+        result.baseline = finish(baseline_cell)
+        for row in rows:
+            metrics_file.cell(result.baseline, label=window_label(row), layers=row)
+        index = 1
+        for row in rows:
+            row_vector = vector.select(row)
+            row_cells = [baseline_cell]
+            for coef in coefs:
+                cell = Cell(index, row, coef, row_vector, positions)
+                index += 1
+                measured = finish(cell)
+                metrics_file.cell(measured)
+                result.cells.append(measured)
+                row_cells.append(cell)
+            aggregates: dict[str, float] = {}
+            for name in cell_metrics:
+                row_fn = METRICS[name].row
+                if row_fn is not None:
+                    aggregates.update(row_fn(ctx, row_cells))
+            if aggregates:
+                result.rows[window_label(row)] = aggregates
+                metrics_file.aggregate(window_label(row), row, aggregates)
+            # Keep only what later steps read: the generations (report) live in `result`.
+            for cell in row_cells[1:]:
+                cell.cache.clear()
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log.warning("sweep interrupted after %d of %d cells; keeping what was measured", bar.n, result.planned)
+    finally:
+        bar.close()
+        metrics_file.close()
+        if texts_file is not None:
+            texts_file.close()
+    return result

@@ -1,0 +1,214 @@
+"""Whole runs on a tiny model: every shipped experiment, the CLI, multirun, seeds, interruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import steering as st
+from experiments import sweep as sweep_module
+from experiments.basic import generate_command
+from experiments.cli import main
+from experiments.config import compose_config
+from experiments.results import read_metrics
+from experiments.run import compose_run, run, run_conf_dir
+from experiments.summary import load_choices
+from tests.experiments.conftest import CAA_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (run_conf_dir() / "experiment").glob("*.yaml"))
+SWEEP_FILES = ["config.yaml", "vector.safetensors", "metrics.csv", "generations.jsonl", "summary.json", "report.html"]
+SWEEP_PLOTS = ["effect_vs_coef.png", "heatmap.png", "side_effects.png"]
+
+
+def _overrides(name: str, tiny_dir: Path, out: Path, ab_file: Path) -> list[str]:
+    extra = [f"data.path={ab_file}"] if name == "caa_ab" else []
+    return [f"experiment={name}", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}", *extra]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_and_writes_its_files(name: str, tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / name
+    summary = run(compose_run(_overrides(name, tiny_dir, out, ab_file)))
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["name"] == name and saved["task"] == summary["task"]
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "data:image/png;base64," in html and "src=\"plots/" not in html  # self-contained
+    assert "Config" in html and str(tiny_dir) in html
+    assert (out / "config.yaml").read_text().startswith("name: " + name)
+    if saved["task"] == "probe":
+        assert (out / "plots" / "probe_layers.png").stat().st_size > 1000
+        assert isinstance(saved["best_layer"], int) and set(saved["layers"]) == {"0", "1"}
+        return
+    for file in SWEEP_FILES if name != "caa_ab" else [f for f in SWEEP_FILES if f != "generations.jsonl"]:
+        assert (out / file).is_file(), file
+    for plot in SWEEP_PLOTS:
+        assert (out / "plots" / plot).stat().st_size > 1000, plot
+    assert {"best_layer", "best_coef", "directions", "baseline", "budget", "side_effects"} <= set(saved)
+    assert set(saved["directions"]) == {"positive", "negative"}
+    rows = read_metrics(out / "metrics.csv")
+    cells = {(r["layer"], r["coef"]) for r in rows if r["cell"] is not None}
+    assert cells == {(layer, coef) for layer in ("0", "1") for coef in (-2.0, 0.0, 2.0)}
+    vector = st.SteeringVector.load(out / "vector.safetensors")
+    assert vector.layers == [0, 1]
+
+
+def test_caa_ab_reports_letter_balance_and_steerability(tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ab"
+    summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), f"eval.ab_items={ab_file}"]))
+    balance = summary["letter_balance"]
+    assert set(balance) == {"A", "B"} and balance["A"] + balance["B"] == pytest.approx(1.0)
+    assert set(summary["rows"]) == {"0", "1"} and {"slope", "wrong_sign"} <= set(summary["rows"]["0"])
+    html = (out / "report.html").read_text()
+    assert "answer balance" in html and f"A: {balance['A']:.3f}" in html
+    assert (out / "plots" / "letter_balance.png").is_file()
+    rows = read_metrics(out / "metrics.csv")
+    assert any(r["metric"] == "slope" and r["coef"] is None for r in rows)
+
+
+@pytest.mark.skipif(not (CAA_DIR / "test" / "sycophancy" / "test_dataset_ab.json").is_file(), reason="CAA data not present")
+def test_caa_ab_on_real_caa_files(tiny_dir: Path, tmp_path: Path) -> None:
+    behaviour = "sycophancy"
+    out = tmp_path / "caa"
+    overrides = [
+        "experiment=caa_ab",
+        "debug=default",
+        f"model.name={tiny_dir}",
+        f"out_dir={out}",
+        f"data.path={CAA_DIR / 'generate' / behaviour / 'generate_dataset.json'}",
+        f"eval.ab_items={CAA_DIR / 'test' / behaviour / 'test_dataset_ab.json'}",
+        "eval.max_ab_items=4",
+        "data.max_pairs=4",
+        "sweep.layers=[1]",
+        "~budget.neutral_ppl",
+        "metric.use=[ab_pmatch,kl]",
+    ]
+    summary = run(compose_run(overrides))
+    assert 0.0 < summary["baseline"]["p_match"] < 1.0
+    assert set(summary["letter_balance"]) == {"A", "B"}
+
+
+def test_same_seed_same_numbers_when_sampling(tiny_dir: Path, tmp_path: Path) -> None:
+    def once(folder: str, seed: int) -> list[tuple]:
+        overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={tmp_path / folder}",
+                     "eval.do_sample=true", "metric.scorer=builtins:len", "metric.effect=score", f"seed={seed}"]
+        run(compose_run(overrides))
+        rows = read_metrics(tmp_path / folder / "metrics.csv")
+        texts = (tmp_path / folder / "generations.jsonl").read_text()
+        return [(r["layer"], r["coef"], r["metric"], r["value"]) for r in rows] + [texts]
+
+    first, again, other = once("a", 0), once("b", 0), once("c", 1)
+    assert first == again
+    assert first != other  # the seed really drives the sampling
+
+
+def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = sweep_module._measure
+
+    def measure(ctx, cell, names):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(ctx, cell, names)
+
+    monkeypatch.setattr(sweep_module, "_measure", measure)
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_run(["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}"]))
+    rows = read_metrics(out / "metrics.csv")
+    assert sorted({r["cell"] for r in rows}) == [0, 1, 2]  # baseline and two cells made it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["grid"]["measured"] == 3 and summary["grid"]["planned"] == 5
+    assert "interrupted" in (out / "report.html").read_text()
+
+
+def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "chosen"
+    overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}",
+                 "metric.scorer=builtins:len", "metric.effect=score", "budget.kl=100", "budget.neutral_ppl=100", "select.min_delta=0"]
+    summary = run(compose_run(overrides))
+    model, tok = st.load_model(tiny_dir)
+    choices = load_choices(out, model)
+    assert [c.direction for c in choices] == ["positive", "negative"]
+    on = summary["directions"]["positive"]
+    assert choices[0].coef == on["best_coef"] and choices[0].vector.layers == [on["best_layer"]]
+    cfg = compose_config("generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8", "compare=true"])
+    results = generate_command(cfg)
+    for c in choices:
+        want = st.generate(model, tok, "Tell me about the sea", c.vector, c.coef, max_new_tokens=8, positions=c.positions)
+        assert results[c.coef] == want
+    assert results[0.0] == st.generate(model, tok, "Tell me about the sea", max_new_tokens=8)
+    printed = capsys.readouterr().out
+    assert f"positive: layer {on['window']}" in printed
+
+
+def test_generate_with_a_folder_that_is_not_a_run(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", f"model={tiny_dir}", f"vector={tmp_path}", "prompt=hi"])
+    assert code == 1
+    assert "has no summary.json" in capsys.readouterr().err
+
+
+def test_cli_run_writes_to_the_hydra_run_dir(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli_run"
+    code = main(["run", "experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"hydra.run.dir={out}"])
+    assert code == 0
+    assert (out / "summary.json").is_file() and (out / "report.html").is_file()
+    assert (out / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_cli_multirun_over_methods(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "multi"
+    code = main(["run", "-m", "experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}",
+                 "method=mean_diff,pca_diff", f"hydra.sweep.dir={out}"])
+    assert code == 0
+    summaries = sorted(out.glob("*/summary.json"))
+    assert len(summaries) == 2
+    methods = sorted(json.loads(p.read_text())["method"] for p in summaries)
+    assert methods == ["mean_diff", "pca_diff"]
+    vectors = [st.SteeringVector.load(p.parent / "vector.safetensors") for p in summaries]
+    assert not torch.equal(vectors[0].directions[0], vectors[1].directions[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep.colours=[1]"], "colours"),
+        (["experiment=nope"], "nope"),
+        (["experiment=sentiment_sweep", "data.path=/no/such/pairs.jsonl"], "/no/such/pairs.jsonl"),
+        (["experiment=sentiment_sweep", "metric.effect=joy"], "metric.effect='joy'"),
+        (["experiment=sentiment_sweep", "eval.prompts=/no/such/prompts.txt"], "eval.prompts=/no/such/prompts.txt"),
+        (["experiment=sentiment_sweep", "metric.scorer=no_such_module_xyz:score", "metric.effect=score"], "cannot import"),
+        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "eval.ab_items"),
+    ],
+)
+def test_cli_run_errors_name_the_problem(args: list[str], message: str, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *args, f"model.name={tiny_dir}", f"hydra.run.dir={tmp_path / 'bad'}"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert message in captured.out + captured.err
+    assert not (tmp_path / "bad" / "vector.safetensors").exists()  # failed before any work
+
+
+def test_run_folders_feed_behaviour_profiles(tiny_dir: Path, tmp_path: Path) -> None:
+    """`steering compare profiles=[<run folders>]` reads what a sweep's summary.json holds."""
+    profiles = pytest.importorskip("steering.compare.profiles")
+    out = tmp_path / "profiled"
+    overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}",
+                 "metric.scorer=builtins:len", "metric.effect=score", "budget.kl=100", "budget.neutral_ppl=100"]
+    summary = run(compose_run(overrides))
+    model, behaviour, effect, _ = profiles.profile_from_run(out)
+    assert (model, behaviour) == (str(tiny_dir), "sentiment")
+    assert effect == pytest.approx(summary["best_values"]["score"] - summary["baseline"]["score"])
+
+
+def test_flat_behaviour_is_reported_not_hidden(tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flat"
+    summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), "select.min_delta=1.0"]))
+    assert {d["status"] for d in summary["directions"].values()} <= {"no effect within budget", "no cell within budget"}
+    html = (out / "report.html").read_text()
+    assert "No cell steers this behaviour within the budget" in html
+    assert "wrong_sign" in html

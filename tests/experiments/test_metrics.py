@@ -1,0 +1,304 @@
+"""Metric functions on tiny models, checked against direct computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import hooks
+import steering as st
+from experiments.metrics import METRICS, Cell, Context, EvalData
+from experiments.metrics.ab import ab_pmatch, build_items, steerability
+from experiments.metrics.neutral import kl, neutral_ppl
+from experiments.metrics.probe import fit_probe, probe_accuracy
+from experiments.metrics.text import ScorerError, distinct_n, gen_ppl, generation_score, generations, make_scorer, repetition
+from experiments.run import compose_run
+from steering.generate import format_prompt
+from tiny_models import make_tiny
+
+NEUTRAL = [
+    "The Danube flows through ten countries.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "Paris is the capital of France.",
+    "A week has seven days.",
+    "The moon orbits the Earth.",
+]
+PROMPTS = ["Tell me about the sea", "Describe the park.", "Hi"]
+
+
+def _vector(model, layers=(1,), scale: float = 2.0, seed: int = 1) -> st.SteeringVector:
+    width = model.config.get_text_config().hidden_size
+    gen = torch.Generator().manual_seed(seed)
+    return st.SteeringVector({i: torch.randn(width, generator=gen) * scale for i in layers}, hidden_size=width, num_layers=hooks.num_layers(model))
+
+
+def _ctx(*overrides: str, data: EvalData | None = None, arch: str = "llama") -> Context:
+    model, tok = make_tiny(arch)
+    cfg = compose_run(["out_dir=/tmp/unused", "eval.batch_size=2", "eval.max_new_tokens=6", *overrides])
+    return Context(model, tok, cfg, data or EvalData(prompts=PROMPTS, neutral=NEUTRAL))
+
+
+def _cell(ctx: Context, coef: float, layers=(1,), index: int = 1, positions: str = "all") -> Cell:
+    return Cell(index, tuple(layers), coef, _vector(ctx.model, layers), positions)
+
+
+# --------------------------------------------------------------------------- neutral text
+
+
+@torch.no_grad()
+def _manual_neutral(ctx: Context, vector: st.SteeringVector, coef: float) -> tuple[float, float]:
+    """(ppl ratio, mean KL) from one unpadded forward per sentence, steering every position."""
+    text, _ = format_prompt(ctx.tokenizer, "Tell me a fact.", None)
+    prompt_ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+    nll_plain = nll_steered = total_kl = 0.0
+    tokens = 0
+    for sentence in NEUTRAL:
+        reply_ids = ctx.tokenizer(sentence, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + reply_ids])
+        start = len(prompt_ids) - 1
+        plain = torch.log_softmax(ctx.model(ids).logits[0, start:-1].double(), -1)
+        with st.steer(ctx.model, vector, coef=coef):
+            steered = torch.log_softmax(ctx.model(ids).logits[0, start:-1].double(), -1)
+        target = torch.tensor(reply_ids)
+        nll_plain -= float(plain.gather(1, target[:, None]).sum())
+        nll_steered -= float(steered.gather(1, target[:, None]).sum())
+        total_kl += float((plain.exp() * (plain - steered)).sum())
+        tokens += len(reply_ids)
+    return math.exp((nll_steered - nll_plain) / tokens), total_kl / tokens
+
+
+def test_neutral_side_effects_match_direct_computation() -> None:
+    ctx = _ctx()
+    cell = _cell(ctx, 3.0)
+    ppl, divergence = neutral_ppl(ctx, cell)["neutral_ppl"], kl(ctx, cell)["kl"]
+    want_ppl, want_kl = _manual_neutral(ctx, cell.vector, cell.layer_coef)
+    assert ppl == pytest.approx(want_ppl, rel=1e-4)
+    assert divergence == pytest.approx(want_kl, rel=1e-3, abs=1e-6)
+    assert divergence > 0.01
+
+
+def test_baseline_and_zero_coef_have_no_side_effects() -> None:
+    ctx = _ctx()
+    for cell in (Cell(0), _cell(ctx, 0.0)):
+        assert neutral_ppl(ctx, cell) == {"neutral_ppl": 1.0}
+        assert kl(ctx, cell) == {"kl": 0.0}
+
+
+def test_side_effects_grow_with_the_coefficient() -> None:
+    ctx = _ctx()
+    kls = [kl(ctx, _cell(ctx, c, index=i))["kl"] for i, c in enumerate([0.5, 2.0, 8.0], start=1)]
+    assert kls[0] < kls[1] < kls[2]
+
+
+def test_neutral_unsteered_pass_is_cached_once() -> None:
+    ctx = _ctx()
+    kl(ctx, _cell(ctx, 1.0))
+    first = ctx.cache["neutral"]
+    kl(ctx, _cell(ctx, 2.0, index=2))
+    assert ctx.cache["neutral"] is first
+
+
+# --------------------------------------------------------------------------- generations
+
+
+def test_generations_are_steered_generate_output() -> None:
+    ctx = _ctx()
+    cell = _cell(ctx, 4.0)
+    got = generations(ctx, cell)
+    want = st.generate(ctx.model, ctx.tokenizer, PROMPTS, cell.vector, cell.layer_coef, max_new_tokens=6)
+    assert got == want
+    assert generations(ctx, Cell(0)) == st.generate(ctx.model, ctx.tokenizer, PROMPTS, max_new_tokens=6)
+    assert got != generations(ctx, Cell(0))
+
+
+def test_window_splits_the_coefficient() -> None:
+    ctx = _ctx()
+    cell = Cell(1, (0, 1), 4.0, _vector(ctx.model, (0, 1)))
+    assert cell.layer_coef == 2.0 and cell.label == "0-1"
+    want = st.generate(ctx.model, ctx.tokenizer, PROMPTS, cell.vector, 2.0, max_new_tokens=6)
+    assert generations(ctx, cell) == want
+
+
+def test_vader_scorer_signs() -> None:
+    cfg = compose_run(["out_dir=/tmp/unused"])
+    score = make_scorer(cfg.metric)
+    assert score("What a wonderful, happy, lovely day!") > 0.5
+    assert score("What an awful, miserable, horrible day.") < -0.5
+    assert score("The table has four legs.") == 0.0
+
+
+def test_generation_score_with_keyword_scorer_and_preset_texts() -> None:
+    ctx = _ctx("metric=keyword", "metric.keywords=[sea,Park]")
+    cell = Cell(0)
+    cell.cache["generations"] = ["The sea is calm.", "We walked in the park.", "Nothing here.", "seasons change"]
+    values = generation_score(ctx, cell)
+    assert values == {"keyword": 0.5}  # whole words, any case; "seasons" is not "sea"
+    assert cell.cache["scores"] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_callable_scorer_by_path() -> None:
+    ctx = _ctx("metric.scorer=builtins:len", "metric.effect=score")
+    cell = Cell(0)
+    cell.cache["generations"] = ["abc", "abcdefg"]
+    assert generation_score(ctx, cell) == {"score": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("scorer", "keywords", "message"),
+    [
+        ("keyword", [], "metric.keywords"),
+        ("no_such_module_xyz:f", [], "cannot import"),
+        ("builtins:nothing_here", [], "cannot import"),
+        ("nodots", [], "module:function"),
+        ("math:pi", [], "not callable"),
+    ],
+)
+def test_bad_scorers_are_named(scorer: str, keywords: list[str], message: str) -> None:
+    cfg = compose_run(["out_dir=/tmp/unused", f"metric.scorer={scorer}", f"metric.keywords={keywords}"])
+    with pytest.raises(ScorerError, match=message):
+        make_scorer(cfg.metric)
+
+
+def test_scorer_returning_a_non_number_is_an_error() -> None:
+    ctx = _ctx("metric.scorer=builtins:str", "metric.effect=score")
+    cell = Cell(0)
+    cell.cache["generations"] = ["x"]
+    with pytest.raises(ScorerError, match="expected a finite number"):
+        generation_score(ctx, cell)
+
+
+def test_distinct_n() -> None:
+    assert distinct_n("the cat the cat") == pytest.approx(2 / 3)
+    assert distinct_n("a b c d") == 1.0
+    assert distinct_n("word") is None
+    assert distinct_n("no no no no no") == pytest.approx(1 / 4)
+
+
+def test_repetition_averages_over_texts() -> None:
+    ctx = _ctx()
+    cell = Cell(0)
+    cell.cache["generations"] = ["the cat the cat", "a b c", "x"]
+    assert repetition(ctx, cell)["distinct2"] == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+@torch.no_grad()
+def test_gen_ppl_is_unsteered_perplexity_of_the_generations() -> None:
+    ctx = _ctx()
+    cell = _cell(ctx, 4.0)
+    texts = generations(ctx, cell)
+    nll, tokens = 0.0, 0
+    for prompt, text in zip(PROMPTS, texts):
+        prefix, _ = format_prompt(ctx.tokenizer, prompt, None)
+        prompt_ids = ctx.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        reply_ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+        logits = ctx.model(torch.tensor([prompt_ids + reply_ids])).logits[0, len(prompt_ids) - 1 : -1]
+        nll -= float(torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(reply_ids)[:, None]).sum())
+        tokens += len(reply_ids)
+    assert gen_ppl(ctx, cell)["gen_ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+
+
+# --------------------------------------------------------------------------- A/B
+
+
+def _ab_ctx(ab_file) -> Context:
+    items = st.load_pairs(ab_file)
+    return _ctx("metric=ab", "data.holdout=0.2", data=EvalData(items=items))
+
+
+def test_ab_items_read_the_letter_after_the_bracket(ab_file) -> None:
+    ctx = _ab_ctx(ab_file)
+    items = build_items(ctx.tokenizer, ctx.data.items, None)
+    letter_a = ctx.tokenizer("(A", add_special_tokens=False)["input_ids"][-1]
+    letter_b = ctx.tokenizer("(B", add_special_tokens=False)["input_ids"][-1]
+    assert items[0].reply == "(" and (items[0].match, items[0].other) == (letter_a, letter_b)
+    assert (items[1].match, items[1].other) == (letter_b, letter_a)
+    assert (items[0].match_label, items[1].match_label) == ("A", "B")
+
+
+@torch.no_grad()
+def test_ab_pmatch_matches_direct_softmax(ab_file) -> None:
+    ctx = _ab_ctx(ab_file)
+    values = ab_pmatch(ctx, Cell(0))
+    items = build_items(ctx.tokenizer, ctx.data.items, None)
+    shares, share_a, masses = [], [], []
+    for item in items:
+        text, _ = format_prompt(ctx.tokenizer, item.prompt, None)
+        ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"] + ctx.tokenizer("(", add_special_tokens=False)["input_ids"]
+        probs = torch.softmax(ctx.model(torch.tensor([ids])).logits[0, -1].double(), -1)
+        p_match, p_other = float(probs[item.match]), float(probs[item.other])
+        shares.append(p_match / (p_match + p_other))
+        masses.append(p_match + p_other)
+        share_a.append(shares[-1] if item.match_label == "A" else 1 - shares[-1])
+    assert values["p_match"] == pytest.approx(np.mean(shares), rel=1e-5)
+    assert values["ab_mass"] == pytest.approx(np.mean(masses), rel=1e-5)
+    assert values["share_A"] == pytest.approx(np.mean(share_a), rel=1e-5)
+    assert values["share_A"] + values["share_B"] == pytest.approx(1.0)
+
+
+def test_ab_pmatch_moves_with_steering(ab_file) -> None:
+    ctx = _ab_ctx(ab_file)
+    base = ab_pmatch(ctx, Cell(0))["p_match"]
+    moved = ab_pmatch(ctx, _cell(ctx, 6.0, layers=(2,)))["p_match"]
+    assert abs(moved - base) > 1e-3
+
+
+def test_steerability_slope_and_wrong_sign() -> None:
+    coefs = [0.0, -2.0, -1.0, 1.0, 2.0]
+    slopes = np.array([0.5, -0.25, 1.0, 2.0])
+    cells = []
+    for i, c in enumerate(coefs):
+        cell = Cell(i, (1,), c)
+        cell.cache["ab_diff"] = 0.3 + slopes * c
+        cells.append(cell)
+    values = steerability(None, cells)  # type: ignore[arg-type]
+    assert values["slope"] == pytest.approx(slopes.mean())
+    assert values["wrong_sign"] == pytest.approx(0.25)
+    flat = [Cell(0), Cell(1, (1,), 0.0)]
+    for cell in flat:
+        cell.cache["ab_diff"] = np.zeros(2)
+    assert math.isnan(steerability(None, flat)["slope"])  # type: ignore[arg-type]
+
+
+def test_multi_token_answers_are_rejected_with_the_item_named() -> None:
+    _, tok = make_tiny("llama")
+    pairs = [st.ContrastPair("(Apples and pears", "(Bananas and kiwis", "Which fruit?")]
+    with pytest.raises(st.DatasetError, match="A/B item 0: answer"):
+        build_items(tok, pairs, None)
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def test_fit_probe_separable_and_random() -> None:
+    rng = np.random.default_rng(0)
+    x_pos, x_neg = rng.normal(2.0, 1.0, (100, 8)), rng.normal(-2.0, 1.0, (100, 8))
+    x, y = np.concatenate([x_pos, x_neg]), np.r_[np.ones(100), np.zeros(100)]
+    order = rng.permutation(200)
+    train, test = order[:140], order[140:]
+    good = fit_probe(x[train], y[train], x[test], y[test])
+    assert good == {"probe_accuracy": 1.0, "probe_auroc": 1.0}
+    noise = rng.normal(0.0, 1.0, (400, 8))
+    labels = rng.integers(0, 2, 400).astype(float)
+    chance = fit_probe(noise[:300], labels[:300], noise[300:], labels[300:])
+    assert 0.3 < chance["probe_accuracy"] < 0.7 and 0.3 < chance["probe_auroc"] < 0.7
+
+
+def test_probe_accuracy_per_layer_on_a_tiny_model() -> None:
+    pairs = [st.ContrastPair(f"I love item {i}, it is wonderful.", f"I hate item {i}, it is awful.", None) for i in range(20)]
+    ctx = _ctx("eval.test_fraction=0.25", data=EvalData(pairs=pairs))
+    values = probe_accuracy(ctx, [0, 2])
+    assert sorted(values) == [0, 2]
+    for layer_values in values.values():
+        assert set(layer_values) == {"probe_accuracy", "probe_auroc"}
+        assert 0.0 <= layer_values["probe_accuracy"] <= 1.0
+    # "love"/"hate" at a fixed spot: the final-token state separates them once attention mixed them in.
+    assert values[2]["probe_auroc"] >= 0.75
+
+
+def test_registry_lists_every_metric_the_issue_names() -> None:
+    assert {"ab_pmatch", "generation_score", "neutral_ppl", "kl", "repetition", "gen_ppl", "probe_accuracy"} <= set(METRICS)
+    assert METRICS["probe_accuracy"].kind == "layer"
+    assert METRICS["ab_pmatch"].row is steerability
