@@ -131,10 +131,11 @@ def memory_child(args: argparse.Namespace) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
+    longest = max(len(tok(t)["input_ids"]) for p in pairs for t in (p.positive, p.negative))
     base_rss = rss_mib()
     was_reset = reset_peak_rss()
     st.extract(model, tok, pairs, layers=layers, batch_size=args.batch_size, progress=False)
-    out = {"pairs": args.memory_child, "longest_text_tokens": max(len(tok(t)["input_ids"]) for p in pairs for t in (p.positive, p.negative)), "rss_after_load_mib": base_rss, "peak_rss_mib": peak_rss_mib(), "peak_reset_after_load": was_reset}
+    out = {"pairs": args.memory_child, "longest_text_tokens": longest, "rss_after_load_mib": base_rss, "peak_rss_mib": peak_rss_mib(), "peak_reset_after_load": was_reset}
     if cuda:
         torch.cuda.synchronize()
         out["gpu_base_mib"] = base
