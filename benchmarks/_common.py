@@ -68,6 +68,14 @@ class Timed:
     cpu: float
 
 
+def parse_layers(text: str) -> list[int]:
+    """``"10-20"`` (inclusive range) or ``"10,12,14"`` -> layer indices."""
+    if "-" in text and "," not in text:
+        lo, hi = (int(x) for x in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(x) for x in text.split(",")]
+
+
 def cpu_time() -> float:
     """CPU seconds of this process, all threads."""
     return time.process_time()

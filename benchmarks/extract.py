@@ -31,12 +31,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # repeng shows progress bars it cannot be told to hide
 
-from _common import ROOT, contention_summary, interleave, machine_info, paired_ratio, setup_torch, sync, table, write_results
+from _common import ROOT, contention_summary, interleave, machine_info, paired_ratio, parse_layers, setup_torch, sync, table, write_results
 
 TARGET_FLOOR = 0.90
 TARGET_PEERS = 2.0
@@ -62,13 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.pairs = args.pairs or (64 if args.quick else 128)
     args.repeats = args.repeats or (3 if args.quick else 5)
     return args
-
-
-def parse_layers(text: str) -> list[int]:
-    if "-" in text and "," not in text:
-        lo, hi = (int(x) for x in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(x) for x in text.split(",")]
 
 
 def make_pairs(n: int) -> list[Any]:
@@ -250,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     checks = _agreement(first, layers)
 
     rows = []
-    floor_rate = args.pairs / series["floor"].median()
     peer_best = max((args.pairs / series[m].median() for m in ("repeng", "steering-vectors") if m in series), default=None)
     results: dict[str, Any] = {}
     for name, ser in series.items():

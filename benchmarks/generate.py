@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from _common import Timed, contention_summary, interleave, machine_info, paired_ratio, setup_torch, sync, table, write_results
+from _common import Timed, contention_summary, interleave, machine_info, paired_ratio, parse_layers, setup_torch, sync, table, write_results
 
 TARGETS = {"fixed": 0.99, "mixed": 0.90}
 
@@ -59,13 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (3 if args.quick else 12)
     args.steps = args.steps or (10 if args.quick else 20)
     return args
-
-
-def parse_layers(text: str) -> list[int]:
-    if "-" in text and "," not in text:
-        lo, hi = (int(x) for x in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(x) for x in text.split(",")]
 
 
 # ----------------------------------------------------------------------------- steering methods

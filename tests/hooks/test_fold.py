@@ -7,7 +7,7 @@ import torch
 
 import hooks
 import steering as st
-from helpers import hook_count
+from helpers import hook_count, random_vector
 from hooks.fold import fold, fold_blocker, fold_target
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
@@ -15,14 +15,7 @@ NO_BLOCK_FOLD = {"gemma2", "gemma3", "gemma3_text"}  # a post-feedforward norm f
 
 
 def _vector(model, layers=(0, 2), scale=3.0, seed=0, site="block_output") -> st.SteeringVector:
-    width = model.config.get_text_config().hidden_size
-    gen = torch.Generator().manual_seed(seed)
-    return st.SteeringVector(
-        {i: torch.randn(width, generator=gen) * scale for i in layers},
-        hidden_size=width,
-        num_layers=hooks.num_layers(model),
-        site=site,
-    )
+    return random_vector(model, layers, scale=scale, seed=seed, site=site)
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:

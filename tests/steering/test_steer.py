@@ -9,20 +9,13 @@ import torch
 
 import hooks
 import steering as st
-from helpers import hook_count
+from helpers import hook_count, random_vector
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 
 
 def _vector(model, layers=(1,), scale=3.0, seed=0) -> st.SteeringVector:
-    width = model.config.get_text_config().hidden_size
-    gen = torch.Generator().manual_seed(seed)
-    return st.SteeringVector(
-        {i: torch.randn(width, generator=gen) * scale for i in layers},
-        hidden_size=width,
-        num_layers=hooks.num_layers(model),
-        model_fingerprint=st.model_fingerprint(model),
-    )
+    return random_vector(model, layers, scale=scale, seed=seed)
 
 
 def _plain_generate(model, tok, prompts, max_new_tokens=6):
