@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from openai import OpenAI
@@ -166,7 +168,5 @@ def test_client_that_leaves_a_stream_frees_its_row(server, client: OpenAI) -> No
     for _ in range(500):  # bounded wait for the cancellation to reach the engine
         if state.in_progress == 0 and state.engine.load == (0, 0):
             break
-        import time
-
         time.sleep(0.01)
     assert state.in_progress == 0 and state.engine.load == (0, 0)
