@@ -6,6 +6,7 @@ Unit tests never touch a model hub; the real model comes from the PyPI package
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,3 +43,17 @@ def smollm2():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo the root-logger handlers an in-process Hydra app installs.
+
+    They write to the stream pytest captured for that one test; once it is closed, every later
+    log call (httpx logs each request) prints a "Logging error" traceback.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

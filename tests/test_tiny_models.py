@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -54,12 +53,9 @@ ROUND_TRIP_TEXTS = [
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_model_builds_fast_and_is_tiny(arch):
-    make_tiny_model(arch)  # warm-up: the first build pays one-time lazy imports of the modeling module
-    start = time.perf_counter()
+def test_model_is_tiny(arch):
+    # Size, not wall time, keeps the suite fast: timings belong in benchmarks/.
     model = make_tiny_model(arch, seed=1)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, f"{arch}: building took {elapsed:.3f}s"
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.config.num_hidden_layers == NUM_LAYERS
