@@ -124,9 +124,34 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
     return results
 
 
+def convert_command(cfg: DictConfig) -> Path:
+    """Convert ``cfg.input`` to ``cfg.out`` (formats by suffix, see ``conf/convert.yaml``)."""
+    from steering.interop import read_any_vector, write_any_vector
+
+    source, out = Path(str(cfg.input)), Path(str(cfg.out))
+    if source.resolve() == out.resolve():
+        raise st.SteeringError(f"out={out}: same file as input; write the converted vector elsewhere")
+    model = st.load_model(cfg.model)[0] if cfg.model is not None else None
+    foreign = {k: cfg[k] for k in ("model_id", "num_layers", "layer", "model_suffix") if cfg[k] is not None}
+    vector = read_any_vector(source, model, allow_model_mismatch=bool(cfg.allow_model_mismatch), **foreign)
+    if cfg.layers is not None:
+        layers = _layers(cfg.layers)
+        vector = vector.select(layers if isinstance(layers, list) else [layers])
+    options: dict[str, Any] = {}
+    if out.suffix == ".gguf":
+        options["llama_cpp"] = bool(cfg.llama_cpp)
+    elif out.suffix != ".safetensors" and cfg.model_suffix is not None:
+        options["model_suffix"] = str(cfg.model_suffix)
+    written = write_any_vector(vector, out, **options)
+    print(f"wrote {written} (layers {vector.layers}, model {vector.model})")
+    return written
+
+
 def info_command(path: str | Path) -> None:
-    """Print a vector file's metadata, layers and norms."""
-    vector = st.SteeringVector.load(path)
+    """Print a vector file's metadata, layers and norms (.safetensors, .gguf or .pt)."""
+    from steering.interop import read_any_vector
+
+    vector = read_any_vector(path)
     print(f"file: {path}")
     for key, value in sorted(vector.metadata().items()):
         print(f"  {key}: {value}")

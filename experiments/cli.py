@@ -18,8 +18,10 @@ commands:
             steering extract data=sentiment layers=[10,12,14] method=mean_diff out=v.safetensors
   generate  steered completion of a prompt
             steering generate vector=v.safetensors coef=4 prompt="Tell me about your day." compare=true
-  info      metadata, layers and norms of a vector file
+  info      metadata, layers and norms of a vector file (.safetensors, .gguf, .pt)
             steering info v.safetensors
+  convert   a vector to or from llama.cpp / repeng .gguf and CAA .pt
+            steering convert input=v.safetensors out=v.gguf
   compare   cosines, layers, norms, AUROC, plots and report.html for vectors
             steering compare vectors=[a.safetensors,b.safetensors] out=cmp data=sentiment
   serve     OpenAI-compatible server; each request brings its own steering
@@ -54,6 +56,13 @@ def _info(args: Sequence[str]) -> None:
     info_command(paths[0])
 
 
+def _convert(args: Sequence[str]) -> None:
+    from .basic import convert_command
+    from .config import compose_config
+
+    convert_command(compose_config("convert", args))
+
+
 def _compare(args: Sequence[str]) -> None:
     from .compare import compare_command
     from .config import compose_config
@@ -86,6 +95,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "extract": _extract,
     "generate": _generate,
     "info": _info,
+    "convert": _convert,
     "compare": _compare,
     "serve": _serve,
     "run": _run,

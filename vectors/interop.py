@@ -182,7 +182,7 @@ def import_gguf(
 def export_pt(vector: SteeringVector, path: str | Path, *, model_suffix: str | None = None) -> Path:
     """Write ``vector`` as CAA-style ``.pt`` tensors, atomically; returns ``path``.
 
-    A ``path`` ending in ``.pt`` gets one file holding ``{layer: tensor}``;
+    A ``path`` ending in ``.pt`` (or ``.pth``) gets one file holding ``{layer: tensor}``;
     any other path is a folder of ``vec_layer_{i}_{model_suffix}.pt`` files,
     one 1-D float32 tensor each, as CAA lays them out (``model_suffix``
     defaults to the last part of the vector's model id; none if unknown).
@@ -193,7 +193,7 @@ def export_pt(vector: SteeringVector, path: str | Path, *, model_suffix: str | N
     """
     path = Path(path)
     tensors = {i: t.clone().contiguous() for i, t in vector.directions.items()}
-    if path.suffix == ".pt":
+    if path.suffix in (".pt", ".pth"):
         return atomic_write(path, lambda tmp: torch.save(tensors, tmp), suffix=".pt.tmp")
     suffix = model_suffix if model_suffix is not None else ("" if vector.model == UNKNOWN else vector.model.rstrip("/").split("/")[-1])
     path.mkdir(parents=True, exist_ok=True)
@@ -395,3 +395,27 @@ def read_any_vector(path: str | Path, model: Any = None, **foreign: Any) -> Stee
     if path.suffix in (".pt", ".pth") or path.is_dir():
         return import_pt(path, model, allow_model_mismatch=allow, **foreign)
     raise VectorFileError(f"{path}: unknown vector file type {path.suffix!r} (expected .safetensors, .gguf, .pt or a CAA folder)")
+
+
+def write_any_vector(vector: SteeringVector, path: str | Path, **options: Any) -> Path:
+    """Save ``vector`` in the format its path names, atomically; the mirror of `read_any_vector`.
+
+    ``.safetensors`` (ours, with all metadata), ``.gguf`` (`export_gguf`;
+    options ``model_hint``, ``llama_cpp``), ``.pt`` or any other path as a CAA
+    folder (`export_pt`; option ``model_suffix``).
+
+    Example:
+        >>> write_any_vector(read_any_vector("happy.gguf", model_id="smollm2"), "happy.safetensors")  # doctest: +SKIP
+    """
+    path = Path(path)
+    gguf_options = {k: options.pop(k) for k in ("model_hint", "llama_cpp") if k in options}
+    pt_options = {k: options.pop(k) for k in ("model_suffix",) if k in options}
+    if options:
+        raise TypeError(f"write_any_vector: unknown options {sorted(options)}")
+    if path.suffix == ".safetensors":
+        return vector.save(path)
+    if path.suffix == ".gguf":
+        return export_gguf(vector, path, **gguf_options)
+    if path.suffix in (".pt", ".pth") or not path.suffix:
+        return export_pt(vector, path, **pt_options)
+    raise VectorFileError(f"{path}: unknown vector file type {path.suffix!r} (expected .safetensors, .gguf, .pt or a folder)")

@@ -99,6 +99,51 @@ def test_errors_are_one_line_without_traceback(capsys, monkeypatch, tmp_path: Pa
     assert "Traceback" not in err
 
 
+def test_convert_between_formats_and_info_reads_them(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    ours = tmp_path / "vec.safetensors"
+    assert _run(capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[0,1,2]", f"out={ours}")[0] == 0
+    vec = st.SteeringVector.load(ours)
+
+    # to llama.cpp: layer 0 is refused (no slot for block 0 there), a subset is fine
+    code, _, err = _run(capsys, "convert", f"input={ours}", f"out={tmp_path / 'v.gguf'}")
+    assert code == 1 and "direction.0" in err and not (tmp_path / "v.gguf").exists()
+    code, out, err = _run(capsys, "convert", f"input={ours}", f"out={tmp_path / 'v.gguf'}", "layers=[1,2]")
+    assert code == 0 and f"wrote {tmp_path / 'v.gguf'}" in out, err
+    code, out, err = _run(capsys, "info", str(tmp_path / "v.gguf"))
+    assert code == 0 and "layers (2): [1, 2]" in out and "method: mean_diff" in out, err
+
+    # CAA .pt folder (no metadata) and back, validated against the model, which fills the metadata in
+    code, _, err = _run(capsys, "convert", f"input={ours}", f"out={tmp_path / 'caa'}", "model_suffix=tiny")
+    assert code == 0 and sorted(f.name for f in (tmp_path / "caa").iterdir()) == [f"vec_layer_{i}_tiny.pt" for i in range(3)], err
+    back = tmp_path / "back.safetensors"
+    code, _, err = _run(capsys, "convert", f"input={tmp_path / 'caa'}", f"out={back}", f"model={tiny_folder}")
+    assert code == 0, err
+    loaded = st.SteeringVector.load(back)
+    assert all(torch.equal(loaded.directions[i], vec.directions[i]) for i in range(3))
+    assert loaded.model_fingerprint == vec.model_fingerprint and loaded.method == "unknown"
+    assert loaded.extra["source_format"] == "caa-pt"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "out=x.gguf"], "missing required value 'input'"),
+        (["convert", "input=missing.gguf", "out=x.safetensors"], "missing.gguf"),
+        (["convert", "input=v.safetensors", "out=v.safetensors"], "same file as input"),
+        (["convert", "input=v.safetensors", "out=v.npy"], "unknown vector file type '.npy'"),
+        (["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"], "layers [7] are not in this vector"),
+        (["convert", "input=v.safetensors", "out=w.safetensors", "model=MODEL"], "hidden_size"),
+    ],
+)
+def test_convert_errors_are_one_line(capsys, monkeypatch, tmp_path: Path, tiny_folder: Path, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    st.SteeringVector({1: torch.ones(8)}, hidden_size=8, num_layers=3, model="other").save(tmp_path / "v.safetensors")
+    args = [a.replace("MODEL", str(tiny_folder)) for a in args]
+    code, _, err = _run(capsys, *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "w.safetensors").exists() and not (tmp_path / "v.npy").exists()
+
+
 def test_malformed_dataset_line_is_named(capsys, tmp_path: Path, tiny_folder: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + '{"positive": "x"}\n')

@@ -13,7 +13,7 @@ from tiny_models import HIDDEN_SIZE, NUM_LAYERS
 
 import steering as st
 from vectors import SteeringVector, VectorFileError, model_fingerprint, model_name
-from vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector
+from vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
 
 D = HIDDEN_SIZE
 
@@ -266,3 +266,18 @@ def test_read_any_vector_dispatches_by_suffix(tmp_path: Path) -> None:
     (tmp_path / "v.npy").write_bytes(b"")
     with pytest.raises(VectorFileError, match="unknown vector file type '.npy'"):
         read_any_vector(tmp_path / "v.npy")
+
+
+def test_write_any_vector_is_the_mirror_of_read_any_vector(tmp_path: Path) -> None:
+    vec = make_vector()
+    for name in ("v.safetensors", "v.gguf", "v.pt", "v.pth", "caa"):
+        path = write_any_vector(vec, tmp_path / name)
+        back = read_any_vector(path, num_layers=NUM_LAYERS)
+        assert back.layers == vec.layers and all(torch.equal(back.directions[i], vec.directions[i]) for i in vec.layers), name
+    assert (tmp_path / "v.pth").is_file() and (tmp_path / "caa").is_dir()
+    assert sorted(f.name for f in (tmp_path / "caa").iterdir()) == ["vec_layer_1_tiny-llama.pt", "vec_layer_2_tiny-llama.pt"]
+    with pytest.raises(VectorFileError, match="unknown vector file type '.npy'"):
+        write_any_vector(vec, tmp_path / "v.npy")
+    with pytest.raises(TypeError, match="unknown options \\['colour'\\]"):
+        write_any_vector(vec, tmp_path / "w.gguf", colour="blue")
+    assert not (tmp_path / "v.npy").exists() and not (tmp_path / "w.gguf").exists()
