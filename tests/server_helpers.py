@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,15 @@ PROMPTS = (
     "Why is the sky blue?",
     "Please tell me a story about a dragon.",
 )
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` s (generous: CI is shared)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.005)
 
 
 def chat(client: OpenAI, prompt: str, steering: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:

@@ -9,7 +9,6 @@ different times (so padding, trimming and per-row positions all change).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from server_helpers import PROMPTS, chat
+from server_helpers import PROMPTS, chat, wait_until
 from tiny_models import ARCHS, make_tiny
 
 import steering as st
@@ -41,13 +40,6 @@ def _batch_sizes(server) -> dict[float, float]:
     raise AssertionError("no steering_batch_size metric")
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
 
 def test_mixed_batch_over_http_equals_solo_runs(server, client: OpenAI) -> None:
     jobs = [(PROMPTS[i % len(PROMPTS)] * (1 + i % 2), steering, kwargs) for i, (_, steering, kwargs) in enumerate(SETTINGS)]
@@ -59,7 +51,7 @@ def test_mixed_batch_over_http_equals_solo_runs(server, client: OpenAI) -> None:
     with ThreadPoolExecutor(len(jobs)) as pool:
         with engine.paused():  # line the requests up, then admit them in one turn
             futures = [pool.submit(chat, client, prompt, steering, **kwargs) for prompt, steering, kwargs in jobs]
-            _wait_for(lambda: engine.load[1] == len(jobs), "all requests to queue")
+            wait_until(lambda: engine.load[1] == len(jobs), "all requests to queue")
         batched = [f.result(timeout=120) for f in futures]
 
     def full_passes(buckets: dict[float, float]) -> float:  # decode passes that held every row

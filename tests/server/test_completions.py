@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from openai import OpenAI
-from server_helpers import MODEL_NAME, PROMPTS, chat, post, sse_json
+from server_helpers import MODEL_NAME, PROMPTS, chat, post, sse_json, wait_until
 
 import steering as st
 from steering.server.text import Codec
@@ -165,8 +163,4 @@ def test_client_that_leaves_a_stream_frees_its_row(server, client: OpenAI) -> No
         with http.stream("POST", server.url + "/v1/completions", json=body) as response:
             next(response.iter_lines())  # one event, then hang up
     state = server.app.state.serving
-    for _ in range(500):  # bounded wait for the cancellation to reach the engine
-        if state.in_progress == 0 and state.engine.load == (0, 0):
-            break
-        time.sleep(0.01)
-    assert state.in_progress == 0 and state.engine.load == (0, 0)
+    wait_until(lambda: state.in_progress == 0 and state.engine.load == (0, 0), "the cancellation to free the row")

@@ -8,8 +8,6 @@ The session server runs with ``max_tokens_limit=64``, ``max_coef=10``,
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +15,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from server_helpers import MODEL_NAME, PROMPTS, chat, post, start_server
+from server_helpers import MODEL_NAME, PROMPTS, chat, post, start_server, wait_until
 from tiny_models import make_tiny
 
 from steering.server import API_KEY_ENV, APIError, Codec, ServerConfig, VectorStore
@@ -174,7 +172,7 @@ def test_full_queue_and_too_many_concurrent_requests_get_503_with_retry_after(ve
         body = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 3, "temperature": 0}
         with ThreadPoolExecutor(2) as pool, engine.paused():
             held = [pool.submit(post, server.url, "/v1/completions", body) for _ in range(2)]  # 1 row + 1 queued
-            _wait(lambda: engine.load == (0, 2))
+            wait_until(lambda: engine.load == (0, 2), "two queued requests")
             busy = post(server.url, "/v1/completions", body)
             assert_error(busy, 503, "server_busy")
             assert busy.headers["retry-after"] == "7"
@@ -189,7 +187,7 @@ def test_full_queue_and_too_many_concurrent_requests_get_503_with_retry_after(ve
         body = {"model": MODEL_NAME, "prompt": ["Hello", "Hi"], "max_tokens": 3, "temperature": 0}
         with ThreadPoolExecutor(1) as pool, engine.paused():
             held = pool.submit(post, server.url, "/v1/completions", body)
-            _wait(lambda: engine.load == (0, 2))
+            wait_until(lambda: engine.load == (0, 2), "two queued requests")
             busy = post(server.url, "/v1/completions", {**body, "prompt": "x"})
             assert_error(busy, 503, "server_busy")
             assert "max_concurrent_requests=2" in busy.json()["error"]["message"] and busy.headers["retry-after"] == "1"
@@ -198,12 +196,6 @@ def test_full_queue_and_too_many_concurrent_requests_get_503_with_retry_after(ve
     finally:
         server.stop()
 
-
-def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("from_env", [False, True])
@@ -250,8 +242,8 @@ def test_bad_requests_do_not_disturb_requests_in_flight(server, client: OpenAI) 
     with ThreadPoolExecutor(len(jobs)) as pool:
         with engine.paused():
             futures = [pool.submit(chat, client, p, s, max_tokens=40) for p, s in jobs]
-            _wait(lambda: engine.load[1] == len(jobs))
-        _wait(lambda: engine.load == (len(jobs), 0))  # admitted: prefilled and decoding
+            wait_until(lambda: engine.load[1] == len(jobs), "the jobs to queue")
+        wait_until(lambda: engine.load == (len(jobs), 0), "the jobs to be admitted")  # admitted: prefilled and decoding
         with engine.paused():  # hold the batch mid-flight while the bad requests come in
             assert engine.load == (len(jobs), 0)
             for changes, status, code, param, _ in BAD_BODIES:
@@ -282,7 +274,7 @@ def test_a_failing_prefill_fails_only_that_request(vecs) -> None:
             with engine.paused():
                 good = pool.submit(chat, client, PROMPTS[0], [{"vector": "up", "coef": 1.0}], max_tokens=20)
                 bad = pool.submit(chat, client, "word " * 30)
-                _wait(lambda: engine.load[1] == 2)
+                wait_until(lambda: engine.load[1] == 2, "both requests to queue")
             with pytest.raises(openai.InternalServerError) as failed:
                 bad.result(timeout=60)
             assert good.result(timeout=60).choices[0].message.content == alone
@@ -290,6 +282,6 @@ def test_a_failing_prefill_fails_only_that_request(vecs) -> None:
         with pytest.raises(openai.APIError, match="boom"):
             list(chat(client, "word " * 30, stream=True))
         # The client has the error event before the server closes the stream and frees its slot.
-        _wait(lambda: engine.load == (0, 0) and server.app.state.serving.in_progress == 0)
+        wait_until(lambda: engine.load == (0, 0) and server.app.state.serving.in_progress == 0, "the failed stream's slot to be freed")
     finally:
         server.stop()

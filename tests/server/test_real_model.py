@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openai import OpenAI
+from server_helpers import wait_until
 
 import steering as st
 from steering.server import BackgroundServer, ServerConfig, create_app
@@ -53,8 +53,5 @@ def test_plus_and_minus_coef_change_the_completion(smol_server) -> None:
     with ThreadPoolExecutor(3) as pool:
         with engine.paused():
             futures = [pool.submit(_ask, client, coef) for coef in (None, 4.0, -4.0)]
-            deadline = time.monotonic() + 60
-            while engine.load[1] < 3:  # bounded: the three requests reach the queue in milliseconds
-                assert time.monotonic() < deadline, "requests did not queue"
-                time.sleep(0.01)
+            wait_until(lambda: engine.load[1] == 3, "the three requests to queue")
         assert [f.result(timeout=300) for f in futures] == [plain, happy, sad]
