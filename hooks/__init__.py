@@ -10,7 +10,7 @@ from .fold import FOLD_TARGETS, fold, fold_blocker
 from .handles import HookGroup
 from .layers import decoder_layers, decoder_layers_path, decoder_stack, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
-from .patch import AblateOp, AddOp, Op, patch
+from .patch import AblateOp, AddOp, Op, patch, span_basis
 from .positions import POSITIONS, PositionTracker, past_length
 from .record import Recording, StopForward, capture, record, run_until_stopped
 from .sites import SITES, check_site, site_module
@@ -43,6 +43,7 @@ __all__ = [
     "run_until_stopped",
     "set_decoder_layers",
     "site_module",
+    "span_basis",
     "unpack",
     "unpack_inputs",
 ]

@@ -87,16 +87,23 @@ class AddOp:
         return hidden + delta
 
 
+def span_basis(directions: Tensor) -> Tensor:
+    """An orthonormal basis (``[k, d_model]``, float64) of the span of ``directions`` (``[k, d_model]``).
+
+    Ablating with it removes the whole subspace at once rather than one
+    direction after another (which would not commute for non-orthogonal ones).
+    """
+    if directions.dim() == 1:
+        directions = directions[None]
+    basis, _ = torch.linalg.qr(directions.detach().double().T)
+    return basis.T.contiguous()
+
+
 class AblateOp:
     """Project the span of ``directions`` (``[k, d_model]``) out of the hidden states."""
 
     def __init__(self, directions: Tensor) -> None:
-        if directions.dim() == 1:
-            directions = directions[None]
-        # An orthonormal basis of the span, so several directions ablate their
-        # whole subspace rather than one after another.
-        basis, _ = torch.linalg.qr(directions.detach().double().T)
-        self._basis = _Cast(basis.T.contiguous())
+        self._basis = _Cast(span_basis(directions))
 
     def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
         basis = self._basis.like(hidden)

@@ -4,13 +4,19 @@ A request's steering terms are folded, once, into `RowDeltas`: for each
 ``(site, layer)`` the vector it adds at prompt positions and the one it adds
 at generated positions (terms with ``positions="all"`` go into both). The
 sums are formed exactly as `steering.apply.build_ops` forms them, so a request
-served alone adds the very tensor ``st.steer`` would.
+served alone adds the very tensor ``st.steer`` would. Terms with
+``mode="ablate"`` instead contribute their direction to an orthonormal basis
+per ``(site, layer)`` and phase (`hooks.span_basis`, as ``st.steer(...,
+mode="ablate")`` builds it) whose span is projected out of the row's hidden
+states before any delta is added.
 
 `RowSteering` owns one hook per ``(site, layer)`` that any request has used
 (registered through `hooks.patch`, so cleanup follows the foundation's rules)
 and a *step table*: for the forward pass about to run, ``(site, layer) ->
 [batch, d_model]``, one row per batch row, zeros for rows that do not steer
-there. The engine swaps the table before every pass; a prefill pass uses the
+there, and an *ablation table* ``(site, layer) -> [batch, k, d_model]`` of
+each row's basis, zero-padded to the largest ``k`` (a zero basis projects out
+nothing, exactly). The engine swaps the tables before every pass; a prefill pass uses the
 prompt deltas of its rows, a decode pass the generated deltas, which is how
 ``positions`` stays per row and absolute (the engine never mixes prompt and
 generated tokens in one pass). Adding a zero row leaves a hidden state
@@ -29,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hooks import HookGroup, LayerError, patch
+from hooks import HookGroup, LayerError, patch, span_basis
 from vectors import SteeringVector
 
 Key = tuple[str, int]  # (site, layer)
@@ -38,35 +44,50 @@ Phase = Literal["prompt", "generated"]
 
 @dataclass(frozen=True)
 class Term:
-    """One resolved steering term: ``coef * vector`` at ``layers``, at ``positions``."""
+    """One resolved steering term: ``coef * vector`` at ``layers``, at ``positions``.
+
+    With ``mode="ablate"`` the vector's direction is projected out instead
+    (``coef`` is not used).
+    """
 
     vector: SteeringVector
     coef: float
     layers: tuple[int, ...]
     positions: str = "all"
+    mode: str = "add"
 
 
 @dataclass(frozen=True)
 class RowDeltas:
-    """What one request adds, per ``(site, layer)``, at prompt and at generated positions."""
+    """What one request does, per ``(site, layer)``, at prompt and at generated positions.
+
+    ``prompt`` / ``generated`` hold the ``[d_model]`` delta it adds,
+    ``ablate_prompt`` / ``ablate_generated`` the ``[k, d_model]`` orthonormal
+    basis whose span it projects out first.
+    """
 
     prompt: Mapping[Key, Tensor] = field(default_factory=dict)
     generated: Mapping[Key, Tensor] = field(default_factory=dict)
+    ablate_prompt: Mapping[Key, Tensor] = field(default_factory=dict)
+    ablate_generated: Mapping[Key, Tensor] = field(default_factory=dict)
 
     @property
     def keys(self) -> set[Key]:
-        return set(self.prompt) | set(self.generated)
+        return set(self.prompt) | set(self.generated) | set(self.ablate_prompt) | set(self.ablate_generated)
 
     def __bool__(self) -> bool:
-        return bool(self.prompt or self.generated)
+        return bool(self.keys)
 
     def phase(self, phase: Phase) -> Mapping[Key, Tensor]:
         return self.prompt if phase == "prompt" else self.generated
 
+    def ablation(self, phase: Phase) -> Mapping[Key, Tensor]:
+        return self.ablate_prompt if phase == "prompt" else self.ablate_generated
+
     def to(self, device: torch.device, dtype: torch.dtype) -> RowDeltas:
-        """A copy with every delta on ``device`` in ``dtype`` (done once per request)."""
+        """A copy with every tensor on ``device`` in ``dtype`` (done once per request)."""
         move = lambda table: MappingProxyType({k: v.to(device=device, dtype=dtype) for k, v in table.items()})  # noqa: E731
-        return RowDeltas(move(self.prompt), move(self.generated))
+        return RowDeltas(move(self.prompt), move(self.generated), move(self.ablate_prompt), move(self.ablate_generated))
 
 
 NO_STEERING = RowDeltas()
@@ -83,14 +104,20 @@ def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
     tables: dict[str, dict[Key, Tensor]] = {}
     for phase in ("prompt", "generated"):
         items: dict[Key, list[tuple[Tensor, float]]] = {}
+        ablate: dict[Key, list[Tensor]] = {}
         for term in terms:
             if term.positions not in ("all", phase):
                 continue
             for layer in term.layers:
-                items.setdefault((term.vector.site, layer), []).append((term.vector.directions[layer], term.coef))
-        # The same expression as steering.apply.build_ops, so the bits match.
+                key, direction = (term.vector.site, layer), term.vector.directions[layer]
+                if term.mode == "ablate":
+                    ablate.setdefault(key, []).append(direction)
+                else:
+                    items.setdefault(key, []).append((direction, term.coef))
+        # The same expressions as steering.apply.build_ops, so the bits match.
         tables[phase] = {key: sum(c * d for d, c in pairs) for key, pairs in sorted(items.items())}  # type: ignore[misc]
-    return RowDeltas(MappingProxyType(tables["prompt"]), MappingProxyType(tables["generated"]))
+        tables[f"ablate_{phase}"] = {key: span_basis(torch.stack(ds)) for key, ds in sorted(ablate.items())}
+    return RowDeltas(**{name: MappingProxyType(table) for name, table in tables.items()})
 
 
 class _RowOp:
@@ -101,14 +128,22 @@ class _RowOp:
         self._key = key
 
     def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        delta = self._owner.table.get(self._key) if self._owner.armed else None
-        if delta is None:
+        owner = self._owner
+        if not owner.armed:
             return hidden
-        if delta.shape[0] != hidden.shape[0]:
-            raise LayerError(f"step table for {self._key} has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
-        if delta.dtype != hidden.dtype:
-            delta = delta.to(hidden.dtype)
-        return hidden + delta[:, None, :]
+        basis = owner.ablation.get(self._key)
+        if basis is not None:  # [B, k, d]: project each row's span out, as AblateOp does
+            basis = self._fit(basis, hidden)
+            hidden = hidden - (hidden @ basis.transpose(1, 2)) @ basis
+        delta = owner.table.get(self._key)
+        if delta is not None:
+            hidden = hidden + self._fit(delta, hidden)[:, None, :]
+        return hidden
+
+    def _fit(self, rows: Tensor, hidden: Tensor) -> Tensor:
+        if rows.shape[0] != hidden.shape[0]:
+            raise LayerError(f"step table for {self._key} has {rows.shape[0]} rows but the batch has {hidden.shape[0]}")
+        return rows if rows.dtype == hidden.dtype else rows.to(hidden.dtype)
 
 
 class RowSteering:
@@ -130,6 +165,7 @@ class RowSteering:
         self._model = model
         self._groups: dict[Key, HookGroup] = {}
         self.table: dict[Key, Tensor] = {}
+        self.ablation: dict[Key, Tensor] = {}
         self.armed = False  # the table applies only to the pass it was set for
         self._table_key: tuple[object, ...] | None = None
 
@@ -157,13 +193,21 @@ class RowSteering:
         if key == self._table_key:
             return
         tables = [row.phase(phase) for row in rows]
+        bases = [row.ablation(phase) for row in rows]
         keys = set().union(*(t.keys() for t in tables)) if tables else set()
-        self.ensure(keys)
-        table: dict[Key, Tensor] = {}
-        for k in keys:
-            zero = torch.zeros(width, device=device, dtype=dtype)
-            table[k] = torch.stack([t.get(k, zero) for t in tables])
-        self.table = table
+        ablate_keys = set().union(*(b.keys() for b in bases)) if bases else set()
+        self.ensure(keys | ablate_keys)
+        zero = torch.zeros(width, device=device, dtype=dtype)
+        self.table = {k: torch.stack([t.get(k, zero) for t in tables]) for k in keys}
+        ablation: dict[Key, Tensor] = {}
+        for k in ablate_keys:
+            rank = max(b[k].shape[0] for b in bases if k in b)
+            stacked = torch.zeros(len(rows), rank, width, device=device, dtype=dtype)
+            for i, b in enumerate(bases):
+                if k in b:
+                    stacked[i, : b[k].shape[0]] = b[k]
+            ablation[k] = stacked
+        self.ablation = ablation
         self._table_key = key
 
     def disarm(self) -> None:
@@ -173,7 +217,7 @@ class RowSteering:
     def clear(self) -> None:
         """Forget the table."""
         self.armed = False
-        self.table = {}
+        self.table, self.ablation = {}, {}
         self._table_key = None
 
     def remove(self) -> None:

@@ -2,7 +2,7 @@
 
 The shapes follow OpenAI's chat and legacy completions APIs, plus one field of
 our own, ``steering``: a list of terms ``{"vector", "coef", "layers",
-"positions"}`` (the ``openai`` client sends it through ``extra_body``).
+"positions", "mode"}`` (the ``openai`` client sends it through ``extra_body``).
 
 Unknown fields are refused (``extra="forbid"``): a typo such as ``"steer"``
 would otherwise return an unsteered answer without a word. A few OpenAI
@@ -25,19 +25,22 @@ class _Body(BaseModel):
 
 
 class SteeringTerm(_Body):
-    """One vector added to this request's rows: ``coef * vector`` at ``layers``.
+    """One vector applied to this request's rows: ``coef * vector`` added at ``layers``.
 
     Attributes:
         vector: file stem of a vector in the server's vectors directory.
-        coef: multiplier; negative subtracts the behaviour.
+        coef: multiplier; negative subtracts the behaviour (not with ``ablate``).
         layers: a subset of the vector's layers (default: all of them).
         positions: ``all`` tokens, only the ``prompt``, or only ``generated`` ones.
+        mode: ``add`` the vector, or ``ablate``: project its direction out of
+            the hidden states (before any ``add`` term at the same layer).
     """
 
     vector: str
     coef: FiniteFloat = 1.0
     layers: list[int] | None = None
     positions: Literal["all", "prompt", "generated"] = "all"
+    mode: Literal["add", "ablate"] = "add"
 
 
 class StreamOptions(_Body):

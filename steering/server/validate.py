@@ -11,6 +11,8 @@ unknown vector name                     404     vector_not_found
 vector name that is a path              422     invalid_vector_name
 vector file that does not fit the model 422     invalid_vector
 ``|coef|`` above ``max_coef``           422     coef_out_of_range
+``coef`` given with ``mode: ablate``    422     invalid_coef
+ablating a zero direction               422     invalid_vector
 layer not in the vector                 422     layer_not_in_vector
 more terms than ``max_vectors``         422     too_many_vectors
 ``max_tokens`` above the limit          422     max_tokens_exceeded
@@ -77,6 +79,9 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
             raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
         except VectorFileError as exc:
             raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
+        if term.mode == "ablate" and "coef" in term.model_fields_set:
+            raise APIError(422, f"{where}.coef has no meaning with mode='ablate' (the direction is projected out); leave it out",
+                           param=f"{where}.coef", code="invalid_coef")
         if abs(term.coef) > cfg.max_coef:
             raise APIError(422, f"{where}.coef={term.coef!r} is out of range; |coef| must be <= {cfg.max_coef:g}",
                            param=f"{where}.coef", code="coef_out_of_range")
@@ -93,7 +98,12 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
                                    param=f"{where}.layers", code="layer_not_in_vector")
                 wanted.append(index)
             layers = tuple(dict.fromkeys(wanted))
-        resolved.append(Term(vector, float(term.coef), layers, term.positions))
+        if term.mode == "ablate":
+            zero = [i for i in layers if not vector.directions[i].abs().max() > 0]
+            if zero:
+                raise APIError(422, f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
+                               param=f"{where}.vector", code="invalid_vector")
+        resolved.append(Term(vector, float(term.coef), layers, term.positions, term.mode))
     return build_row_deltas(resolved)
 
 

@@ -11,10 +11,12 @@ Vectors (``vecs`` fixture, one folder for the session):
 * ``pre``   – layer 2 at ``block_input`` (a second hook site)
 * ``broken`` – not a safetensors file (listed under ``errors``)
 * ``wide``  – hidden size 64: does not fit the model (listed under ``errors``)
+* ``hollow`` – layers 1 and 2, zero at layer 2 (nothing to ablate there)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,8 @@ def vecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_vector(3, [2], site="block_input").save(folder / "pre.safetensors")
     (folder / "broken.safetensors").write_bytes(b"this is not a safetensors file")
     tiny_vector(4, [1], width=64).save(folder / "wide.safetensors")
+    hollow = tiny_vector(5, [1, 2])
+    dataclasses.replace(hollow, directions={1: hollow.directions[1], 2: hollow.directions[2] * 0}).save(folder / "hollow.safetensors")
     return folder
 
 

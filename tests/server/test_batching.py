@@ -1,7 +1,7 @@
 """Exactness of continuous batching: a request in a mixed batch gives the tokens it gives alone.
 
-Over HTTP (the real ``openai`` client) with five steering settings in one
-batch, including none; and on the engine directly, for every tiny
+Over HTTP (the real ``openai`` client) with six steering settings in one
+batch, including none and an ablation; and on the engine directly, for every tiny
 architecture, with rows joining while others are mid-decode and leaving at
 different times (so padding, trimming and per-row positions all change).
 """
@@ -29,6 +29,7 @@ SETTINGS: list[tuple[str, list[dict] | None, dict]] = [
     ("up- generated", [{"vector": "up", "coef": -2.0, "positions": "generated"}], {"max_tokens": 9}),
     ("side+pre prompt", [{"vector": "side", "coef": 2.5, "positions": "prompt"}, {"vector": "pre", "coef": -1.0}], {"max_tokens": 14}),
     ("up layer 2, sampled", [{"vector": "up", "coef": 1.0, "layers": [2]}], {"temperature": 0.9, "seed": 11, "max_tokens": 18}),
+    ("ablate up, side+", [{"vector": "up", "mode": "ablate"}, {"vector": "side", "coef": 2.0}], {"max_tokens": 16}),
 ]
 
 
@@ -74,12 +75,15 @@ def _vector(seed: int, layers: list[int], width: int, site: str = "block_output"
 
 def _requests(tok, width: int) -> list[GenerationRequest]:
     up, side, pre = _vector(1, [0, 2], width), _vector(2, [1], width), _vector(3, [1], width, site="block_input")
+    both = _vector(4, [0, 1], width)
     prompts = [
         "The quick brown fox",
         "Hello",
         "I love sunny days at the beach, but I hate the cold and rainy winter mornings. She walked",  # > sliding window
         "What is the capital of France?",
         "Once upon a time, there was a little girl",
+        "My favourite food is",
+        "Tabs and spaces",
     ]
     settings = [
         [],
@@ -87,9 +91,11 @@ def _requests(tok, width: int) -> list[GenerationRequest]:
         [Term(side, -2.0, (1,), "generated"), Term(up, 0.5, (2,), "prompt")],
         [Term(pre, 2.0, (1,))],
         [Term(up, -1.0, (0,), "all"), Term(side, 1.0, (1,), "generated")],
+        [Term(up, 1.0, (0, 2), mode="ablate")],  # rank 1 at layer 0 ...
+        [Term(up, 1.0, (0,), mode="ablate"), Term(both, 1.0, (0, 1), "generated", "ablate"), Term(side, 2.0, (1,))],  # ... rank 2
     ]
-    lengths = [24, 17, 30, 11, 21]
-    sampling = [SamplingParams(0.0)] * 4 + [SamplingParams(0.8, 0.9, seed=5)]
+    lengths = [24, 17, 30, 11, 21, 15, 19]
+    sampling = [SamplingParams(0.0)] * 4 + [SamplingParams(0.8, 0.9, seed=5)] + [SamplingParams(0.0)] * 2
     return [
         GenerationRequest(tuple(tok(p)["input_ids"]), n, s, (), build_row_deltas(t))
         for p, t, n, s in zip(prompts, settings, lengths, sampling, strict=True)
@@ -114,7 +120,7 @@ def test_engine_rows_joining_mid_decode_equal_solo_runs(arch: str) -> None:
             def sink(event: Event) -> None:
                 if isinstance(event, TextDelta) or isinstance(event, Finished):
                     seen[0] += 1
-                if index == 0 and later and seen[0] in (3, 6, 9):  # runs on the engine thread
+                if index == 0 and later and seen[0] % 3 == 0:  # runs on the engine thread
                     nxt = later.pop(0)
                     engine.submit([requests[nxt]], [sink_for(nxt)])
                 if isinstance(event, Finished):

@@ -67,6 +67,25 @@ def test_several_terms_and_sites_add_up(client: OpenAI, reference, vecs) -> None
     assert pre == _reference(reference, vecs, PROMPTS[0], "pre", 4.0)
 
 
+def test_ablate_projects_directions_out_like_st_steer(client: OpenAI, reference, vecs) -> None:
+    """``mode: ablate`` equals the library's ablation, alone and before an added term."""
+    model, tok = reference
+    up = st.SteeringVector.load(vecs / "up.safetensors")
+    side = st.SteeringVector.load(vecs / "side.safetensors")
+    plain = chat(client, PROMPTS[1]).choices[0].message.content
+    ablated = chat(client, PROMPTS[1], [{"vector": "up", "mode": "ablate"}, {"vector": "side", "mode": "ablate"}])
+    ablated = ablated.choices[0].message.content
+    assert ablated != plain
+    assert ablated == st.generate(model, tok, PROMPTS[1], [(up, 1.0), (side, 1.0)], max_new_tokens=16, mode="ablate")
+
+    both = chat(client, PROMPTS[1], [{"vector": "up", "coef": 3.0}, {"vector": "side", "mode": "ablate"}]).choices[0].message.content
+    with st.steer(model, side, mode="ablate"), st.steer(model, up, coef=3.0, backend="hook"):  # ablate runs first
+        assert both == st.generate(model, tok, PROMPTS[1], max_new_tokens=16)
+    assert both not in (plain, ablated)
+    # a vector that is zero at some layer can still be ablated where it is not
+    assert chat(client, PROMPTS[1], [{"vector": "hollow", "mode": "ablate", "layers": [1]}]).choices[0].message.content
+
+
 def test_usage_counts_prompt_and_completion_tokens(client: OpenAI, reference) -> None:
     _, tok = reference
     out = chat(client, PROMPTS[4], max_tokens=7)

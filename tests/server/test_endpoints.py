@@ -24,7 +24,7 @@ def test_models_lists_the_served_model(client: OpenAI) -> None:
 def test_vectors_lists_layers_norms_and_metadata(server, vecs) -> None:
     body = httpx.get(server.url + "/v1/vectors", timeout=30).json()
     by_name = {v["id"]: v for v in body["data"]}
-    assert sorted(by_name) == ["pre", "side", "up"]
+    assert sorted(by_name) == ["hollow", "pre", "side", "up"]
     up = st.SteeringVector.load(vecs / "up.safetensors")
     assert by_name["up"]["layers"] == [1, 2]
     assert by_name["up"]["norms"] == {str(i): round(n, 6) for i, n in up.norms().items()}

@@ -14,7 +14,7 @@ from tiny_models import make_tiny
 from experiments.cli import USAGE
 from experiments.config import compose_config
 from experiments.serve import server_config
-from hooks import AddOp, patch
+from hooks import AblateOp, AddOp, patch, span_basis
 from steering.apply import build_ops
 from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas
 from steering.server.row_steering import NO_STEERING
@@ -171,6 +171,31 @@ def test_row_steering_adds_each_rows_delta_and_zero_rows_are_exact() -> None:
     assert torch.equal(mixed[1], steered[1])
     assert torch.equal(after, plain)  # a disarmed table steers nothing
     assert rows.hooked == [] and hook_count(model) == baseline
+
+
+def test_row_ablation_projects_each_rows_span_out_and_zero_rows_are_exact() -> None:
+    model, tok = make_tiny("llama")
+    a, b = tiny_vector(1, [1]), tiny_vector(2, [1])
+    ids = torch.tensor([tok("Hello there")["input_ids"]] * 3)
+    one = build_row_deltas([Term(a, 1.0, (1,), mode="ablate")])
+    two = build_row_deltas([Term(a, 1.0, (1,), mode="ablate"), Term(b, 1.0, (1,), mode="ablate"), Term(b, 2.0, (1,))])
+    assert torch.equal(two.ablate_prompt[("block_output", 1)], span_basis(torch.stack([a.directions[1], b.directions[1]])))
+    assert not one.prompt and one and one.keys == {("block_output", 1)}
+    with torch.no_grad():
+        plain = model(ids).logits
+        with patch(model, {1: AblateOp(a.directions[1])}):
+            ref_one = model(ids).logits
+        with patch(model, {1: AblateOp(torch.stack([a.directions[1], b.directions[1]]))}), patch(model, {1: AddOp(2.0 * b.directions[1])}):
+            ref_two = model(ids).logits  # hooks run in registration order: ablate, then add
+        rows = RowSteering(model)
+        rows.set_rows([NO_STEERING, one, two], "prompt", ids=[1, 2, 3], width=32, device=torch.device("cpu"), dtype=torch.float32)
+        assert rows.ablation[("block_output", 1)].shape == (3, 2, 32)  # ranks 0, 1, 2 padded to 2
+        mixed = model(ids).logits
+        rows.remove()
+    assert torch.equal(mixed[0], plain[0])  # a zero basis projects out nothing, bit for bit
+    torch.testing.assert_close(mixed[1], ref_one[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mixed[2], ref_two[2], rtol=0, atol=1e-5)
+    assert not torch.allclose(mixed[1], plain[1], atol=1e-3) and not torch.allclose(mixed[2], mixed[1], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- config and CLI
