@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,14 @@ def test_usage_and_unknown_command(capsys) -> None:
     assert "usage: steering" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`steering info big.safetensors | head -1`: no traceback or error line once the reader has gone."""
+    n = 20_000  # one line per layer, ~450 KB: far more than a pipe buffer (64 KiB) holds
+    path = st.SteeringVector({i: torch.ones(2) for i in range(n)}, hidden_size=2, num_layers=n).save(tmp_path / "big.safetensors")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "info", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"file: ")
+    proc.stdout.close()  # what `head -1` does after its line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b"", err.decode()
