@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -323,3 +324,12 @@ def make_tiny(
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerFast]:
     """Return ``(make_tiny_model(arch, seed), make_tiny_tokenizer(chat_template))``."""
     return make_tiny_model(arch, seed=seed), make_tiny_tokenizer(chat_template=chat_template)
+
+
+def save_tiny(folder: str | os.PathLike[str], arch: str = "llama") -> Path:
+    """Save ``make_tiny(arch)`` as a Hugging Face folder (for CLI and ``load_model`` tests); return it."""
+    folder = Path(folder)
+    model, tok = make_tiny(arch)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

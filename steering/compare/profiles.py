@@ -89,12 +89,7 @@ def profile_from_run(run_dir: str | Path) -> tuple[str, str, float, str]:
     """
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProfileError(f"{run_dir}: not a run folder (no summary.json)") from None
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"{path}: invalid JSON: {exc.msg}") from None
+    summary = _read_json(path, missing=f"{run_dir}: not a run folder (no summary.json)")
     if not isinstance(summary, dict):
         raise ProfileError(f"{path}: expected a JSON object")
     model = summary.get("model")
@@ -134,12 +129,7 @@ def load_profiles(paths: Iterable[str | Path]) -> list[BehaviourProfile]:
             entry["effects"][behaviour] = effect
             entry["sources"].append(str(path))
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ProfileError(f"{path}: no such profile file or run folder") from None
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        data = _read_json(path, missing=f"{path}: no such profile file or run folder")
         items = data if isinstance(data, list) else [data]
         profiles.extend(_from_obj(obj, f"{path}" + (f" item {k}" if isinstance(data, list) else "")) for k, obj in enumerate(items))
     for model, entry in runs.items():
@@ -149,6 +139,15 @@ def load_profiles(paths: Iterable[str | Path]) -> list[BehaviourProfile]:
     if duplicates:
         raise ProfileError(f"several profiles for model(s) {duplicates}; give one profile per model")
     return profiles
+
+
+def _read_json(path: Path, *, missing: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(missing) from None
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from tiny_models import make_tiny
+from tiny_models import save_tiny
 
 import steering as st
 from experiments.cli import main
@@ -34,10 +34,7 @@ PAIRS = [
 def setup(tmp_path_factory) -> dict[str, Path]:
     """A tiny model folder, a pairs file and three vectors made on that model (one is another's negation)."""
     root = tmp_path_factory.mktemp("compare")
-    model, tok = make_tiny("llama")
-    model.save_pretrained(root / "tiny")
-    tok.save_pretrained(root / "tiny")
-    model, tok = st.load_model(str(root / "tiny"))
+    model, tok = st.load_model(str(save_tiny(root / "tiny")))
     (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     pairs = st.load_pairs(root / "pairs.jsonl")
     md = st.extract(model, tok, pairs, layers=None)

@@ -87,3 +87,9 @@ def test_load_profiles_errors(tmp_path: Path) -> None:
         sc.load_profiles([run])
     with pytest.raises(ProfileError, match="missing.json: no such profile file"):
         sc.load_profiles([tmp_path / "missing.json"])
+    (tmp_path / "bad.json").write_text('{"model": "m",\n "effects": {oops}}')
+    with pytest.raises(ProfileError, match=r"bad.json:2: invalid JSON"):
+        sc.load_profiles([tmp_path / "bad.json"])
+    (run / "summary.json").write_text("{")
+    with pytest.raises(ProfileError, match=r"summary.json:1: invalid JSON"):
+        sc.load_profiles([run])

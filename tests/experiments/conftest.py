@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_models import make_tiny
+from tiny_models import save_tiny
 
 CAA_DIR = Path("/work/shared/data/caa")
 
@@ -29,11 +29,7 @@ QUESTIONS = [
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama and its tokenizer saved as a Hugging Face folder."""
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    model, tok = make_tiny("llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture(scope="session")

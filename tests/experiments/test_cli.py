@@ -12,7 +12,7 @@ import torch
 
 import steering as st
 from experiments.cli import main
-from tiny_models import make_tiny
+from tiny_models import make_tiny, save_tiny
 
 PAIRS = [
     {"prompt": "How was your day?", "positive": "It was a wonderful, happy day.", "negative": "It was an awful, sad day."},
@@ -23,11 +23,7 @@ PAIRS = [
 
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
-    model, tok = make_tiny("llama")
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path / "tiny-llama")
 
 
 @pytest.fixture

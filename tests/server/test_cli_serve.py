@@ -12,18 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from tiny_models import make_tiny
+from tiny_models import save_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_serve_model")
-    model, tok = make_tiny("llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory.mktemp("tiny_serve_model"))
 
 
 def _free_port() -> int:
