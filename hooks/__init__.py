@@ -5,6 +5,7 @@ knows nothing of steering vectors. Every registration is owned by a
 `HookGroup` that removes exactly what it added.
 """
 
+from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameters, output_cache
 from .errors import LayerError, SteeringError
 from .fold import FOLD_TARGETS, fold, fold_blocker
 from .handles import HookGroup
@@ -16,6 +17,7 @@ from .record import Recording, StopForward, capture, record, run_until_stopped
 from .sites import SITES, check_site, site_module
 
 __all__ = [
+    "CACHE_KEYWORDS",
     "FOLD_TARGETS",
     "POSITIONS",
     "SITES",
@@ -28,6 +30,8 @@ __all__ = [
     "Recording",
     "SteeringError",
     "StopForward",
+    "cache_kwargs",
+    "cache_length",
     "capture",
     "check_site",
     "decoder_layers",
@@ -35,8 +39,10 @@ __all__ = [
     "decoder_stack",
     "fold",
     "fold_blocker",
+    "forward_parameters",
     "num_layers",
     "past_length",
+    "output_cache",
     "patch",
     "record",
     "resolve_layers",

@@ -142,8 +142,9 @@ def patch(
     try:
         tracker: PositionTracker | None = None
         if positions != "all":
-            tracker = PositionTracker()
-            group.add_pre_hook(decoder_stack(model), tracker, with_kwargs=True)
+            stack = decoder_stack(model)
+            tracker = PositionTracker(stack)
+            group.add_pre_hook(stack, tracker, with_kwargs=True)
         for layer, op in ops.items():
             (index,) = resolve_layers(model, [layer])
             module, is_pre = site_module(model, index, site)

@@ -6,11 +6,11 @@ local sequence (``hidden[:, k:]``) would patch the wrong tokens. A
 and records, for the forward pass under way, how many tokens the cache already
 holds (the absolute offset) and how long the prompt was.
 
-The prompt is the input of the first forward pass on an empty cache. A pass on
-an empty cache whose ids extend the previous prompt (``generate`` with
-``use_cache=False`` re-feeds the whole text) keeps the old prompt length.
+The prompt is the input of the first forward pass on an empty cache (see
+`PositionTracker` for re-fed text and chat turns appended to a kept cache).
 Positions are cache indices: with left padding they count the pad tokens, which
-is what makes the prompt / generated split the same for every row.
+is what makes the prompt / generated split the same for every row. The cache is
+read through `hooks.cache`, which refuses a calling convention it does not know.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .cache import CACHE_KEYWORDS, cache_keyword, cache_length, forward_parameters, past_offset
 from .errors import LayerError
 
 Positions = Literal["all", "prompt", "generated"]
@@ -34,46 +35,40 @@ def check_positions(positions: str) -> str:
 
 
 def past_length(kwargs: dict[str, Any]) -> int:
-    """Number of tokens already in the KV cache passed to a forward call."""
-    return int(_past_offset(kwargs))
-
-
-def _past_offset(kwargs: dict[str, Any]) -> int | Tensor:
-    """`past_length`, left as a 0-d tensor where the cache keeps it as one.
-
-    transformers' static cache counts its tokens in a tensor so that compiled
-    graphs need not be specialised per step; reading it with ``int()`` would
-    break a ``torch.compile`` graph at every forward.
-    """
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, Tensor) and cache_position.numel():
-        return cache_position[0]
-    past = kwargs.get("past_key_values")
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        length = past.get_seq_length()
-        return length if isinstance(length, Tensor) else int(length)
-    try:  # legacy tuple-of-tuples cache: [layer][key/value] -> [batch, heads, seq, dim]
-        return int(past[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
+    """Number of tokens already in the KV cache passed to a forward call (0 when none is)."""
+    offset = past_offset(kwargs)
+    return 0 if offset is None else int(offset)
 
 
 class PositionTracker:
     """Pre-hook state: absolute offset and prompt length of the current forward.
 
-    Both are Python ints, except under a cache that counts in a tensor (the
-    static cache used with ``torch.compile``): then they are 0-d tensors and
-    every decision is a tensor op, so tracing never leaves the graph. A static
-    cache is only used for cached generation, where a pass on an empty cache
-    always starts a new prompt.
+    Register it on the decoder stack (``decoder_stack(model)``), which it reads
+    the cache convention of when made: a stack whose forward takes no cache
+    under a known name is refused (`LayerError`) rather than guessed at.
+
+    Both numbers are Python ints, except under a cache that counts in a tensor
+    (the static cache used with ``torch.compile``): then they are 0-d tensors
+    and every decision is a tensor op, so tracing never leaves the graph.
+
+    How a pass is read:
+
+    - on an empty cache a new prompt starts (the next turn of a chat too,
+      even when it extends the last one), unless the call runs without a cache
+      (``use_cache=False``) and its ids are exactly the previous pass's plus one
+      token: that is ``generate(use_cache=False)`` re-feeding the text;
+    - on a non-empty cache the pass continues the sequence, so its tokens are
+      generated ones (teacher-forcing a reply scores it as generation would);
+      start a new prompt with a fresh cache.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stack: nn.Module) -> None:
+        names = forward_parameters(stack)
+        self._cache_name = cache_keyword(stack)
+        self._cache_index = names.index(self._cache_name)
         self.offset: int | Tensor = 0
         self.prompt_len: int | Tensor = 0
-        self._prompt_ids: Tensor | None = None
+        self._last_ids: Tensor | None = None
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids")
@@ -86,23 +81,40 @@ class PositionTracker:
             seq_len = embeds.shape[1]
         else:
             raise LayerError("position-dependent steering needs input_ids or inputs_embeds")
-        offset = _past_offset(kwargs)
+        offset = self._offset(args, kwargs)
         self.offset = offset
         if isinstance(offset, Tensor):
             fresh = offset == 0
             self.prompt_len = fresh * seq_len + (~fresh) * self.prompt_len
-            self._prompt_ids = None
-        elif offset == 0 and not self._extends_prompt(ids):
+            self._last_ids = None
+            return
+        no_cache = kwargs.get("use_cache") is False
+        refeed = offset == 0 and no_cache and self._extends_last_pass(ids)
+        self._last_ids = ids if no_cache and isinstance(ids, Tensor) else None
+        if offset == 0 and not refeed:
             self.prompt_len = seq_len
-            self._prompt_ids = ids if isinstance(ids, Tensor) else None
 
-    def _extends_prompt(self, ids: Tensor | None) -> bool:
-        prev = self._prompt_ids
+    def _offset(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | Tensor:
+        for name, value in kwargs.items():
+            if name not in CACHE_KEYWORDS and hasattr(value, "get_seq_length"):
+                raise LayerError(
+                    f"a KV cache was passed as {name!r}, which position-dependent steering does not know "
+                    f"(it reads {' / '.join(CACHE_KEYWORDS)}); use positions='all' or report the version"
+                )
+        offset = past_offset(kwargs)
+        if offset is not None:
+            return offset
+        if len(args) > self._cache_index and args[self._cache_index] is not None:
+            return cache_length(args[self._cache_index])
+        return 0
+
+    def _extends_last_pass(self, ids: Tensor | None) -> bool:
+        prev = self._last_ids
         return (
             isinstance(ids, Tensor)
             and prev is not None
             and ids.shape[0] == prev.shape[0]
-            and ids.shape[-1] > prev.shape[-1]
+            and ids.shape[-1] == prev.shape[-1] + 1
             and bool(torch.equal(ids[:, : prev.shape[-1]], prev))
         )
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hooks import SteeringError, capture, check_site, num_layers, resolve_layers, run_until_stopped
+from hooks import SteeringError, cache_kwargs, capture, check_site, num_layers, resolve_layers, run_until_stopped
 
 from .methods import LayerStats, get_method
 from .model_info import hidden_size, model_fingerprint, model_name
@@ -188,10 +188,10 @@ def collect_stats(
             if plan is not None:
                 cache = new_cache(model)
                 current = {}
-                run_until_stopped(model, **plan.prefix, past_key_values=cache, use_cache=True)
+                run_until_stopped(model, **plan.prefix, **cache_kwargs(model, cache), use_cache=True)
                 cache.batch_repeat_interleave(2)
                 current = {"_reduce": plan.read, "_interleaved": True}
-                run_until_stopped(model, **plan.suffix, past_key_values=cache, use_cache=True)
+                run_until_stopped(model, **plan.suffix, **cache_kwargs(model, cache), use_cache=True)
                 del cache
                 if device.type == "cpu":
                     _trim_heap()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hooks import cache_kwargs, output_cache
 from steering.generate import format_prompt
 
 
@@ -125,7 +126,7 @@ def reply_logprobs(model: nn.Module, batch: ReplyBatch) -> Tensor:
     first = out.logits[:, -1:].float()
     rows = batch.reply_ids.shape[0]
     if batch.shared and rows > 1:
-        out.past_key_values.batch_repeat_interleave(rows)
+        output_cache(out).batch_repeat_interleave(rows)
         first = first.expand(rows, -1, -1)
         prompt_mask = prompt_mask.expand(rows, -1)
     if batch.reply_ids.shape[1] == 0:
@@ -138,7 +139,7 @@ def reply_logprobs(model: nn.Module, batch: ReplyBatch) -> Tensor:
         input_ids=reply_ids,
         attention_mask=torch.cat([prompt_mask, reply_mask], dim=1),
         position_ids=reply_positions,
-        past_key_values=out.past_key_values,
+        **cache_kwargs(model, output_cache(out)),
         use_cache=True,
     )
     return torch.log_softmax(torch.cat([first, out.logits.float()], dim=1), dim=-1)
