@@ -214,7 +214,7 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
     """
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
     logger.warning("Converting %s to a float32 cache at %s (one-time; may take minutes)", gguf_path, target)
@@ -223,13 +223,10 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         # dequantize=True: with the optional `kernels` package installed, transformers
         # would otherwise keep supported architectures packed in GGUF blocks (GgufLinear).
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            gguf_file=name,
-            dtype=torch.float32,
-            quantization_config=GgufConfig(dequantize=True),
-            local_files_only=True,
-        )
+        # Releases before GgufConfig existed (< 5.2x) always dequantise.
+        gguf_config = getattr(transformers, "GgufConfig", None)
+        extra = {"quantization_config": gguf_config(dequantize=True)} if gguf_config is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True, **extra)
     except Exception as exc:  # transformers raises many types for unsupported GGUFs
         raise ModelLoadError(f"transformers could not load GGUF file {gguf_path}: {exc}") from exc
 
