@@ -8,7 +8,7 @@ knows nothing of steering vectors. Every registration is owned by a
 from .errors import LayerError, SteeringError
 from .fold import FOLD_TARGETS, fold, fold_blocker
 from .handles import HookGroup
-from .layers import decoder_layers, decoder_layers_path, decoder_stack, num_layers, resolve_layers, set_decoder_layers
+from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layers, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
 from .patch import AblateOp, AddOp, Op, patch, span_basis
 from .positions import POSITIONS, PositionTracker, past_length
@@ -35,6 +35,7 @@ __all__ = [
     "decoder_stack",
     "fold",
     "fold_blocker",
+    "normalize_layers",
     "num_layers",
     "past_length",
     "patch",
