@@ -71,8 +71,12 @@ def number(minimum: float | None = None, maximum: float | None = None) -> Check:
     def check(key: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _fail(key, value, "expected a finite number")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise _fail(key, value, f"must be between {minimum:g} and {maximum:g}" if maximum is not None else f"must be >= {minimum:g}")
+        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+            raise _fail(key, value, f"must be between {minimum:g} and {maximum:g}")
+        if minimum is not None and value < minimum:
+            raise _fail(key, value, f"must be >= {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise _fail(key, value, f"must be <= {maximum:g}")
 
     return check
 
