@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 # Keys whose values are free text or paths: quoted before Hydra parses them, so
 # a prompt may hold commas, colons or brackets without tripping its grammar.
 FREE_TEXT_KEYS = ("prompt", "out", "data", "vector", "model", "file")
+_NOT_IN_CONFIG = re.compile(r"^Could not override '(?P<key>[\w.]+)'")
 _OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[\w.]+)=(?P<value>.*)$", re.S)
 
 
@@ -34,8 +35,28 @@ def quote_free_text(overrides: Sequence[str]) -> list[str]:
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` with ``overrides`` (Hydra's own errors propagate)."""
+    """Compose ``conf/<name>.yaml`` with ``overrides``, and check the values (`experiments.values`).
+
+    Raises:
+        ValueCheckError: a key the command does not have (``colour=blue``, and
+            ``+layer=12``, which Hydra would add and the command ignore), or a
+            value of the wrong type or range, naming key and value.
+        hydra.errors.HydraException: other override syntax errors, as Hydra words them.
+    """
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from .values import check_values, unknown_key
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=f"steering_{name}"):
-        return compose(config_name=name, overrides=quote_free_text(overrides))
+        base = compose(config_name=name)
+        try:
+            cfg = compose(config_name=name, overrides=quote_free_text(overrides))
+        except ConfigCompositionException as exc:
+            # Hydra's hint ("To append to your config use +colour=blue") recommends a key the command ignores.
+            missing = _NOT_IN_CONFIG.match(str(exc))
+            if missing is None:
+                raise
+            raise unknown_key(name, missing["key"], base) from None
+    check_values(name, cfg, base)
+    return cfg

@@ -13,8 +13,10 @@ from the end and are normalised once, here.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .errors import LayerError
@@ -112,11 +114,14 @@ def resolve_layers(model: nn.Module, spec: int | Iterable[int] | None = None) ->
 
     Args:
         model: the model whose blocks are indexed.
-        spec: ``None`` (all layers), an int, or an iterable of ints; negative
-            values count from the end, as in Python.
+        spec: ``None`` (all layers), an integer, or an iterable of integers
+            (Python or numpy ints); negative values count from the end, as in
+            Python. Strings, bools and floats are refused, never converted:
+            ``"12"`` is not layers 1 and 2, ``12.7`` is not layer 12.
 
     Raises:
-        LayerError: for an index out of range, naming the index and the valid range.
+        LayerError: for a value that is not an integer, or an index out of
+            range (naming the index and the valid range).
 
     Example:
         >>> resolve_layers(model, [-1, 0])  # doctest: +SKIP
@@ -125,25 +130,56 @@ def resolve_layers(model: nn.Module, spec: int | Iterable[int] | None = None) ->
     n = num_layers(model)
     if spec is None:
         return list(range(n))
-    items = [spec] if isinstance(spec, int) else list(spec)
+    return normalize_layers(spec, n, type(model).__name__)
+
+
+def normalize_layers(spec: int | Iterable[int], n: int, owner: str = "the model") -> list[int]:
+    """`resolve_layers` for a known depth ``n``: sorted distinct indices in ``0..n-1``.
+
+    ``owner`` names what has ``n`` layers in the out-of-range message.
+
+    Example:
+        >>> normalize_layers([-1, 0], 30)
+        [0, 29]
+    """
+    if isinstance(spec, (str, bytes)):
+        raise LayerError(f"layers={spec!r} is a string; give an integer or a list of integers, e.g. [12]")
+    items = [spec] if _integer(spec) is not None else _as_list(spec)
     out: set[int] = set()
     for raw in items:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            try:
-                index = int(raw)  # numpy ints, strings from config files
-            except (TypeError, ValueError):
-                raise LayerError(f"layer {raw!r} is not an integer") from None
-        else:
-            index = raw
+        index = _integer(raw)
+        if index is None:
+            raise LayerError(f"layer {raw!r} is not an integer (layers are integer indices; negative counts from the end)")
         if not -n <= index < n:
             raise LayerError(
-                f"layer {index} is out of range for {type(model).__name__} with {n} layers "
+                f"layer {index} is out of range for {owner} with {n} layers "
                 f"(valid: 0..{n - 1}, or -{n}..-1 from the end)"
             )
         out.add(index % n)
     if not out:
         raise LayerError("no layers given")
     return sorted(out)
+
+
+def _as_list(spec: object) -> list[object]:
+    try:
+        return list(spec)  # type: ignore[call-overload]
+    except TypeError:
+        raise LayerError(f"layers={spec!r} is not an integer or a list of integers") from None
+
+
+def _integer(raw: object) -> int | None:
+    """``raw`` as an int if it is an integer (Python, numpy, integer tensor) and not a bool, else None.
+
+    ``operator.index`` is the exact test: it takes integer types and refuses
+    floats, strings and numpy bools, where ``int()`` would truncate 12.7 or parse "12".
+    """
+    if isinstance(raw, bool) or (isinstance(raw, torch.Tensor) and raw.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(raw)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _get_path(root: nn.Module, path: str) -> nn.Module | None:

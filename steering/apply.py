@@ -20,7 +20,6 @@ eval mode; otherwise it uses hooks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -28,10 +27,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch
+from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch, resolve_layers
 from hooks.positions import check_positions
 from hooks.fold import fold, fold_blocker
-from vectors import SteeringVector, VectorMismatchError, hidden_size
+from vectors import SteeringVector, VectorMismatchError, check_coef, hidden_size
 
 Mode = Literal["add", "ablate"]
 Backend = Literal["auto", "hook", "fold"]
@@ -49,8 +48,7 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
     for v, c in terms:
         if not isinstance(v, SteeringVector):
             raise SteeringError(f"expected a SteeringVector, got {type(v).__name__}")
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-            raise SteeringError(f"coef must be a finite number, got {c!r}")
+        check_coef(c, v)  # the shared policy (vectors.coef): finite, and bounded with the vector's norm
     return terms
 
 
@@ -72,7 +70,7 @@ def _layer_terms(
         raise SteeringError(f"vectors of different sites cannot be applied together: {sorted(sites)}")
     for v, _ in terms:
         _check_fits(model, v)
-    wanted = None if layers is None else set(layers)
+    wanted = None if layers is None else set(resolve_layers(model, layers))  # negative indices count from the end
     by_layer: dict[int, list[tuple[Tensor, float]]] = {}
     for v, c in terms:
         for layer, direction in v.directions.items():
@@ -190,15 +188,19 @@ def steer(
         model: a Hugging Face decoder-only model.
         vector: a `SteeringVector`, or a list of ``(vector, coef)`` to apply together.
         coef: multiplier of ``vector`` (ignored for a list); negative subtracts.
+            Default 1.0, as in `attach`, `generate` and the server. It must pass
+            `vectors.check_coef`: finite, ``|coef| <= 1e4`` and
+            ``|coef| * norm <= 1e5`` for the vector's largest layer norm.
         positions: ``all``, ``prompt`` or ``generated`` tokens (absolute
             positions, correct under the KV cache).
         mode: ``add`` the scaled vector, or ``ablate`` its direction.
-        layers: restrict to these layers of the vector (default: all of its layers).
+        layers: restrict to these layers of the vector (default: all of its
+            layers); negative indices count from the end of the model.
         backend: ``auto`` (fold into a bias where exact, else hooks), ``hook``,
             or ``fold`` (raise where folding is impossible). See the module docs.
 
     Raises:
-        SteeringError: bad coef, mode, positions, layers or backend, or a vector
+        SteeringError: bad coef (`vectors.CoefError`), mode, positions, layers or backend, or a vector
             that does not fit the model; nothing is left registered.
 
     Example:

@@ -9,6 +9,8 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from hooks import SteeringError
+
 from .apply import VectorSpec, steer
 
 
@@ -26,6 +28,17 @@ def format_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> tupl
     return prompt, True
 
 
+def _check_not_empty(ids: list[list[int]], prompts: list[str], start: int) -> None:
+    """Refuse a prompt that tokenizes to nothing (the model would have no token to continue)."""
+    for offset, (row, prompt) in enumerate(zip(ids, prompts)):
+        if not row:
+            which = "the prompt" if start == 0 and len(prompts) == 1 else f"prompt {start + offset}"
+            raise SteeringError(
+                f"{which} ({prompt!r}) is empty after tokenization, with no chat template or BOS "
+                "token to start from; give some text, or chat=True"
+            )
+
+
 @overload
 def generate(model: nn.Module, tokenizer: Any, prompts: str, vector: VectorSpec | None = ..., coef: float = ..., **kwargs: Any) -> str: ...
 @overload
@@ -38,7 +51,7 @@ def generate(
     tokenizer: Any,
     prompts: str | Sequence[str],
     vector: VectorSpec | None = None,
-    coef: float = 0.0,
+    coef: float = 1.0,
     *,
     max_new_tokens: int = 64,
     positions: str = "all",
@@ -56,12 +69,19 @@ def generate(
         model, tokenizer: a Hugging Face causal LM and its tokenizer.
         prompts: one prompt (returns a string) or a list (returns a list).
         vector: a `SteeringVector` or a list of ``(vector, coef)``; ``None`` = unsteered.
-        coef: multiplier of ``vector``.
+        coef: multiplier of ``vector``; default 1.0, the same as `steer`,
+            `attach` and the server, so a vector given is a vector applied.
+            Checked by `vectors.check_coef` (finite, bounded).
         max_new_tokens: tokens to generate per prompt.
         positions, mode: as in `steer`.
         chat: apply the chat template (default: when the tokenizer has one).
         batch_size: prompts per ``generate`` call.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``do_sample=True``).
+
+    Raises:
+        SteeringError: a prompt that tokenizes to no tokens (e.g. ``""`` with
+            ``chat=False`` and a tokenizer that adds no BOS), or a bad coef
+            (`vectors.CoefError`), mode or positions (see `steer`).
 
     Example:
         >>> generate(model, tok, "Tell me about your day.", vec, coef=4.0)  # doctest: +SKIP
@@ -84,6 +104,7 @@ def generate(
                 chunk = prompt_list[start : start + batch_size]
                 formatted = [format_prompt(tokenizer, p, chat) for p in chunk]
                 ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in formatted]
+                _check_not_empty(ids, chunk, start)
                 batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
                 new_tokens = out[:, batch["input_ids"].shape[1] :]

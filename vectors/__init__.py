@@ -9,13 +9,17 @@ from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write, load_vect
 from .methods import METHODS, LayerStats, Method, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
-from .vector import SteeringVector, VectorMismatchError
+from .vector import SteeringVector, VectorMismatchError, VectorValueError
+from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 
 __all__ = [
     "FORMAT",
+    "MAX_COEF",
+    "MAX_DELTA_NORM",
     "FORMAT_VERSION",
     "METHODS",
     "READ_POSITIONS",
+    "CoefError",
     "ContrastPair",
     "DatasetError",
     "LayerStats",
@@ -23,8 +27,10 @@ __all__ = [
     "SteeringVector",
     "VectorFileError",
     "VectorMismatchError",
+    "VectorValueError",
     "as_pairs",
     "atomic_write",
+    "check_coef",
     "collect_stats",
     "dataset_sha256",
     "extract",

@@ -60,23 +60,39 @@ def _version() -> str:
 def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
 
-    A crash or error leaves ``path`` as it was: never half-written.
+    A crash or error leaves ``path`` as it was: never half-written. The result
+    has the permissions of a file made by a plain ``open()``: ``0o666`` less
+    the process umask (0644 under umask 022, 0640 under 027).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    # mkstemp creates 0600 files; give the result the permissions of a normal open().
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(Path(tmp))
+        # After the write, not before: writers may replace the temp file with
+        # their own (safetensors' save_file does, as 0600), and mkstemp's is 0600 too.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere the only way is to set and restore it (briefly visible to other threads).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:

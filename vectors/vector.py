@@ -1,6 +1,7 @@
 """`SteeringVector`: one float32 direction per layer, plus where it came from.
 
-Vectors are immutable values. Arithmetic builds new vectors: ``-v`` turns a
+Vectors are immutable values with finite entries (NaN or inf raises
+`VectorValueError` where the vector is made). Arithmetic builds new vectors: ``-v`` turns a
 behaviour off, ``a + b`` combines behaviours, ``k * v`` scales. A layer
 missing from one operand counts as zero there. Vectors made on different
 models (different fingerprints) never combine or compare: their spaces differ.
@@ -9,6 +10,7 @@ models (different fingerprints) never combine or compare: their spaces differ.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +20,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooks import SteeringError
+from hooks import SteeringError, normalize_layers
 
 UNKNOWN = "unknown"
 
 
 class VectorMismatchError(SteeringError, ValueError):
     """Two vectors, or a vector and a model, that do not belong together."""
+
+
+class VectorValueError(SteeringError, ValueError):
+    """A vector whose values are not usable: NaN or inf, from construction or arithmetic."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +77,12 @@ class SteeringVector:
                 shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
                 raise VectorMismatchError(f"layer {layer}: expected shape ({self.hidden_size},), got {shape}")
             # A private float32 CPU copy: the caller's tensor may change later.
-            clean[layer] = tensor.detach().to("cpu", torch.float32).clone()
+            copy = tensor.detach().to("cpu", torch.float32).clone()
+            if not bool(torch.isfinite(copy).all()):
+                # Caught here, where it is made (e.g. v * nan, or a float32 overflow), not as an
+                # empty generation later or a file that `load` refuses.
+                raise VectorValueError(f"layer {layer}: the direction holds NaN or inf values; a steering vector must be finite")
+            clean[layer] = copy
         if not clean:
             raise VectorMismatchError("a steering vector needs at least one layer")
         object.__setattr__(self, "directions", MappingProxyType(clean))
@@ -87,9 +98,17 @@ class SteeringVector:
         """L2 norm of each layer's direction."""
         return {layer: float(t.norm()) for layer, t in self.directions.items()}
 
-    def select(self, layers: Iterable[int]) -> SteeringVector:
-        """A vector with only ``layers`` (each must be present)."""
-        wanted = list(layers)
+    def select(self, layers: int | Iterable[int]) -> SteeringVector:
+        """A vector with only ``layers`` (each must be present).
+
+        Negative indices count from the end of the model's layers (``num_layers``),
+        as in `hooks.resolve_layers`: ``select([-1])`` is the model's last layer.
+
+        Raises:
+            LayerError: a value that is not an integer, or outside the model's layers.
+            VectorMismatchError: a layer this vector does not hold.
+        """
+        wanted = normalize_layers(layers, self.num_layers, f"a vector made on {self.model!r}")
         missing = [i for i in wanted if i not in self.directions]
         if missing:
             raise VectorMismatchError(f"layers {missing} are not in this vector (it has {self.layers})")
@@ -105,15 +124,19 @@ class SteeringVector:
         return self._with({i: -t for i, t in self.directions.items()})
 
     def __mul__(self, k: float) -> SteeringVector:
-        if not isinstance(k, (int, float)):
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
             return NotImplemented
+        if not math.isfinite(k):
+            raise VectorValueError(f"cannot scale a steering vector by {k!r}: the factor must be finite")
         return self._with({i: t * float(k) for i, t in self.directions.items()})
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> SteeringVector:
-        if not isinstance(k, (int, float)):
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
             return NotImplemented
+        if k == 0:
+            raise VectorValueError("cannot divide a steering vector by 0")
         return self * (1.0 / k)
 
     def __add__(self, other: SteeringVector) -> SteeringVector:

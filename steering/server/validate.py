@@ -10,7 +10,7 @@ problem                                 status  code
 unknown vector name                     404     vector_not_found
 vector name that is a path              422     invalid_vector_name
 vector file that does not fit the model 422     invalid_vector
-``|coef|`` above ``max_coef``           422     coef_out_of_range
+``coef`` outside ``check_coef``         422     coef_out_of_range
 ``coef`` given with ``mode: ablate``    422     invalid_coef
 ablating a zero direction               422     invalid_vector
 layer not in the vector                 422     layer_not_in_vector
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vectors import VectorFileError
+from vectors import CoefError, VectorFileError, check_coef
 
 from .config import ServerConfig
 from .engine import GenerationRequest
@@ -82,9 +82,10 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
         if term.mode == "ablate" and "coef" in term.model_fields_set:
             raise APIError(422, f"{where}.coef has no meaning with mode='ablate' (the direction is projected out); leave it out",
                            param=f"{where}.coef", code="invalid_coef")
-        if abs(term.coef) > cfg.max_coef:
-            raise APIError(422, f"{where}.coef={term.coef!r} is out of range; |coef| must be <= {cfg.max_coef:g}",
-                           param=f"{where}.coef", code="coef_out_of_range")
+        try:  # the library's coef policy, with the server's max_coef as the tighter bound
+            check_coef(term.coef, vector, limit=cfg.max_coef, name=f"{where}.coef")
+        except CoefError as exc:
+            raise APIError(422, str(exc), param=f"{where}.coef", code="coef_out_of_range") from None
         layers = tuple(vector.layers)
         if term.layers is not None:
             if not term.layers:

@@ -79,7 +79,7 @@ def test_generate_cli_matches_library(capsys, tmp_path: Path, tiny_folder: Path,
         (["extract", "out=x.txt"], "must end in .safetensors"),
         (["extract", "method=magic", "out=x.safetensors"], "unknown method 'magic'"),
         (["extract", "data=no_such_set", "out=x.safetensors"], "'no_such_set' is neither a dataset file nor a bundled set"),
-        (["extract", "colour=blue", "out=x.safetensors"], "Could not override 'colour'"),
+        (["extract", "colour=blue", "out=x.safetensors"], "unknown key 'colour' for steering extract"),
         (["generate", "prompt=hi", "vector=missing.safetensors"], "missing.safetensors: no such vector file"),
         (["info", "missing.safetensors"], "missing.safetensors: no such vector file"),
         (["info"], "info takes one vector file"),
@@ -129,7 +129,7 @@ def test_convert_between_formats_and_info_reads_them(capsys, tmp_path: Path, tin
         (["convert", "input=missing.gguf", "out=x.safetensors"], "missing.gguf"),
         (["convert", "input=v.safetensors", "out=v.safetensors"], "same file as input"),
         (["convert", "input=v.safetensors", "out=v.npy"], "unknown vector file type '.npy'"),
-        (["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"], "layers [7] are not in this vector"),
+        (["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"], "layer 7 is out of range for a vector made on 'other' with 3 layers"),
         (["convert", "input=v.safetensors", "out=w.safetensors", "model=MODEL"], "hidden_size"),
     ],
 )
@@ -182,3 +182,45 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     proc.stdout.close()  # what `head -1` does after its line
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err == b"", err.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["extract", "layers=[12.5]"], "layers=[12.5]: 12.5 is not an integer layer index"),  # was: layer 12
+        (["extract", "layers=abc"], "layers=abc: expected a layer index or a list of them"),
+        (["extract", "layers=[]"], "layers=[]: the list of layers is empty"),
+        (["extract", "+layer=12"], "unknown key 'layer' for steering extract; did you mean layers=...?"),  # was ignored
+        (["extract", "layer=12"], "unknown key 'layer' for steering extract; did you mean layers=...?"),
+        (["extract", "batch_size=0"], "batch_size=0: must be >= 1"),
+        (["generate", "chat=maybe"], "chat=maybe: expected true or false"),  # was true
+        (["generate", "coef=[]"], "coef=[]: the list of coefficients is empty"),  # was exit 0, nothing printed
+        (["generate", "coef=abc"], "coef='abc' is not a number"),
+        (["generate", "coef=[1,abc]"], "coef[1]='abc' is not a number"),
+        (["generate", "coef=1e30"], "coef=1e+30 is out of range"),  # was exit 0, empty completion
+        (["generate", "coef=nan"], "coef=nan is not a finite number"),
+        (["generate", "max_new_tokens=abc"], "max_new_tokens=abc: expected an integer"),
+        (["generate", "max_new_tokens=5.5"], "max_new_tokens=5.5: expected an integer"),
+        (["generate", "layers=[true]"], "layers=[true]: true is not an integer layer index"),
+        (["generate", "top_p=2"], "top_p=2: must be between 0 and 1"),
+        (["convert", "input=v.safetensors", "layers=[1.5]"], "layers=[1.5]: 1.5 is not an integer layer index"),
+        (["compare", "vectors=[v.safetensors]", "interpolate.coef=abc"], "interpolate.coef='abc' is not a number"),
+        (["compare", "vectors=[v.safetensors]", "+interpolate.cof=3"], "unknown key 'interpolate.cof' for steering compare; did you mean interpolate.coef"),
+    ],
+)
+def test_bad_values_are_one_line_naming_key_and_value_before_the_model_loads(capsys, monkeypatch, tmp_path: Path, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    loads: list[object] = []
+    monkeypatch.setattr(st, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("the model was loaded"))
+    extra = {"extract": ["data=sentiment", "out=v.safetensors"], "generate": ["prompt=hi", "vector=v.safetensors"], "convert": ["out=w.gguf"], "compare": ["out=o"]}
+    code, out, err = _run(capsys, *args, *extra[args[0]], "model=no-such-model")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    assert loads == []
+
+
+def test_empty_prompt_without_chat_is_a_clear_error(capsys, tiny_folder: Path) -> None:
+    code, _, err = _run(capsys, "generate", f"model={tiny_folder}", "prompt=", "chat=false", "max_new_tokens=2")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the prompt ('') is empty after tokenization" in err and "reshape" not in err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from torch import nn
 
 import hooks
@@ -78,3 +80,31 @@ def test_explicit_layers_path_override() -> None:
 def test_unknown_site(llama) -> None:
     with pytest.raises(hooks.LayerError, match="unknown site 'resid'.*block_output"):
         hooks.site_module(llama[0], 0, "resid")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("12", r"layers='12' is a string"),  # not layers [1, 2]
+        ("1", r"layers='1' is a string"),
+        ([True], r"layer True is not an integer"),  # not layer 1
+        ([12.7], r"layer 12.7 is not an integer"),  # not layer 12
+        ([1.0], r"layer 1.0 is not an integer"),
+        (2.0, r"layers=2.0 is not an integer or a list of integers"),
+        (True, r"layers=True is not an integer or a list of integers"),
+        ([np.bool_(True)], r"is not an integer"),
+        ([torch.tensor(True)], r"is not an integer"),
+    ],
+)
+def test_layers_that_are_not_integers_are_refused_not_converted(llama, spec, message) -> None:
+    with pytest.raises(hooks.LayerError, match=message):
+        hooks.resolve_layers(llama[0], spec)
+
+
+def test_integer_types_and_negative_indices_are_accepted(llama) -> None:
+    model, _ = llama
+    assert hooks.resolve_layers(model, [np.int64(-1), np.int32(0)]) == [0, 2]
+    assert hooks.resolve_layers(model, np.int64(1)) == [1]
+    assert hooks.resolve_layers(model, np.array([0, -2])) == [0, 1]
+    assert hooks.resolve_layers(model, torch.tensor(-1)) == [2]
+    assert hooks.normalize_layers([-1], 30) == [29]

@@ -165,6 +165,24 @@ def test_chat_needs_a_chat_template(vecs) -> None:
     assert prepared.requests[0].max_tokens == config.default_max_tokens
 
 
+def test_coef_follows_the_librarys_policy_beyond_max_coef(tmp_path) -> None:
+    """vectors.check_coef decides: |coef| <= max_coef is not enough when coef * norm would overflow."""
+    from server_helpers import tiny_vector
+
+    tiny_vector(1, [1], norm=5e4).save(tmp_path / "huge.safetensors")
+    model, tok = make_tiny("llama")
+    ctx = ServingContext(ServerConfig(model_name=MODEL_NAME, max_coef=50.0), VectorStore(tmp_path, model), Codec(tok, [2]), 512, 3)
+
+    def body(coef: float) -> CompletionRequest:
+        return CompletionRequest.model_validate({"model": MODEL_NAME, "prompt": "Hello", "steering": [{"vector": "huge", "coef": coef}]})
+
+    assert prepare_completion(body(1.0), ctx).requests
+    with pytest.raises(APIError) as err:
+        prepare_completion(body(5.0), ctx)  # 5 <= max_coef, but 5 * 5e4 > MAX_DELTA_NORM
+    assert (err.value.status, err.value.code, err.value.param) == (422, "coef_out_of_range", "steering[0].coef")
+    assert "steering[0].coef=5.0 is out of range for a vector of norm 5e+04" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- limits and keys
 
 

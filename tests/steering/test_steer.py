@@ -174,8 +174,10 @@ def test_layers_subset(llama) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"coef": float("nan")}, "coef must be a finite number, got nan"),
-        ({"coef": math.inf}, "coef must be a finite number, got inf"),
+        ({"coef": float("nan")}, "coef=nan is not a finite number"),
+        ({"coef": math.inf}, "coef=inf is not a finite number"),
+        ({"coef": 1e30}, r"coef=1e\+30 is out of range"),
+        ({"coef": True}, "coef=True is not a number"),
         ({"mode": "scale"}, "unknown mode 'scale'"),
         ({"positions": "middle"}, "unknown positions 'middle'"),
     ],
@@ -218,3 +220,52 @@ def test_exception_inside_steer_removes_hooks(tiny) -> None:
             model(**tok(PROMPTS[:1], return_tensors="pt"))
             raise ValueError("inside")
     assert hook_count(model) == baseline
+
+
+@pytest.mark.parametrize("call", ["steer", "attach", "generate"])
+def test_coef_policy_applies_to_every_entry_point(llama, call) -> None:
+    """coef=1e30 used to overflow to NaN logits and an empty completion; now it is refused up front."""
+    model, tok = llama
+    baseline = hook_count(model)
+    big = _vector(model, (0,), scale=1.0) * 2e4  # finite, but coef 10 makes a delta far past MAX_DELTA_NORM
+    for vec, coef, message in [(_vector(model), 1e30, "out of range"), (big, 10.0, "out of range for a vector of norm")]:
+        with pytest.raises(st.SteeringError, match=message):
+            if call == "steer":
+                st.steer(model, vec, coef).__enter__()
+            elif call == "attach":
+                st.attach(model, vec, coef)
+            else:
+                st.generate(model, tok, "Hi", vec, coef, max_new_tokens=2)
+        assert hook_count(model) == baseline
+
+
+@torch.no_grad()
+def test_negative_layers_count_from_the_models_end(llama) -> None:
+    model, tok = llama
+    vec = _vector(model, (0, 2))
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    with st.steer(model, vec, coef=3.0, layers=[-1]):
+        last = model(**batch).logits
+    with st.steer(model, vec, coef=3.0, layers=[2]):
+        two = model(**batch).logits
+    torch.testing.assert_close(last, two, atol=0, rtol=0)
+    with pytest.raises(st.LayerError, match="'2' is a string"):
+        st.steer(model, vec, layers="2").__enter__()
+
+
+def test_generate_applies_a_vector_given_without_coef(llama) -> None:
+    """One default everywhere: coef=1.0 in generate, as in steer, attach and the server."""
+    model, tok = llama
+    vec = _vector(model, (0, 1, 2), scale=30.0)
+    plain = st.generate(model, tok, PROMPTS, max_new_tokens=6)
+    default = st.generate(model, tok, PROMPTS, vec, max_new_tokens=6)
+    assert default == st.generate(model, tok, PROMPTS, vec, 1.0, max_new_tokens=6)
+    assert default != plain
+
+
+@pytest.mark.parametrize("prompts", ["", ["Hi", ""]])
+def test_empty_prompt_without_chat_template_is_a_clear_error(llama, prompts) -> None:
+    model, tok = llama  # its tokenizer adds no BOS: "" is zero tokens without the chat template
+    with pytest.raises(st.SteeringError, match=r"\(''\) is empty after tokenization.*chat=True"):
+        st.generate(model, tok, prompts, chat=False, max_new_tokens=2)
+    assert st.generate(model, tok, "", chat=True, max_new_tokens=2) is not None  # the template gives tokens

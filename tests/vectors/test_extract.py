@@ -193,6 +193,15 @@ def test_negative_layer_index(llama_mod):
     assert v.layers == [NUM_LAYERS - 2] and torch.equal(v.directions[NUM_LAYERS - 2], w.directions[NUM_LAYERS - 2])
 
 
+@pytest.mark.parametrize(("layers", "message"), [("12", "is a string"), ([True], "True is not an integer"), ([1.7], "1.7 is not an integer")])
+def test_layers_that_are_not_integers_are_refused_before_any_forward(llama_mod, layers, message):
+    """extract(layers="12") used to extract layers [1, 2]; [True] was layer 1 and [1.7] layer 1."""
+    model, tok = llama_mod
+    with pytest.raises(LayerError, match=message):
+        extract(model, tok, PAIRS[:2], layers, progress=False)
+    assert extract(model, tok, PAIRS[:2], [np.int64(-1)], progress=False).layers == [NUM_LAYERS - 1]
+
+
 def test_all_layers_by_default(llama_mod):
     model, tok = llama_mod
     v = extract(model, tok, PAIRS[:2], progress=False)

@@ -388,13 +388,36 @@ def test_fingerprint_same_across_dtypes(llama):
     assert model_fingerprint(half) == model_fingerprint(model)
 
 
-def test_atomic_write_gives_normal_permissions(tmp_path):
-    import os
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_every_written_file_honours_the_umask(tmp_path, umask):
+    """Like a plain open(): 0644 under umask 022, 0640 under 027, for every format and writer.
+
+    safetensors' save_file replaces the temp file with its own 0600 file, so a
+    chmod before the write was lost and every .safetensors came out 0600.
+    """
     import stat
 
-    from vectors import atomic_write
+    from vectors.interop import write_any_vector
 
-    path = atomic_write(tmp_path / "f.txt", lambda tmp: tmp.write_text("x"))
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    v = SteeringVector({1: torch.ones(4), 2: torch.ones(4)}, hidden_size=4, num_layers=3, model="m")
+    written = [
+        v.save(tmp_path / "v.safetensors"),
+        write_any_vector(v, tmp_path / "v.gguf"),
+        write_any_vector(v, tmp_path / "v.pt"),
+        *sorted(write_any_vector(v, tmp_path / "caa", model_suffix="m").iterdir()),
+        atomic_write(tmp_path / "m.json", lambda tmp: tmp.write_text("{}"), suffix=".json"),
+        atomic_write(tmp_path / "m.csv", lambda tmp: tmp.write_text("a,b\n"), suffix=".csv"),
+    ]
+    assert len(written) == 7
+    for path in written:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hooks import SteeringError
-from vectors import SteeringVector, VectorMismatchError
+from vectors import SteeringVector, VectorMismatchError, VectorValueError
 from vectors.vector import UNKNOWN
 
 D = 8
@@ -347,3 +347,40 @@ def test_defaults():
 def test_repr(a):
     r = repr(a)
     assert "SteeringVector(" in r and "'m'" in r and "mean_diff" in r and "0:" in r and "2:" in r
+
+
+# --------------------------------------------------------------------------- finite values, layer indices
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: v * float("nan"),
+        lambda v: float("inf") * v,
+        lambda v: v / 0.0,
+        lambda v: v * 1e38 * 1e38,  # overflows float32 to inf
+        lambda v: vec({0: torch.full((D,), float("nan"))}),
+        lambda v: v + vec({0: torch.full((D,), float("inf"))}),
+    ],
+)
+def test_vectors_with_nan_or_inf_cannot_be_made(a, make) -> None:
+    with pytest.raises(VectorValueError, match="NaN or inf|finite|divide"):
+        make(a)
+
+
+def test_every_vector_that_exists_saves_and_loads(tmp_path, a) -> None:
+    big = a * 1e30  # finite, so it is a vector, and its file loads back
+    assert SteeringVector.load(big.save(tmp_path / "big.safetensors")).norms() == big.norms()
+
+
+def test_select_counts_negative_layers_from_the_models_end(a) -> None:
+    assert a.select([-2]).layers == [2]  # N = 4 layers: -2 is layer 2
+    assert a.select(np.array([0, -2])).layers == [0, 2]
+    with pytest.raises(VectorMismatchError, match=r"layers \[3\] are not in this vector"):
+        a.select([-1])
+    with pytest.raises(SteeringError, match="out of range"):
+        a.select([-5])
+
+
+@pytest.mark.parametrize("bad", ["2", [True], [2.0]])
+def test_select_refuses_layers_that_are_not_integers(a, bad) -> None:
+    with pytest.raises(SteeringError, match="string|not an integer"):
+        a.select(bad)
