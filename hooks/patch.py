@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LayerError
+from .fold import claim
 from .handles import HookGroup
 from .layers import decoder_stack, resolve_layers
 from .outputs import unpack, unpack_inputs
@@ -140,6 +141,8 @@ def patch(
     _warn_if_compiled(model)
     group = HookGroup(label)
     try:
+        # Recorded so that a fold from another thread refuses (see `hooks.fold`).
+        group.on_remove(claim(model, "hooks"))
         tracker: PositionTracker | None = None
         if positions != "all":
             tracker = PositionTracker()

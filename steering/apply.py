@@ -16,11 +16,18 @@ default) folds whenever that is exact: ``mode="add"``, ``positions="all"``, the
 ``block_output`` or ``mlp_output`` site, an architecture listed in
 `hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
 eval mode; otherwise it uses hooks.
+
+A fold changes weights that every thread using the model sees. Where the
+model is declared shared (`hooks.fold.share`, e.g. by a server) or another
+thread steers it, ``fold`` raises `hooks.fold.FoldConflictError` and ``auto``
+uses hooks with a `RuntimeWarning` (hooks, too, run for every caller of the
+module: steer a shared model from one thread at a time).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -30,7 +37,7 @@ from torch import Tensor, nn
 
 from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch
 from hooks.positions import check_positions
-from hooks.fold import fold, fold_blocker
+from hooks.fold import fold, fold_blocker, fold_conflict
 from vectors import SteeringVector, VectorMismatchError, hidden_size
 
 Mode = Literal["add", "ablate"]
@@ -117,6 +124,10 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
 
     Raises:
         SteeringError: for an unknown backend, or ``backend="fold"`` where it cannot fold.
+
+    Warns:
+        RuntimeWarning: ``backend="auto"`` could fold but the model is shared
+            or steered by another thread (`hooks.fold.fold_conflict`), so hooks are used.
     """
     if backend not in BACKENDS:
         raise SteeringError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -129,7 +140,18 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
     else:
         reason = fold_blocker(model, list(layers), site)
     if reason is None:
-        return "fold", None
+        conflict = fold_conflict(model)
+        if conflict is None:
+            return "fold", None
+        if backend == "fold":
+            raise SteeringError(f"backend='fold' is not possible here: {conflict} (a fold changes the weights for every caller)")
+        warnings.warn(
+            f"steering with hooks instead of folding: {conflict}, and a fold would change the weights it uses; "
+            "hooks, too, run for every caller of the model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "hook", f"{conflict} (folding would change its weights)"
     if backend == "fold":
         raise SteeringError(f"backend='fold' is not possible here: {reason}")
     return "hook", reason
