@@ -135,9 +135,11 @@ def patch(
         A `HookGroup`; use it as a context manager or call ``remove()``.
 
     Raises:
-        LayerError: for a bad layer, site or positions value (nothing stays registered).
+        LayerError: for a bad layer, site or positions value, or two keys
+            naming one layer (``-1`` and ``n - 1``); nothing stays registered.
     """
     check_positions(positions)
+    by_index = _by_index(model, ops)
     _warn_if_compiled(model)
     group = HookGroup(label)
     try:
@@ -147,8 +149,7 @@ def patch(
         if positions != "all":
             tracker = PositionTracker()
             group.add_pre_hook(decoder_stack(model), tracker, with_kwargs=True)
-        for layer, op in ops.items():
-            (index,) = resolve_layers(model, [layer])
+        for index, op in by_index.items():
             module, is_pre = site_module(model, index, site)
             if is_pre:
                 group.add_pre_hook(module, _pre_hook(op, tracker, positions), with_kwargs=True)
@@ -158,6 +159,18 @@ def patch(
         group.remove()
         raise
     return group
+
+
+def _by_index(model: nn.Module, ops: Mapping[int, Op]) -> dict[int, Op]:
+    """``ops`` keyed by non-negative layer index; two keys for one layer would stack two hooks there."""
+    out: dict[int, Op] = {}
+    keys: dict[int, int] = {}
+    for layer, op in ops.items():
+        (index,) = resolve_layers(model, [layer])
+        if index in out:
+            raise LayerError(f"layers {keys[index]} and {layer} both name layer {index}; give each layer once")
+        out[index], keys[index] = op, layer
+    return out
 
 
 def _warn_if_compiled(model: nn.Module) -> None:
