@@ -168,6 +168,23 @@ def fold_conflict(model: nn.Module) -> str | None:
     return f"the model is steered by {', '.join(sorted({u.who for u in others}))}"
 
 
+def unfolded_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """``model.named_parameters()`` as they are without any active fold.
+
+    A folded bias appears with its original value; a bias that exists only
+    because of a fold is left out. Used by `vectors.model_fingerprint`.
+    """
+    with _LOCK:
+        originals = {id(state.param): state.original for state in _STATES.values()}
+    out: list[tuple[str, Tensor]] = []
+    for name, param in model.named_parameters():
+        if id(param) not in originals:
+            out.append((name, param))
+        elif (original := originals[id(param)]) is not None:
+            out.append((name, original))
+    return out
+
+
 def _out_features(module: nn.Module) -> int | None:
     if type(module) is nn.Linear:
         return module.weight.shape[0]

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch
 from hooks.positions import check_positions
 from hooks.fold import fold, fold_blocker, fold_conflict
-from vectors import SteeringVector, VectorMismatchError, hidden_size
+from vectors import SteeringVector, VectorMismatchError, hidden_size, model_name
+from vectors.model_info import fingerprint_mismatch
 
 Mode = Literal["add", "ablate"]
 Backend = Literal["auto", "hook", "fold"]
@@ -61,24 +62,31 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
     return terms
 
 
-def _check_fits(model: nn.Module, vector: SteeringVector) -> None:
+def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
     width, depth = hidden_size(model), num_layers(model)
     if vector.hidden_size != width:
         raise VectorMismatchError(f"vector hidden size {vector.hidden_size} does not match the model's {width}")
     bad = [i for i in vector.layers if i >= depth]
     if bad:
         raise LayerError(f"vector layers {bad} are out of range for a model with {depth} layers")
+    actual = fingerprint_mismatch(vector.model_fingerprint, model) if check_model else None
+    if actual is not None:
+        raise VectorMismatchError(
+            f"the vector was made on {vector.model!r} (fingerprint {vector.model_fingerprint}), but the model is "
+            f"{model_name(model)!r} (fingerprint {actual}): another checkpoint, whose activation space differs; "
+            "pass check_model=False to steer with it anyway"
+        )
 
 
 def _layer_terms(
-    model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None
+    model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None, check_model: bool = True
 ) -> tuple[dict[int, list[tuple[Tensor, float]]], str]:
     terms = _as_terms(vector, coef)
     sites = {v.site for v, _ in terms}
     if len(sites) > 1:
         raise SteeringError(f"vectors of different sites cannot be applied together: {sorted(sites)}")
-    for v, _ in terms:
-        _check_fits(model, v)
+    for v in {id(v): v for v, _ in terms}.values():  # each vector once: a fingerprint reads every tensor
+        _check_fits(model, v, check_model)
     wanted = None if layers is None else set(layers)
     by_layer: dict[int, list[tuple[Tensor, float]]] = {}
     for v, c in terms:
@@ -91,10 +99,10 @@ def _layer_terms(
 
 
 def build_deltas(
-    model: nn.Module, vector: VectorSpec, coef: float = 1.0, *, layers: Iterable[int] | None = None
+    model: nn.Module, vector: VectorSpec, coef: float = 1.0, *, layers: Iterable[int] | None = None, check_model: bool = True
 ) -> tuple[dict[int, Tensor], str]:
     """Per-layer summed deltas ``sum(coef * direction)`` for ``vector`` (and their site)."""
-    by_layer, site = _layer_terms(model, vector, coef, layers)
+    by_layer, site = _layer_terms(model, vector, coef, layers, check_model)
     return {layer: sum(c * d for d, c in items) for layer, items in by_layer.items()}, site  # type: ignore[misc]
 
 
@@ -105,9 +113,10 @@ def build_ops(
     *,
     mode: str = "add",
     layers: Iterable[int] | None = None,
+    check_model: bool = True,
 ) -> tuple[dict[int, Op], str]:
     """Per-layer operations for ``vector`` (and the site they act at)."""
-    by_layer, site = _layer_terms(model, vector, coef, layers)
+    by_layer, site = _layer_terms(model, vector, coef, layers, check_model)
     ops: dict[int, Op] = {}
     for layer, items in by_layer.items():
         if mode == "add":
@@ -166,6 +175,7 @@ def attach(
     mode: str = "add",
     layers: Iterable[int] | None = None,
     backend: str = "auto",
+    check_model: bool = True,
 ) -> HookGroup:
     """Start steering and return the `HookGroup` that stops it (``.remove()``).
 
@@ -181,7 +191,7 @@ def attach(
     if mode not in ("add", "ablate"):
         raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
     check_positions(positions)
-    deltas, site = build_deltas(model, vector, coef, layers=layers)
+    deltas, site = build_deltas(model, vector, coef, layers=layers, check_model=check_model)
     chosen, _ = choose_backend(model, deltas, site, positions=positions, mode=mode, backend=backend)
     label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} positions={positions} backend={chosen}"
     if chosen == "fold":
@@ -191,7 +201,7 @@ def attach(
     if mode == "add":
         ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
     else:
-        ops, site = build_ops(model, vector, coef, mode=mode, layers=layers)
+        ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
     return patch(model, ops, site=site, positions=positions, label=label)
 
 
@@ -205,6 +215,7 @@ def steer(
     mode: str = "add",
     layers: Iterable[int] | None = None,
     backend: str = "auto",
+    check_model: bool = True,
 ) -> Iterator[HookGroup]:
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
 
@@ -218,16 +229,20 @@ def steer(
         layers: restrict to these layers of the vector (default: all of its layers).
         backend: ``auto`` (fold into a bias where exact, else hooks), ``hook``,
             or ``fold`` (raise where folding is impossible). See the module docs.
+        check_model: compare each vector's recorded model fingerprint with
+            ``model`` (``unknown`` passes); ``False`` steers with a vector from
+            another checkpoint of the same shape.
 
     Raises:
         SteeringError: bad coef, mode, positions, layers or backend, or a vector
             that does not fit the model; nothing is left registered.
+        VectorMismatchError: a vector made on another checkpoint (both named).
 
     Example:
         >>> with steer(model, vec, coef=4.0):  # doctest: +SKIP
         ...     out = model.generate(**inputs, max_new_tokens=20)
     """
-    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend)
+    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend, check_model=check_model)
     try:
         yield group
     finally:

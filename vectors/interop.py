@@ -51,7 +51,7 @@ import torch
 from hooks import num_layers as model_num_layers
 
 from .io import FORMAT, VectorFileError, atomic_write, load_vector
-from .model_info import hidden_size, model_fingerprint, model_name, text_config
+from .model_info import fingerprint_mismatch, hidden_size, model_fingerprint, model_name, text_config
 from .vector import UNKNOWN, SteeringVector
 
 ARCH = "controlvector"
@@ -360,9 +360,11 @@ def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fie
     if allow:
         return
     known = fields["model_fingerprint"]
-    if known != UNKNOWN and known != model_fingerprint(model):
+    actual = fingerprint_mismatch(known, model)
+    if actual is not None:
         raise VectorFileError(
-            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r}; pass allow_model_mismatch=True to load it anyway"
+            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r} (fingerprint {actual}); "
+            "pass allow_model_mismatch=True to load it anyway"
         )
     hint = extra.get("model_hint", "")
     model_type = str(getattr(text_config(model), "model_type", "") or "")

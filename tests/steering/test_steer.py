@@ -10,6 +10,7 @@ import torch
 import hooks
 import steering as st
 from helpers import hook_count, random_vector
+from tiny_models import make_tiny
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 
@@ -218,3 +219,23 @@ def test_exception_inside_steer_removes_hooks(tiny) -> None:
             model(**tok(PROMPTS[:1], return_tensors="pt"))
             raise ValueError("inside")
     assert hook_count(model) == baseline
+
+
+@torch.no_grad()
+def test_steer_refuses_a_vector_from_another_checkpoint(llama) -> None:
+    """A vector records the checkpoint it was made on; steering another one (same shape) is refused."""
+    model, tok = llama
+    tuned, _ = make_tiny("llama")
+    tuned.model.layers[2].mlp.up_proj.weight.mul_(1.01)  # a fine-tune that froze the embeddings
+    vec = random_vector(model, (0, 2))
+    baseline = hook_count(tuned)
+    for backend in ("hook", "fold"):
+        with pytest.raises(st.VectorMismatchError) as info:
+            st.attach(tuned, vec, backend=backend)
+        message = str(info.value)
+        assert vec.model_fingerprint in message and st.model_fingerprint(tuned) in message and "check_model=False" in message
+        assert hook_count(tuned) == baseline
+    with st.steer(tuned, vec, coef=2.0, check_model=False) as group:  # the escape hatch
+        assert group.active
+    with st.steer(model, vec, coef=2.0):  # its own model
+        pass
