@@ -239,3 +239,31 @@ def test_steer_refuses_a_vector_from_another_checkpoint(llama) -> None:
         assert group.active
     with st.steer(model, vec, coef=2.0):  # its own model
         pass
+
+
+class _FrozenTokenizer:
+    """A tokenizer proxy that fails the test on any attribute assignment (as a shared one must not change)."""
+
+    def __init__(self, tok) -> None:
+        object.__setattr__(self, "_tok", tok)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tok(*args, **kwargs)
+
+    def __setattr__(self, name, value) -> None:
+        raise AssertionError(f"generate assigned tokenizer.{name} = {value!r}")
+
+
+@torch.no_grad()
+def test_generate_left_pads_without_touching_the_tokenizer(llama) -> None:
+    """A tokenizer shared with other threads keeps its padding_side; rows are still left-padded."""
+    model, tok = llama
+    tok.padding_side = "right"
+    vec = _vector(model, layers=(0, 2), scale=2.0)
+    frozen = _FrozenTokenizer(tok)
+    batched = st.generate(model, frozen, PROMPTS, vec, coef=1.0, max_new_tokens=6)
+    assert batched == [st.generate(model, frozen, p, vec, coef=1.0, max_new_tokens=6) for p in PROMPTS]
+    assert tok.padding_side == "right"
