@@ -18,7 +18,7 @@ default) folds whenever that is exact: ``mode="add"``, ``positions="all"``, the
 eval mode; otherwise it uses hooks.
 
 A fold changes weights that every thread using the model sees. Where the
-model is declared shared (`hooks.fold.share`, e.g. by a server) or another
+model is declared shared (`hooks.share`, e.g. by a server) or another
 thread steers it, ``fold`` raises `hooks.fold.FoldConflictError` and ``auto``
 uses hooks with a `RuntimeWarning` (hooks, too, run for every caller of the
 module: steer a shared model from one thread at a time).
