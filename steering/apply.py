@@ -155,8 +155,8 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
         if backend == "fold":
             raise SteeringError(f"backend='fold' is not possible here: {conflict} (a fold changes the weights for every caller)")
         warnings.warn(
-            f"steering with hooks instead of folding: {conflict}, and a fold would change the weights it uses; "
-            "hooks, too, run for every caller of the model",
+            f"steering with hooks instead of folding: {conflict}, and a fold would change the weights it uses. "
+            "Hooks and folds both act on every caller of the model: steer a shared model from one thread at a time",
             RuntimeWarning,
             stacklevel=3,
         )
