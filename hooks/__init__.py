@@ -7,7 +7,7 @@ knows nothing of steering vectors. Every registration is owned by a
 
 from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameters, output_cache
 from .errors import LayerError, SteeringError
-from .fold import FOLD_TARGETS, fold, fold_blocker
+from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
 from .handles import HookGroup
 from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layers, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
@@ -23,6 +23,7 @@ __all__ = [
     "SITES",
     "AblateOp",
     "AddOp",
+    "FoldConflictError",
     "HookGroup",
     "LayerError",
     "Op",
@@ -49,6 +50,7 @@ __all__ = [
     "resolve_layers",
     "run_until_stopped",
     "set_decoder_layers",
+    "share",
     "site_module",
     "span_basis",
     "unpack",

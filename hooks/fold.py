@@ -30,6 +30,16 @@ the module keeps its original bias and the list of active deltas, and its bias
 is recomputed as ``original + sum(deltas)`` on every change, so the last
 removal restores the original exactly.
 
+Folding changes shared parameters, so every caller of the model sees it,
+from any thread: a fold is *process-wide*, not per-thread. `fold` therefore
+refuses (`FoldConflictError`) when the model is in use elsewhere: declared
+shared with `share` (a serving engine, say), or steered by another thread
+through a fold or hooks (`hooks.patch` records its thread too). Within one
+thread folds nest freely. `steering.steer(backend="auto")` then falls back to
+hooks with a `RuntimeWarning` (hooks are also seen by every caller of the
+module; only the weights stay untouched). Folds, their bookkeeping and the
+token counter are guarded by one lock.
+
 While folded, reading ``mlp_output`` at a folded layer sees the delta (it is
 inside the MLP now), and ``state_dict()`` has a bias entry for a linear layer
 that had none. Under ``torch.compile`` a changed bias value needs no
@@ -39,6 +49,8 @@ cached).
 
 from __future__ import annotations
 
+import itertools
+import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,9 +90,99 @@ class _FoldState:
     deltas: dict[int, Tensor] = field(default_factory=dict)  # fold token -> delta
 
 
+class FoldConflictError(LayerError):
+    """Folding would change weights that another thread or a declared sharer is using."""
+
+
+@dataclass(frozen=True)
+class _User:
+    """Who steers a model: a thread (by ident and name), or ``None`` for a declared sharer."""
+
+    thread: int | None
+    who: str
+
+
 # Keyed weakly so a model that is dropped while folded does not stay alive.
 _STATES: weakref.WeakKeyDictionary[nn.Module, _FoldState] = weakref.WeakKeyDictionary()
-_next_token = 0
+_USERS: weakref.WeakKeyDictionary[nn.Module, dict[int, _User]] = weakref.WeakKeyDictionary()
+_LOCK = threading.RLock()  # guards _STATES, _USERS and the token counter
+_tokens = itertools.count()
+
+
+def claim(model: nn.Module, what: str, *, shared: bool = False) -> _Release:
+    """Record that the current thread (or, with ``shared``, everyone) steers ``model``.
+
+    Returns the finalizer that withdraws the claim (idempotent); `patch` and
+    `fold` put it into their groups.
+    """
+    thread = threading.current_thread()
+    user = _User(None if shared else thread.ident, what if shared else f"{what} on thread {thread.name!r}")
+    with _LOCK:
+        token = next(_tokens)
+        _USERS.setdefault(model, {})[token] = user
+    return _Release(model, token)
+
+
+class _Release:
+    """Finalizer that withdraws one claim; safe to call twice."""
+
+    def __init__(self, model: nn.Module, token: int) -> None:
+        self._model = weakref.ref(model)
+        self._token = token
+
+    def __call__(self) -> None:
+        model = self._model()
+        with _LOCK:
+            users = _USERS.get(model) if model is not None else None
+            if users is not None:
+                users.pop(self._token, None)
+                if not users:
+                    del _USERS[model]
+
+
+def share(model: nn.Module, owner: str) -> HookGroup:
+    """Declare ``model`` shared (served, say): nobody may fold into it until the group is removed.
+
+    Example:
+        >>> group = share(model, "server engine")  # doctest: +SKIP
+        >>> st.steer(model, vec, backend="fold")  # doctest: +SKIP
+        Traceback (most recent call last):
+        FoldConflictError: cannot fold steering into model weights: the model is shared by server engine ...
+        >>> group.remove()  # doctest: +SKIP
+    """
+    group = HookGroup(f"shared by {owner}")
+    group.on_remove(claim(model, owner, shared=True))
+    return group
+
+
+def fold_conflict(model: nn.Module) -> str | None:
+    """Why folding into ``model`` now would leak into someone else's forward passes, or ``None``."""
+    me = threading.get_ident()
+    with _LOCK:
+        others = [u for u in _USERS.get(model, {}).values() if u.thread != me]
+    if not others:
+        return None
+    shared = sorted({u.who for u in others if u.thread is None})
+    if shared:
+        return f"the model is shared by {', '.join(shared)}"
+    return f"the model is steered by {', '.join(sorted({u.who for u in others}))}"
+
+
+def unfolded_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """``model.named_parameters()`` as they are without any active fold.
+
+    A folded bias appears with its original value; a bias that exists only
+    because of a fold is left out. Used by `vectors.model_fingerprint`.
+    """
+    with _LOCK:
+        originals = {id(state.param): state.original for state in _STATES.values()}
+    out: list[tuple[str, Tensor]] = []
+    for name, param in model.named_parameters():
+        if id(param) not in originals:
+            out.append((name, param))
+        elif (original := originals[id(param)]) is not None:
+            out.append((name, original))
+    return out
 
 
 def _out_features(module: nn.Module) -> int | None:
@@ -169,6 +271,8 @@ def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_o
     Raises:
         LayerError: if a layer cannot fold (the message says why; use hooks
             instead) or a delta has the wrong shape. Nothing stays changed.
+        FoldConflictError: if the model is shared (`share`) or steered by
+            another thread: the folded bias would be seen there too.
 
     Example:
         >>> with fold(model, {12: 4.0 * v}):  # doctest: +SKIP
@@ -185,22 +289,29 @@ def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_o
     if isinstance(targets, str):
         raise LayerError(f"cannot fold steering into a bias: {targets}; use the hook backend")
     group = HookGroup(label)
-    try:
-        for index, delta in sorted(resolved.items()):
-            module = targets[index]
-            width = _out_features(module)
-            if delta.shape != (width,):
-                raise LayerError(f"a folded delta must be [{width}], got shape {tuple(delta.shape)} for layer {index}")
-            group.on_remove(_add(module, delta.detach()))
-    except BaseException:
-        group.remove()
-        raise
+    # One lock from the conflict check to the last delta: no other thread can
+    # claim the model in between.
+    with _LOCK:
+        conflict = fold_conflict(model)
+        if conflict is not None:
+            raise FoldConflictError(f"cannot fold steering into model weights: {conflict}, and a fold changes them for every caller")
+        try:
+            group.on_remove(claim(model, "a fold"))
+            for index, delta in sorted(resolved.items()):
+                module = targets[index]
+                width = _out_features(module)
+                if delta.shape != (width,):
+                    raise LayerError(f"a folded delta must be [{width}], got shape {tuple(delta.shape)} for layer {index}")
+                group.on_remove(_add(module, delta.detach()))
+        except BaseException:
+            group.remove()
+            raise
     return group
 
 
 @torch.no_grad()
 def _add(module: nn.Module, delta: Tensor) -> _Undo:
-    global _next_token
+    """Add one delta to ``module``'s bias (the caller holds `_LOCK`)."""
     state = _STATES.get(module)
     if state is None:
         bias = module.bias
@@ -212,7 +323,7 @@ def _add(module: nn.Module, delta: Tensor) -> _Undo:
         else:
             state = _FoldState(original=bias.detach().clone(), param=bias)
         _STATES[module] = state
-    token, _next_token = _next_token, _next_token + 1
+    token = next(_tokens)
     state.deltas[token] = delta.to(device=state.param.device, dtype=state.param.dtype)
     _refresh(module, state)
     return _Undo(module, token)
@@ -243,6 +354,7 @@ class _Undo:
 
     def __call__(self) -> None:
         module = self._module()
-        state = _STATES.get(module) if module is not None else None
-        if module is not None and state is not None and state.deltas.pop(self._token, None) is not None:
-            _refresh(module, state)
+        with _LOCK:
+            state = _STATES.get(module) if module is not None else None
+            if module is not None and state is not None and state.deltas.pop(self._token, None) is not None:
+                _refresh(module, state)

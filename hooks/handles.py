@@ -52,13 +52,24 @@ class HookGroup:
         return bool(self._handles or self._finalizers)
 
     def remove(self) -> None:
-        """Remove every hook of this group; safe to call more than once."""
+        """Remove every hook and run every finalizer of this group; safe to call more than once.
+
+        Raises:
+            BaseException: the first error a hook removal or finalizer raised,
+                after all the others have run (one failure must not leave the
+                rest registered).
+        """
         handles, self._handles = self._handles, []
         finalizers, self._finalizers = self._finalizers, []
-        for handle in reversed(handles):
-            handle.remove()
-        for fn in reversed(finalizers):
-            fn()
+        first: BaseException | None = None
+        for action in [*(h.remove for h in reversed(handles)), *reversed(finalizers)]:
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below once the rest has run
+                if first is None:
+                    first = exc
+        if first is not None:
+            raise first
 
     def __enter__(self) -> HookGroup:
         return self

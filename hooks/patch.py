@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LayerError
+from .fold import claim
 from .handles import HookGroup
 from .layers import decoder_stack, resolve_layers
 from .outputs import unpack, unpack_inputs
@@ -134,19 +135,22 @@ def patch(
         A `HookGroup`; use it as a context manager or call ``remove()``.
 
     Raises:
-        LayerError: for a bad layer, site or positions value (nothing stays registered).
+        LayerError: for a bad layer, site or positions value, or two keys
+            naming one layer (``-1`` and ``n - 1``); nothing stays registered.
     """
     check_positions(positions)
+    by_index = _by_index(model, ops)
     _warn_if_compiled(model)
     group = HookGroup(label)
     try:
+        # Recorded so that a fold from another thread refuses (see `hooks.fold`).
+        group.on_remove(claim(model, "hooks"))
         tracker: PositionTracker | None = None
         if positions != "all":
             stack = decoder_stack(model)
             tracker = PositionTracker(stack)
             group.add_pre_hook(stack, tracker, with_kwargs=True)
-        for layer, op in ops.items():
-            (index,) = resolve_layers(model, [layer])
+        for index, op in by_index.items():
             module, is_pre = site_module(model, index, site)
             if is_pre:
                 group.add_pre_hook(module, _pre_hook(op, tracker, positions), with_kwargs=True)
@@ -156,6 +160,18 @@ def patch(
         group.remove()
         raise
     return group
+
+
+def _by_index(model: nn.Module, ops: Mapping[int, Op]) -> dict[int, Op]:
+    """``ops`` keyed by non-negative layer index; two keys for one layer would stack two hooks there."""
+    out: dict[int, Op] = {}
+    keys: dict[int, int] = {}
+    for layer, op in ops.items():
+        (index,) = resolve_layers(model, [layer])
+        if index in out:
+            raise LayerError(f"layers {keys[index]} and {layer} both name layer {index}; give each layer once")
+        out[index], keys[index] = op, layer
+    return out
 
 
 def _warn_if_compiled(model: nn.Module) -> None:

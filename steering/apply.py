@@ -16,10 +16,18 @@ default) folds whenever that is exact: ``mode="add"``, ``positions="all"``, the
 ``block_output`` or ``mlp_output`` site, an architecture listed in
 `hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
 eval mode; otherwise it uses hooks.
+
+A fold changes weights that every thread using the model sees. Where the
+model is declared shared (`hooks.share`, e.g. by a server) or another
+thread steers it, ``fold`` raises `hooks.fold.FoldConflictError` and ``auto``
+uses hooks with a `RuntimeWarning` (hooks, too, run for every caller of the
+module: steer a shared model from one thread at a time).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -29,8 +37,9 @@ from torch import Tensor, nn
 
 from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch, resolve_layers
 from hooks.positions import check_positions
-from hooks.fold import fold, fold_blocker
-from vectors import SteeringVector, VectorMismatchError, check_coef, hidden_size
+from hooks.fold import fold, fold_blocker, fold_conflict
+from vectors import SteeringVector, VectorMismatchError, check_coef, hidden_size, model_name
+from vectors.model_info import fingerprint_mismatch
 
 Mode = Literal["add", "ablate"]
 Backend = Literal["auto", "hook", "fold"]
@@ -52,24 +61,31 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
     return terms
 
 
-def _check_fits(model: nn.Module, vector: SteeringVector) -> None:
+def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
     width, depth = hidden_size(model), num_layers(model)
     if vector.hidden_size != width:
         raise VectorMismatchError(f"vector hidden size {vector.hidden_size} does not match the model's {width}")
     bad = [i for i in vector.layers if i >= depth]
     if bad:
         raise LayerError(f"vector layers {bad} are out of range for a model with {depth} layers")
+    actual = fingerprint_mismatch(vector.model_fingerprint, model) if check_model else None
+    if actual is not None:
+        raise VectorMismatchError(
+            f"the vector was made on {vector.model!r} (fingerprint {vector.model_fingerprint}), but the model is "
+            f"{model_name(model)!r} (fingerprint {actual}): another checkpoint, whose activation space differs; "
+            "pass check_model=False to steer with it anyway"
+        )
 
 
 def _layer_terms(
-    model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None
+    model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None, check_model: bool = True
 ) -> tuple[dict[int, list[tuple[Tensor, float]]], str]:
     terms = _as_terms(vector, coef)
     sites = {v.site for v, _ in terms}
     if len(sites) > 1:
         raise SteeringError(f"vectors of different sites cannot be applied together: {sorted(sites)}")
-    for v, _ in terms:
-        _check_fits(model, v)
+    for v in {id(v): v for v, _ in terms}.values():  # each vector once: a fingerprint reads every tensor
+        _check_fits(model, v, check_model)
     wanted = None if layers is None else set(resolve_layers(model, layers))  # negative indices count from the end
     by_layer: dict[int, list[tuple[Tensor, float]]] = {}
     for v, c in terms:
@@ -82,10 +98,10 @@ def _layer_terms(
 
 
 def build_deltas(
-    model: nn.Module, vector: VectorSpec, coef: float = 1.0, *, layers: Iterable[int] | None = None
+    model: nn.Module, vector: VectorSpec, coef: float = 1.0, *, layers: Iterable[int] | None = None, check_model: bool = True
 ) -> tuple[dict[int, Tensor], str]:
     """Per-layer summed deltas ``sum(coef * direction)`` for ``vector`` (and their site)."""
-    by_layer, site = _layer_terms(model, vector, coef, layers)
+    by_layer, site = _layer_terms(model, vector, coef, layers, check_model)
     return {layer: sum(c * d for d, c in items) for layer, items in by_layer.items()}, site  # type: ignore[misc]
 
 
@@ -96,9 +112,10 @@ def build_ops(
     *,
     mode: str = "add",
     layers: Iterable[int] | None = None,
+    check_model: bool = True,
 ) -> tuple[dict[int, Op], str]:
     """Per-layer operations for ``vector`` (and the site they act at)."""
-    by_layer, site = _layer_terms(model, vector, coef, layers)
+    by_layer, site = _layer_terms(model, vector, coef, layers, check_model)
     ops: dict[int, Op] = {}
     for layer, items in by_layer.items():
         if mode == "add":
@@ -115,6 +132,10 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
 
     Raises:
         SteeringError: for an unknown backend, or ``backend="fold"`` where it cannot fold.
+
+    Warns:
+        RuntimeWarning: ``backend="auto"`` could fold but the model is shared
+            or steered by another thread (`hooks.fold.fold_conflict`), so hooks are used.
     """
     if backend not in BACKENDS:
         raise SteeringError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -127,7 +148,18 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
     else:
         reason = fold_blocker(model, list(layers), site)
     if reason is None:
-        return "fold", None
+        conflict = fold_conflict(model)
+        if conflict is None:
+            return "fold", None
+        if backend == "fold":
+            raise SteeringError(f"backend='fold' is not possible here: {conflict} (a fold changes the weights for every caller)")
+        warnings.warn(
+            f"steering with hooks instead of folding: {conflict}, and a fold would change the weights it uses. "
+            "Hooks and folds both act on every caller of the model: steer a shared model from one thread at a time",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "hook", f"{conflict} (folding would change its weights)"
     if backend == "fold":
         raise SteeringError(f"backend='fold' is not possible here: {reason}")
     return "hook", reason
@@ -142,6 +174,7 @@ def attach(
     mode: str = "add",
     layers: Iterable[int] | None = None,
     backend: str = "auto",
+    check_model: bool = True,
 ) -> HookGroup:
     """Start steering and return the `HookGroup` that stops it (``.remove()``).
 
@@ -157,7 +190,7 @@ def attach(
     if mode not in ("add", "ablate"):
         raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
     check_positions(positions)
-    deltas, site = build_deltas(model, vector, coef, layers=layers)
+    deltas, site = build_deltas(model, vector, coef, layers=layers, check_model=check_model)
     chosen, _ = choose_backend(model, deltas, site, positions=positions, mode=mode, backend=backend)
     label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} positions={positions} backend={chosen}"
     if chosen == "fold":
@@ -167,7 +200,7 @@ def attach(
     if mode == "add":
         ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
     else:
-        ops, site = build_ops(model, vector, coef, mode=mode, layers=layers)
+        ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
     return patch(model, ops, site=site, positions=positions, label=label)
 
 
@@ -181,6 +214,7 @@ def steer(
     mode: str = "add",
     layers: Iterable[int] | None = None,
     backend: str = "auto",
+    check_model: bool = True,
 ) -> Iterator[HookGroup]:
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
 
@@ -198,16 +232,20 @@ def steer(
             layers); negative indices count from the end of the model.
         backend: ``auto`` (fold into a bias where exact, else hooks), ``hook``,
             or ``fold`` (raise where folding is impossible). See the module docs.
+        check_model: compare each vector's recorded model fingerprint with
+            ``model`` (``unknown`` passes); ``False`` steers with a vector from
+            another checkpoint of the same shape.
 
     Raises:
         SteeringError: bad coef (`vectors.CoefError`), mode, positions, layers or backend, or a vector
             that does not fit the model; nothing is left registered.
+        VectorMismatchError: a vector made on another checkpoint (both named).
 
     Example:
         >>> with steer(model, vec, coef=4.0):  # doctest: +SKIP
         ...     out = model.generate(**inputs, max_new_tokens=20)
     """
-    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend)
+    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend, check_model=check_model)
     try:
         yield group
     finally:

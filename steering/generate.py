@@ -7,11 +7,28 @@ from contextlib import nullcontext
 from typing import Any, overload
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hooks import SteeringError
 
 from .apply import VectorSpec, steer
+
+
+def left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask`` (``[batch, seq]``) with every row padded on the left.
+
+    Done here rather than by ``tokenizer.pad`` so that the tokenizer's
+    ``padding_side`` is never touched: a tokenizer shared between threads
+    (a server, say) must not change under another caller.
+    """
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, row in enumerate(ids):
+        if row:
+            input_ids[r, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def format_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> tuple[str, bool]:
@@ -62,8 +79,8 @@ def generate(
 ) -> str | list[str]:
     """Generate completions, steered by ``coef * vector`` if a vector is given.
 
-    Prompts are left-padded into batches; greedy decoding unless ``do_sample``
-    is passed. ``coef=0`` gives exactly the tokens of plain ``model.generate``.
+    Prompts are left-padded into batches (without changing the tokenizer's
+    ``padding_side``); greedy decoding unless ``do_sample`` is passed. ``coef=0`` gives exactly the tokens of plain ``model.generate``.
 
     Args:
         model, tokenizer: a Hugging Face causal LM and its tokenizer.
@@ -95,20 +112,16 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     outputs: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    try:
-        context = steer(model, vector, coef, positions=positions, mode=mode) if vector is not None else nullcontext()
-        with context:
-            for start in range(0, len(prompt_list), batch_size):
-                chunk = prompt_list[start : start + batch_size]
-                formatted = [format_prompt(tokenizer, p, chat) for p in chunk]
-                ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in formatted]
-                _check_not_empty(ids, chunk, start)
-                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
-                new_tokens = out[:, batch["input_ids"].shape[1] :]
-                outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
+    context = steer(model, vector, coef, positions=positions, mode=mode) if vector is not None else nullcontext()
+    with context:
+        for start in range(0, len(prompt_list), batch_size):
+            chunk = prompt_list[start : start + batch_size]
+            formatted = [format_prompt(tokenizer, p, chat) for p in chunk]
+            ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in formatted]
+            _check_not_empty(ids, chunk, start)
+            # Left padding: generation continues from the right end of every row.
+            batch = {k: v.to(device) for k, v in left_pad(ids, pad_id).items()}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return outputs[0] if single else outputs

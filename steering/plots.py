@@ -1,9 +1,13 @@
-"""PNG plots of comparison numbers (matplotlib, Agg backend, no display needed).
+"""PNG plots of comparison numbers (matplotlib, Agg canvas, no display needed).
 
 Each function takes plain numbers, as returned by `steering.compare`, and a
 path; it writes one PNG atomically and returns the path. Nothing here
 computes a number the report relies on, so the numbers stay testable without
 matplotlib (an optional dependency: ``pip install 'steering[plots]'``).
+
+Figures are ``matplotlib.figure.Figure`` objects drawn on their own
+``FigureCanvasAgg``: nothing goes through ``pyplot``, so matplotlib's global
+backend and pyplot's figure list are left as the caller has them.
 
 Conventions: cosines use a diverging map fixed to [-1, 1] (red = same
 direction, blue = opposite, grey = undefined); label 1 (shows the behaviour)
@@ -26,24 +30,36 @@ POSITIVE, NEGATIVE = "#1b9e77", "#d95f02"
 _DPI = 110
 
 
-def _plt() -> Any:
-    try:
+class _Figures:
+    """The few pyplot calls used here, on plain `Figure` objects (no global state)."""
+
+    def __init__(self) -> None:
         import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self._colormaps = matplotlib.colormaps
+        self._figure, self._canvas = Figure, FigureCanvasAgg
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, layout: str | None = None, **kw: Any) -> tuple[Any, Any]:
+        fig = self._figure(figsize=figsize, layout=layout)
+        self._canvas(fig)  # files only: an Agg canvas of its own, never a window
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+    def get_cmap(self, name: str) -> Any:
+        return self._colormaps[name]
+
+
+def _plt() -> _Figures:
+    try:
+        return _Figures()
     except ImportError:
         raise SteeringError("plots need matplotlib: pip install 'steering[plots]' (or pass plots=false)") from None
-    matplotlib.use("Agg", force=True)  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically and close it."""
-    plt = _plt()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI), suffix=".png.tmp")
-    finally:
-        plt.close(fig)
+    """Write ``fig`` as PNG to ``path`` atomically (the figure is not registered anywhere: nothing to close)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI), suffix=".png.tmp")
 
 
 def _grid(plt: Any, n: int, *, ncols: int = 4, size: tuple[float, float] = (3.4, 3.0)) -> tuple[Any, list[Any]]:

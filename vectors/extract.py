@@ -201,6 +201,11 @@ def collect_stats(
             run_until_stopped(model, **inputs, use_cache=False)
             if device.type == "cpu":
                 _trim_heap()
+    if needs_samples:
+        # Samples back in the pairs' own order (batches ran length-sorted), so row k is pair k.
+        back = torch.as_tensor(order).argsort()
+        for s in stats.values():
+            s.pos_samples, s.neg_samples = [torch.cat(s.pos_samples)[back]], [torch.cat(s.neg_samples)[back]]
     return stats
 
 

@@ -51,7 +51,7 @@ import torch
 from hooks import num_layers as model_num_layers
 
 from .io import FORMAT, VectorFileError, atomic_write, load_vector
-from .model_info import hidden_size, model_fingerprint, model_name, text_config
+from .model_info import fingerprint_mismatch, hidden_size, model_fingerprint, model_name, text_config
 from .vector import UNKNOWN, SteeringVector
 
 ARCH = "controlvector"
@@ -186,6 +186,9 @@ def export_pt(vector: SteeringVector, path: str | Path, *, model_suffix: str | N
     any other path is a folder of ``vec_layer_{i}_{model_suffix}.pt`` files,
     one 1-D float32 tensor each, as CAA lays them out (``model_suffix``
     defaults to the last part of the vector's model id; none if unknown).
+    In an existing folder, files of the same ``model_suffix`` for layers the
+    vector does not have are removed once the new ones are written (`import_pt`
+    would otherwise merge them in); other models' files stay.
     Only tensors are written: ``.pt`` has no place for our metadata.
 
     Example:
@@ -200,7 +203,20 @@ def export_pt(vector: SteeringVector, path: str | Path, *, model_suffix: str | N
     for layer, tensor in tensors.items():
         name = f"vec_layer_{layer}_{suffix}.pt" if suffix else f"vec_layer_{layer}.pt"
         atomic_write(path / name, lambda tmp, t=tensor: torch.save(t, tmp), suffix=".pt.tmp")
+    for layer, stale in _caa_files(path).get(suffix, {}).items():
+        if layer not in tensors:  # left by an earlier export of another layer set
+            stale.unlink()
     return path
+
+
+def _caa_files(folder: Path) -> dict[str, dict[int, Path]]:
+    """``model suffix -> layer -> file`` of the CAA vector files in ``folder``."""
+    found: dict[str, dict[int, Path]] = {}
+    for file in sorted(folder.glob("*.pt")):
+        match = _CAA_FILE.fullmatch(file.name)
+        if match:
+            found.setdefault(match.group(2) or "", {})[int(match.group(1))] = file
+    return found
 
 
 def import_pt(
@@ -233,12 +249,11 @@ def import_pt(
     """
     path = Path(path)
     extra = {"source_format": "caa-pt", "source_file": path.name}
+    names_layers = f"{path}: layer={layer} applies to a file holding one tensor; this {{}} names its layers itself"
     if path.is_dir():
-        found: dict[str, dict[int, Path]] = {}
-        for file in sorted(path.glob("*.pt")):
-            match = _CAA_FILE.fullmatch(file.name)
-            if match:
-                found.setdefault(match.group(2) or "", {})[int(match.group(1))] = file
+        if layer is not None:
+            raise VectorFileError(names_layers.format("folder"))
+        found = _caa_files(path)
         if not found:
             raise VectorFileError(f"{path}: no CAA vector files (vec_layer_{{i}}[_{{model}}].pt) in this folder")
         if model_suffix is None and len(found) > 1:
@@ -252,6 +267,8 @@ def import_pt(
     elif path.is_file():
         content = _torch_load(path)
         if isinstance(content, Mapping):
+            if layer is not None:
+                raise VectorFileError(names_layers.format("{layer: tensor} file"))
             directions = {_layer_key(path, key): _one_tensor(path, value, key) for key, value in content.items()}
         else:
             match = _CAA_FILE.fullmatch(path.name)
@@ -360,9 +377,11 @@ def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fie
     if allow:
         return
     known = fields["model_fingerprint"]
-    if known != UNKNOWN and known != model_fingerprint(model):
+    actual = fingerprint_mismatch(known, model)
+    if actual is not None:
         raise VectorFileError(
-            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r}; pass allow_model_mismatch=True to load it anyway"
+            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r} (fingerprint {actual}); "
+            "pass allow_model_mismatch=True to load it anyway"
         )
     hint = extra.get("model_hint", "")
     model_type = str(getattr(text_config(model), "model_type", "") or "")
@@ -379,7 +398,14 @@ def read_any_vector(path: str | Path, model: Any = None, **foreign: Any) -> Stee
 
     ``.safetensors`` (ours, `load_vector`), ``.gguf`` (`import_gguf`), ``.pt``
     / ``.pth`` or a folder (`import_pt`). ``foreign`` (``model_id``,
-    ``num_layers``, ``layer``, ``model_suffix``) applies to foreign formats only.
+    ``num_layers``, ``layer``, ``model_suffix``) applies to foreign formats only;
+    ``layer`` and ``model_suffix`` are `import_pt` options, refused for ``.gguf``.
+
+    Raises:
+        VectorFileError: as the reader for the format does, for an unknown
+            suffix, or for ``layer=`` / ``model_suffix=`` with a ``.gguf``
+            (its tensors ``direction.N`` name their layers; pick some with
+            ``vector.select``).
 
     Example:
         >>> v = read_any_vector("happy.gguf", model_id="smollm2-135m-instruct")  # doctest: +SKIP
@@ -389,8 +415,12 @@ def read_any_vector(path: str | Path, model: Any = None, **foreign: Any) -> Stee
     if path.suffix == ".safetensors":
         return load_vector(path, model, allow_model_mismatch=allow)
     if path.suffix == ".gguf":
-        foreign.pop("layer", None)  # .pt-only options
-        foreign.pop("model_suffix", None)
+        pt_only = sorted(k for k in ("layer", "model_suffix") if foreign.pop(k, None) is not None)
+        if pt_only:
+            raise VectorFileError(
+                f"{path}: {', '.join(pt_only)} applies to CAA .pt files only; a GGUF control vector names its own "
+                "layers (direction.N): load it whole and pick layers with vector.select([...])"
+            )
         return import_gguf(path, model, allow_model_mismatch=allow, **foreign)
     if path.suffix in (".pt", ".pth") or path.is_dir():
         return import_pt(path, model, allow_model_mismatch=allow, **foreign)

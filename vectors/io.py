@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from hooks import SteeringError, num_layers
 
-from .model_info import hidden_size, model_fingerprint, model_name
-from .vector import UNKNOWN, SteeringVector
+from .model_info import fingerprint_mismatch, hidden_size, model_name
+from .vector import SteeringVector
 
 FORMAT = "steering-vector"
 FORMAT_VERSION = 1
@@ -195,9 +195,9 @@ def _check_model(path: Path, meta: dict[str, str], ints: dict[str, int], directi
             "pass allow_model_mismatch=True to load it anyway"
         )
     expected = meta["model_fingerprint"]
-    if expected != UNKNOWN and not allow:
-        actual = model_fingerprint(model)
-        if actual != expected:
+    if not allow:
+        actual = fingerprint_mismatch(expected, model)
+        if actual is not None:
             raise VectorFileError(
                 f"{path}: model_fingerprint {expected} (made on {meta['model']!r}) does not match "
                 f"model {name!r} (fingerprint {actual}); pass allow_model_mismatch=True to load it anyway"

@@ -1,19 +1,37 @@
 """What a vector records about the model it was made on.
 
-The fingerprint hashes the architecture's shape and a sample of the input
-embedding, rounded to bfloat16 so that one checkpoint loaded in float32 or
-bfloat16 gets the same fingerprint, while a different checkpoint of the same
-architecture does not.
+The fingerprint (format 2, written ``fp2:<16 hex>``) hashes the
+architecture's shape and a strided sample of every parameter tensor (64
+values each, with the tensor's name and shape), rounded to bfloat16 so that
+one checkpoint loaded in float32 or bfloat16 gets the same fingerprint, while
+a fine-tune that changed any tensor (frozen embeddings or not) does not. It
+costs a few small reads per tensor, not a pass over the weights. Biases a fold
+(`hooks.fold`) changed count with their original value, so a model gets the
+same fingerprint while it is being steered.
+
+Format 1 (16 hex digits, no prefix) hashed 16 rows of the input embedding
+only. Files that carry it still load: a model is checked against such a file
+with the format-1 hash, and two vectors whose fingerprints have different
+formats are not compared (with a warning) rather than called different.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hooks import num_layers
+from hooks.fold import unfolded_parameters
+
+from .vector import UNKNOWN
+
+FINGERPRINT_VERSION = 2
+_SAMPLES_PER_TENSOR = 64
+_VERSIONED = re.compile(r"fp(\d+):(.+)")
 
 
 def text_config(model: nn.Module):  # -> PretrainedConfig
@@ -33,16 +51,87 @@ def model_name(model: nn.Module) -> str:
     return str(name) or type(model).__name__
 
 
+def fingerprint_version(fingerprint: str) -> int:
+    """The format of a fingerprint: ``N`` for ``fpN:...``, 1 for the unprefixed original format."""
+    match = _VERSIONED.fullmatch(fingerprint)
+    return int(match.group(1)) if match else 1
+
+
 @torch.no_grad()
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash that tells checkpoints apart (see module docs)."""
+def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> str:
+    """A short hash that tells checkpoints apart (see module docs).
+
+    Args:
+        model: a Hugging Face model.
+        version: the fingerprint format; 1 reproduces what older files recorded.
+
+    Raises:
+        ValueError: for a format this library cannot compute.
+
+    Example:
+        >>> model_fingerprint(model)  # doctest: +SKIP
+        'fp2:3f0c9a1be27d4410'
+    """
     config = text_config(model)
     digest = hashlib.sha256()
     shape = (getattr(config, "model_type", ""), hidden_size(model), num_layers(model), getattr(config, "vocab_size", 0))
     digest.update(repr(shape).encode())
-    embeddings = model.get_input_embeddings().weight
+    if version == 1:
+        _digest_v1(digest, model.get_input_embeddings().weight)
+        return digest.hexdigest()[:16]
+    if version != FINGERPRINT_VERSION:
+        raise ValueError(f"fingerprint format {version} is not known to this library (it computes 1 and {FINGERPRINT_VERSION})")
+    samples: list[Tensor] = []
+    for name, param in unfolded_parameters(model):
+        digest.update(f"{name}{tuple(param.shape)};".encode())
+        if param.device.type == "meta" or param.numel() == 0:  # offloaded: shape only
+            continue
+        flat = param.detach().reshape(-1)
+        samples.append(flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR].float())
+    if samples:
+        # One transfer to the CPU for all tensors (they may live on several devices).
+        joined = torch.cat([s.to(samples[0].device) for s in samples])
+        digest.update(joined.to("cpu", torch.bfloat16).float().numpy().tobytes())
+    return f"fp{FINGERPRINT_VERSION}:{digest.hexdigest()[:16]}"
+
+
+def _digest_v1(digest: "hashlib._Hash", embeddings: Tensor) -> None:
     if embeddings.device.type != "meta":
         step = max(1, embeddings.shape[0] // 16)
         sample = embeddings[::step][:16].detach().to("cpu", torch.bfloat16).float()
         digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+
+
+def fingerprint_mismatch(fingerprint: str, model: nn.Module) -> str | None:
+    """The model's fingerprint where it differs from ``fingerprint``, else ``None``.
+
+    The model is hashed in ``fingerprint``'s own format. ``unknown`` never
+    mismatches; a format this library cannot compute is skipped with a warning.
+    """
+    if fingerprint == UNKNOWN:
+        return None
+    version = fingerprint_version(fingerprint)
+    if version not in (1, FINGERPRINT_VERSION):
+        warnings.warn(f"fingerprint {fingerprint!r} has format {version}, which this library cannot compute: not checked", RuntimeWarning, stacklevel=3)
+        return None
+    actual = model_fingerprint(model, version)
+    return None if actual == fingerprint else actual
+
+
+def same_checkpoint(a: str, b: str) -> bool | None:
+    """Whether two recorded fingerprints name one checkpoint; ``None`` when that cannot be told.
+
+    ``None`` for an ``unknown`` fingerprint, and (with a warning) for two
+    different formats: they hash different things, so unequal strings prove nothing.
+    """
+    if UNKNOWN in (a, b):
+        return None
+    if fingerprint_version(a) != fingerprint_version(b):
+        warnings.warn(
+            f"fingerprints {a!r} and {b!r} have different formats and cannot be compared; "
+            "re-extract or re-save the older vector to check that both come from one model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return a == b

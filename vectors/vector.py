@@ -203,8 +203,9 @@ class SteeringVector:
     def _check_same_space(self, other: SteeringVector, verb: str) -> None:
         if self.hidden_size != other.hidden_size:
             raise VectorMismatchError(f"cannot {verb} vectors of hidden size {self.hidden_size} and {other.hidden_size}")
-        known = UNKNOWN not in (self.model_fingerprint, other.model_fingerprint)
-        if known and self.model_fingerprint != other.model_fingerprint:
+        from .model_info import same_checkpoint  # model_info imports this module
+
+        if same_checkpoint(self.model_fingerprint, other.model_fingerprint) is False:
             raise VectorMismatchError(
                 f"cannot {verb} vectors from different models ({self.model!r} vs {other.model!r}): "
                 "their activation spaces differ"

@@ -2,14 +2,18 @@
 
 The neutral sentences are scored as the model's replies to one neutral user
 prompt (``eval.neutral_prompt``), steered as generation is steered (same
-layers, coefficient and positions). The unsteered pass runs once and its
-next-token distributions at every reply token are kept; each cell then costs
-one steered pass.
+layers, coefficient and positions). The unsteered perplexity is computed once.
+For KL each cell runs, batch by batch, the unsteered and the steered pass and
+keeps only running sums: memory holds one batch's ``[rows, tokens, vocab]``
+log-probabilities, never the whole set's (1.3 GB at a 256k vocabulary), at the
+cost of one unsteered pass per batch per cell.
 
 - ``neutral_ppl``: steered perplexity of the sentences divided by unsteered
   perplexity (token-weighted), so 1.0 means no change.
 - ``kl``: mean over reply tokens of KL(unsteered || steered) of the
-  next-token distributions, in nats.
+  next-token distributions, in nats. A token's KL below ``-KL_TOLERANCE``
+  cannot come from rounding and raises; smaller negatives are rounding and
+  count as 0.
 """
 
 from __future__ import annotations
@@ -21,15 +25,35 @@ import torch
 from torch import Tensor
 
 from .base import Cell, Context, Values
-from .replies import ReplyBatch, encode_replies, iter_reply_logprobs, token_logprobs
+from .replies import ReplyBatch, encode_replies, iter_reply_logprobs, reply_logprobs, token_logprobs
+
+
+# float32 log-softmax over a large vocabulary is off by ~1e-6 per entry; a
+# token's KL that is more negative than this is a bug, not rounding.
+KL_TOLERANCE = 1e-4
 
 
 @dataclass
 class _Baseline:
     batches: list[ReplyBatch]
-    logprobs: list[Tensor]  # per batch: [tokens, vocab] at the reply tokens, unsteered
     nll: float
     tokens: int
+
+
+def kl_sum(reference: Tensor, steered: Tensor) -> float:
+    """Sum over tokens of KL(reference || steered), both ``[tokens, vocab]`` log-probabilities.
+
+    Raises:
+        ArithmeticError: a token's KL is below ``-KL_TOLERANCE`` (KL is never negative).
+    """
+    per_token = (reference.exp() * (reference - steered)).sum(-1).double()
+    if per_token.numel() and float(per_token.min()) < -KL_TOLERANCE:
+        worst = int(per_token.argmin())
+        raise ArithmeticError(
+            f"KL of reply token {worst} is {float(per_token[worst]):.3g} nats, below -{KL_TOLERANCE}: "
+            "the log-probabilities are not normalised distributions (a bug, not rounding)"
+        )
+    return float(per_token.clamp_min(0.0).sum())  # what is left below 0 is float32 rounding
 
 
 def _baseline(ctx: Context) -> _Baseline:
@@ -44,15 +68,14 @@ def _baseline(ctx: Context) -> _Baseline:
         chat=ctx.cfg.eval.chat,
         batch_size=int(ctx.cfg.eval.batch_size),
     )
-    kept, nll, tokens = [], 0.0, 0
+    nll, tokens = 0.0, 0
     for batch, logprobs in iter_reply_logprobs(ctx.model, batches):
         picked, mask = token_logprobs(batch, logprobs)
-        kept.append(logprobs[:, :-1][mask].cpu())
         nll -= float(picked[mask].double().sum())
         tokens += int(mask.sum())
     if tokens == 0:
         raise ValueError("the neutral sentences have no tokens to score")
-    ctx.cache["neutral"] = base = _Baseline(batches, kept, nll, tokens)
+    ctx.cache["neutral"] = base = _Baseline(batches, nll, tokens)
     return base
 
 
@@ -65,13 +88,14 @@ def _steered(ctx: Context, cell: Cell) -> tuple[float, float]:
         result = (base.nll, 0.0)
     else:
         nll = kl = 0.0
-        with cell.steering(ctx.model):
-            for (batch, logprobs), reference in zip(iter_reply_logprobs(ctx.model, base.batches), base.logprobs):
-                picked, mask = token_logprobs(batch, logprobs)
-                nll -= float(picked[mask].double().sum())
-                steered = logprobs[:, :-1][mask]
-                reference = reference.to(steered.device)
-                kl += float((reference.exp() * (reference - steered)).sum(-1).double().sum())
+        for batch in base.batches:
+            plain = reply_logprobs(ctx.model, batch)
+            with cell.steering(ctx.model):
+                logprobs = reply_logprobs(ctx.model, batch)
+            picked, mask = token_logprobs(batch, logprobs)
+            nll -= float(picked[mask].double().sum())
+            kl += kl_sum(plain[:, :-1][mask], logprobs[:, :-1][mask])
+            del plain, logprobs  # one batch at a time
         result = (nll, kl)
     cell.cache["neutral"] = result
     return result
@@ -88,7 +112,7 @@ def kl(ctx: Context, cell: Cell) -> Values:
     """Mean per-token KL(unsteered || steered) on the neutral sentences, in nats."""
     base = _baseline(ctx)
     _, total = _steered(ctx, cell)
-    return {"kl": max(total / base.tokens, 0.0)}
+    return {"kl": total / base.tokens}
 
 
 @torch.no_grad()

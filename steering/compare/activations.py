@@ -36,7 +36,8 @@ class LabelledActivations:
         features: layer -> ``[n, hidden_size]`` float32 array (rows in ``labels`` order).
         labels: ``[n]`` int array, 1 = shows the behaviour, 0 = does not.
         groups: ``[n]`` int array, pair index for pairs (the positive and the
-            negative of a pair share it), row index for texts.
+            negative of a pair share it; positives are rows ``0..P-1`` in pair
+            order, negatives rows ``P..2P-1``), row index for texts.
         source: what the examples were (for reports).
         dataset_sha256: hash of the pairs (as in vector metadata), or ``None`` for texts.
     """
@@ -87,7 +88,7 @@ def pair_activations(
         pos, neg = torch.cat(s.pos_samples).numpy(), torch.cat(s.neg_samples).numpy()
         features[layer] = np.concatenate([pos, neg]).astype(np.float32)
     n = len(pair_list)
-    # collect_stats visits pairs in its own (length-sorted) order, the same for both sides.
+    # collect_stats returns samples in the order of pair_list: row k (and n + k) is pair k.
     labels = np.r_[np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)]
     groups = np.r_[np.arange(n), np.arange(n)]
     return LabelledActivations(features, labels, groups, source, dataset_sha256(pair_list), {"position": position, "site": site})

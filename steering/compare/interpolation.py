@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from hooks import SteeringError
 from vectors import SteeringVector
@@ -31,6 +32,26 @@ from .projection import project
 from .similarity import check_same_space
 
 Scorer = Callable[[list[str]], Sequence[float]]
+
+
+class SeededSampler:
+    """A logits processor that samples with its own ``torch.Generator`` (the global RNG is never reseeded).
+
+    It draws each row's token from the (already warped) scores and leaves that
+    token the only finite score, so transformers' own sampling step can only
+    pick it. ``model.generate`` takes no generator; this is how a seed stays
+    local to one call. Used by `interpolate` when sampling.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self._generator is None or self._generator.device != scores.device:
+            self._generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        picked = torch.multinomial(scores.float().softmax(-1), 1, generator=self._generator)
+        return torch.full_like(scores, float("-inf")).scatter_(1, picked, 0.0)
 
 
 def projection_scorer(model: nn.Module, tokenizer: Any, vector: SteeringVector, layer: int, *, batch_size: int = 16) -> Scorer:
@@ -96,7 +117,8 @@ def interpolate(
         layers: steer only at these layers (default: every layer of either
             vector; vectors made at every layer usually want one or a few).
         max_new_tokens, positions, **gen_kwargs: passed to `steering.generate` (greedy by default).
-        seed: torch seed set before each ``t`` (matters only with sampling).
+        seed: seed of a local generator, fresh for each ``t`` (matters only
+            with ``do_sample=True``; the global torch RNG is not reseeded).
 
     Returns:
         ``{"ts": [...], "coef": c, "layers": [...], "scores": {scorer: [mean per t]}, "stds":
@@ -106,7 +128,7 @@ def interpolate(
     Example:
         >>> res = interpolate(model, tok, happy, formal, prompts, {"sentiment": sentiment_scorer()})  # doctest: +SKIP
     """
-    import torch
+    from transformers import LogitsProcessorList
 
     check_same_space({"a": a, "b": b})
     if layers is not None:
@@ -126,8 +148,10 @@ def interpolate(
         mixed = (1.0 - t) * a + t * b
         if layers is not None:
             mixed = mixed.select(wanted)
-        torch.manual_seed(seed)
-        texts = generate(model, tokenizer, list(prompts), mixed, coef, max_new_tokens=max_new_tokens, positions=positions, **gen_kwargs)
+        kwargs = dict(gen_kwargs)
+        if kwargs.get("do_sample"):
+            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), SeededSampler(seed)])
+        texts = generate(model, tokenizer, list(prompts), mixed, coef, max_new_tokens=max_new_tokens, positions=positions, **kwargs)
         result["texts"].append(texts)
         for name, scorer in scorers.items():
             values = np.asarray(scorer(texts), dtype=np.float64)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from vectors import SteeringVector, VectorMismatchError
+from vectors.model_info import same_checkpoint
 from vectors.vector import UNKNOWN
 
 Vectors = Mapping[str, SteeringVector]
@@ -48,7 +49,7 @@ def check_same_space(vectors: Vectors) -> None:
     known = [(n, v) for n, v in items if v.model_fingerprint != UNKNOWN]
     for name, vec in known[1:]:
         first_name, first = known[0]
-        if vec.model_fingerprint != first.model_fingerprint:
+        if same_checkpoint(first.model_fingerprint, vec.model_fingerprint) is False:
             raise CrossModelError(
                 _cross_message(first_name, first, name, vec, f"fingerprints {first.model_fingerprint} and {vec.model_fingerprint}")
             )

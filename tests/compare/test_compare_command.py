@@ -126,7 +126,7 @@ def test_plots_false_writes_numbers_only(setup, tmp_path: Path, capsys) -> None:
 
 
 def test_cross_model_vectors_get_a_clear_error(setup, tmp_path: Path, capsys) -> None:
-    other = SteeringVector({1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen2-0.5b", model_fingerprint="0" * 16)
+    other = SteeringVector({1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen2-0.5b", model_fingerprint="fp2:" + "0" * 16)  # the current format: compared
     other.save(tmp_path / "qwen.safetensors")
     out = tmp_path / "cmp"
     code, _, err = run(capsys, f"vectors=[{setup['md']},{tmp_path / 'qwen.safetensors'}]", f"out={out}")

@@ -73,10 +73,25 @@ def test_sentiment_scorer_orders_texts() -> None:
 def test_interpolation_errors(llama) -> None:
     model, tok = llama
     a = random_vector(model, 0)
-    other = SteeringVector({1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen", model_fingerprint="0" * 16)
+    other = SteeringVector({1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen", model_fingerprint="fp2:" + "0" * 16)
     with pytest.raises(sc.CrossModelError):
         sc.interpolate(model, tok, a, other, PROMPTS, {"n": lambda t: [0.0] * len(t)})
     with pytest.raises(st.SteeringError, match="returned shape"):
         sc.interpolate(model, tok, a, a, PROMPTS, {"bad": lambda t: [0.0]}, ts=[0.0], max_new_tokens=2)
     with pytest.raises(st.SteeringError, match="at least one prompt"):
         sc.interpolate(model, tok, a, a, [], {"n": lambda t: [0.0] * len(t)})
+
+
+def test_sampled_interpolation_is_seeded_locally(llama) -> None:
+    """seed= makes sampling reproducible without reseeding the caller's global torch RNG."""
+    model, tok = llama
+    a, b = random_vector(model, 0), random_vector(model, 1)
+    run = lambda seed: sc.interpolate(model, tok, a, b, PROMPTS, {"n": lambda t: [0.0] * len(t)}, ts=[0.0, 1.0], max_new_tokens=6, do_sample=True, seed=seed)["texts"]  # noqa: E731
+    torch.manual_seed(999)
+    first = run(0)
+    after_first = torch.rand(4)
+    torch.manual_seed(12345)  # another global state: the same texts
+    assert run(0) == first
+    after_second = torch.rand(4)
+    assert not torch.equal(after_first, after_second)  # the caller's stream was not reset to seed=0
+    assert run(1) != first  # the seed does act

@@ -112,6 +112,21 @@ def test_pair_activations_are_what_extraction_reads(llama) -> None:
     np.testing.assert_array_equal(pos, neg)
 
 
+@pytest.mark.parametrize("share_prefix_order", [True, False])
+def test_pair_activation_rows_map_back_to_their_pair(llama, share_prefix_order: bool) -> None:
+    """Batches run length-sorted, but row k (positive) and n + k (negative) are pair k, labelled k."""
+    model, tok = llama
+    pairs = [(f"{p} {'and more words ' * (5 - k)}", n) for k, (p, n) in enumerate(PAIRS)]  # longest first
+    position = "last" if share_prefix_order else "mean"  # the two sort orders collect_stats uses
+    acts = sc.pair_activations(model, tok, pairs, layers=[1], batch_size=2, position=position)
+    n = len(pairs)
+    np.testing.assert_array_equal(acts.groups, np.r_[np.arange(n), np.arange(n)])
+    for k, pair in enumerate(pairs):
+        alone = sc.pair_activations(model, tok, [pair], layers=[1], position=position)
+        np.testing.assert_allclose(acts.features[1][k], alone.features[1][0], atol=1e-4)
+        np.testing.assert_allclose(acts.features[1][n + k], alone.features[1][1], atol=1e-4)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_text_activations_match_hidden_states(llama, side: str) -> None:

@@ -302,3 +302,23 @@ def test_registry_lists_every_metric_the_issue_names() -> None:
     assert {"ab_pmatch", "generation_score", "neutral_ppl", "kl", "repetition", "gen_ppl", "probe_accuracy"} <= set(METRICS)
     assert METRICS["probe_accuracy"].kind == "layer"
     assert METRICS["ab_pmatch"].row is steerability
+
+
+def test_neutral_cache_holds_no_vocabulary_sized_tensors() -> None:
+    """The unsteered pass keeps running sums, not [tokens, vocab] log-probs for the whole set."""
+    ctx = _ctx()
+    kl(ctx, _cell(ctx, 1.0))
+    vocab = ctx.model.config.vocab_size
+    kept = [v for v in vars(ctx.cache["neutral"]).values() if isinstance(v, (list, torch.Tensor))]
+    flat = [t for v in kept for t in (v if isinstance(v, list) else [v])]
+    assert not any(isinstance(t, torch.Tensor) and t.shape[-1] == vocab for t in flat)
+
+
+def test_negative_kl_beyond_rounding_raises() -> None:
+    from experiments.metrics.neutral import KL_TOLERANCE, kl_sum
+
+    reference = torch.log_softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), -1)
+    assert kl_sum(reference, reference) == 0.0
+    assert kl_sum(reference, reference + KL_TOLERANCE / 10) == 0.0  # rounding-sized: counted as 0
+    with pytest.raises(ArithmeticError, match="below -0.0001.*not normalised"):
+        kl_sum(reference, reference + 0.5)  # not a distribution: KL would be -0.5 per token

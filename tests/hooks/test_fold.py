@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 import hooks
 import steering as st
 from helpers import hook_count, random_vector
-from hooks.fold import fold, fold_blocker, fold_target
+from hooks.fold import _STATES, _USERS, FoldConflictError, fold, fold_blocker, fold_conflict, fold_target, share
+from tiny_models import make_tiny
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 NO_BLOCK_FOLD = {"gemma2", "gemma3", "gemma3_text"}  # a post-feedforward norm follows down_proj
@@ -181,3 +184,86 @@ def test_failed_fold_leaves_nothing(llama) -> None:
     with pytest.raises(hooks.LayerError, match="layer 7 is out of range"):
         fold(model, {0: good, 7: good})
     _assert_unchanged(model, before, params)
+
+
+def _in_thread(fn):
+    """Run ``fn`` on another thread and return its result (or raise its error here)."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed back to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="other")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")
+
+
+@torch.no_grad()
+def test_fold_refuses_a_model_another_thread_steers(llama) -> None:
+    """A fold is process-wide: while another thread steers the model, folding refuses (or auto uses hooks, loudly)."""
+    model, tok = llama
+    vec = _vector(model)
+    before, params = _snapshot(model), dict(model.named_parameters())
+    other = _in_thread(lambda: st.attach(model, vec, coef=2.0))  # folded on thread 'other'
+    assert "backend=fold" in repr(other)
+    folded = _snapshot(model)
+    with pytest.raises(FoldConflictError, match="steered by a fold on thread 'other'"):
+        fold(model, {1: torch.ones(model.config.hidden_size)})
+    with pytest.raises(st.SteeringError, match="backend='fold' is not possible.*thread 'other'"):
+        st.attach(model, vec, backend="fold")
+    with pytest.warns(RuntimeWarning, match="hooks instead of folding"):
+        with st.steer(model, vec, coef=1.0) as group:
+            assert "backend=hook" in repr(group)
+            for name, value in _snapshot(model).items():  # this thread's steering left the weights alone
+                assert torch.equal(value, folded[name]), name
+    _in_thread(other.remove)
+    with st.steer(model, vec) as group:  # nobody else now: folds again
+        assert "backend=fold" in repr(group)
+    _assert_unchanged(model, before, params)
+    assert fold_conflict(model) is None
+
+
+@torch.no_grad()
+def test_fold_refuses_a_shared_or_served_model(llama) -> None:
+    model, _ = llama
+    vec = _vector(model)
+    width = model.config.hidden_size
+    served = _in_thread(lambda: hooks.patch(model, {0: hooks.AddOp(torch.zeros(width))}))  # a server's row hooks
+    with pytest.raises(FoldConflictError, match="hooks on thread 'other'"):
+        fold(model, {1: torch.ones(width)})
+    served.remove()
+    shared = share(model, "server engine")
+    with pytest.raises(FoldConflictError, match="shared by server engine"):
+        fold(model, {1: torch.ones(width)})  # also from the sharer's own thread
+    with pytest.warns(RuntimeWarning, match="shared by server engine"):
+        st.attach(model, vec).remove()
+    shared.remove()
+    fold(model, {1: torch.ones(width)}).remove()
+
+
+def test_concurrent_folds_on_separate_models_restore_everything() -> None:
+    """The fold bookkeeping is locked: many threads folding their own models leave nothing behind."""
+    models = [make_tiny("llama")[0] for _ in range(4)]
+    snapshots = [_snapshot(m) for m in models]
+
+    def work(model) -> None:
+        width = model.config.hidden_size
+        for _ in range(50):
+            with fold(model, {0: torch.ones(width)}), fold(model, {0: torch.ones(width), 1: torch.ones(width)}):
+                pass
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for model, before in zip(models, snapshots):
+        after = _snapshot(model)
+        assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(m in _STATES or m in _USERS for m in models)

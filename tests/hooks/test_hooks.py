@@ -137,3 +137,33 @@ def test_add_and_ablate_ops_math() -> None:
     assert (ablated @ directions.T).abs().max() < 1e-5
     # ablating twice changes nothing more
     torch.testing.assert_close(hooks.AblateOp(directions)(ablated, None), ablated, atol=1e-6, rtol=0)
+
+
+def test_remove_runs_every_handle_and_finalizer_when_one_fails(llama) -> None:
+    """One failing finalizer must not leave the other hooks and finalizers registered."""
+    model, _ = llama
+    baseline = hook_count(model)
+    ran: list[str] = []
+    group = hooks.patch(model, {0: hooks.AddOp(torch.zeros(32)), 1: hooks.AddOp(torch.zeros(32))})
+    group.on_remove(lambda: ran.append("first"))
+    group.on_remove(lambda: (_ for _ in ()).throw(RuntimeError("finalizer 2 broke")))
+    group.on_remove(lambda: (_ for _ in ()).throw(ValueError("finalizer 3 broke")))
+    group.on_remove(lambda: ran.append("last"))
+    with pytest.raises(ValueError, match="finalizer 3 broke"):  # the first error, in removal order (reversed)
+        group.remove()
+    assert ran == ["last", "first"]
+    assert hook_count(model) == baseline and not group.active
+    group.remove()  # still idempotent
+    assert ran == ["last", "first"]
+
+
+def test_patch_refuses_two_keys_for_one_layer(llama) -> None:
+    model, _ = llama
+    baseline = hook_count(model)
+    op = hooks.AddOp(torch.zeros(32))
+    last = hooks.num_layers(model) - 1
+    with pytest.raises(hooks.LayerError, match=f"layers {last} and -1 both name layer {last}"):
+        hooks.patch(model, {last: op, -1: op})
+    assert hook_count(model) == baseline
+    with hooks.patch(model, {-1: op}) as group:  # a negative index alone is fine, normalised
+        assert len(group) == 1 and len(hooks.decoder_layers(model)[last]._forward_hooks) == 1

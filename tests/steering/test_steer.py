@@ -10,6 +10,7 @@ import torch
 import hooks
 import steering as st
 from helpers import hook_count, random_vector
+from tiny_models import make_tiny
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 
@@ -269,3 +270,51 @@ def test_empty_prompt_without_chat_template_is_a_clear_error(llama, prompts) -> 
     with pytest.raises(st.SteeringError, match=r"\(''\) is empty after tokenization.*chat=True"):
         st.generate(model, tok, prompts, chat=False, max_new_tokens=2)
     assert st.generate(model, tok, "", chat=True, max_new_tokens=2) is not None  # the template gives tokens
+
+
+@torch.no_grad()
+def test_steer_refuses_a_vector_from_another_checkpoint(llama) -> None:
+    """A vector records the checkpoint it was made on; steering another one (same shape) is refused."""
+    model, tok = llama
+    tuned, _ = make_tiny("llama")
+    tuned.model.layers[2].mlp.up_proj.weight.mul_(1.01)  # a fine-tune that froze the embeddings
+    vec = random_vector(model, (0, 2))
+    baseline = hook_count(tuned)
+    for backend in ("hook", "fold"):
+        with pytest.raises(st.VectorMismatchError) as info:
+            st.attach(tuned, vec, backend=backend)
+        message = str(info.value)
+        assert vec.model_fingerprint in message and st.model_fingerprint(tuned) in message and "check_model=False" in message
+        assert hook_count(tuned) == baseline
+    with st.steer(tuned, vec, coef=2.0, check_model=False) as group:  # the escape hatch
+        assert group.active
+    with st.steer(model, vec, coef=2.0):  # its own model
+        pass
+
+
+class _FrozenTokenizer:
+    """A tokenizer proxy that fails the test on any attribute assignment (as a shared one must not change)."""
+
+    def __init__(self, tok) -> None:
+        object.__setattr__(self, "_tok", tok)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tok(*args, **kwargs)
+
+    def __setattr__(self, name, value) -> None:
+        raise AssertionError(f"generate assigned tokenizer.{name} = {value!r}")
+
+
+@torch.no_grad()
+def test_generate_left_pads_without_touching_the_tokenizer(llama) -> None:
+    """A tokenizer shared with other threads keeps its padding_side; rows are still left-padded."""
+    model, tok = llama
+    tok.padding_side = "right"
+    vec = _vector(model, layers=(0, 2), scale=2.0)
+    frozen = _FrozenTokenizer(tok)
+    batched = st.generate(model, frozen, PROMPTS, vec, coef=1.0, max_new_tokens=6)
+    assert batched == [st.generate(model, frozen, p, vec, coef=1.0, max_new_tokens=6) for p in PROMPTS]
+    assert tok.padding_side == "right"

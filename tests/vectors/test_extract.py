@@ -16,6 +16,7 @@ import torch
 from helpers import hook_count
 from tiny_models import NUM_LAYERS, make_tiny
 
+import hooks
 from hooks import LayerError, SteeringError, decoder_layers
 from vectors import (
     METHODS,
@@ -538,6 +539,27 @@ def test_fingerprint_tells_seeds_apart():
     c, _ = make_tiny("llama", seed=0)
     assert model_fingerprint(a) != model_fingerprint(b)
     assert model_fingerprint(a) == model_fingerprint(c)
+
+
+@torch.no_grad()
+def test_fingerprint_tells_a_fine_tune_with_frozen_embeddings_apart():
+    """Only a decoder layer changed (embeddings frozen): another checkpoint all the same."""
+    base, _ = make_tiny("llama", seed=0)
+    tuned, _ = make_tiny("llama", seed=0)
+    tuned.model.layers[1].mlp.down_proj.weight.add_(1e-2)
+    assert torch.equal(base.get_input_embeddings().weight, tuned.get_input_embeddings().weight)
+    assert model_fingerprint(base) != model_fingerprint(tuned)
+    assert model_fingerprint(base).startswith("fp2:")
+
+
+@torch.no_grad()
+def test_fingerprint_ignores_dtype_and_active_folds():
+    """One checkpoint in float32 or bfloat16, steered by a fold or not: one fingerprint."""
+    model, _ = make_tiny("llama", seed=0)
+    expected = model_fingerprint(model)
+    with hooks.fold(model, {0: torch.ones(32), 1: torch.ones(32)}):  # adds a bias to down_proj
+        assert model_fingerprint(model) == expected
+    assert model_fingerprint(make_tiny("llama", seed=0)[0].to(torch.bfloat16)) == expected
 
 
 def test_extract_does_not_change_model(llama_mod):

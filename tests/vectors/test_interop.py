@@ -281,3 +281,27 @@ def test_write_any_vector_is_the_mirror_of_read_any_vector(tmp_path: Path) -> No
     with pytest.raises(TypeError, match="unknown options \\['colour'\\]"):
         write_any_vector(vec, tmp_path / "w.gguf", colour="blue")
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / "w.gguf").exists()
+
+
+def test_export_pt_into_an_existing_folder_leaves_no_stale_layers(tmp_path: Path) -> None:
+    """Re-exporting fewer layers must not let import_pt merge the old files back in."""
+    folder = tmp_path / "caa"
+    export_pt(make_vector(layers=(0, 1, 2)), folder)
+    torch.save(torch.randn(D), folder / "vec_layer_5_other-model.pt")  # another model's file stays
+    export_pt(make_vector(layers=(1,), seed=3), folder)
+    assert import_pt(folder, model_suffix="tiny-llama").layers == [1]
+    assert sorted(f.name for f in folder.iterdir()) == ["vec_layer_1_tiny-llama.pt", "vec_layer_5_other-model.pt"]
+
+
+def test_pt_only_options_are_refused_where_the_file_names_its_layers(tmp_path: Path) -> None:
+    vec = make_vector(layers=(1, 2))
+    gguf_path = export_gguf(vec, tmp_path / "v.gguf")
+    with pytest.raises(VectorFileError, match="layer applies to CAA .pt files only.*vector.select"):
+        read_any_vector(gguf_path, num_layers=NUM_LAYERS, layer=2)
+    with pytest.raises(VectorFileError, match="model_suffix applies to CAA .pt files only"):
+        read_any_vector(gguf_path, num_layers=NUM_LAYERS, model_suffix="x")
+    assert read_any_vector(gguf_path, num_layers=NUM_LAYERS, layer=None).layers == [1, 2]
+    with pytest.raises(VectorFileError, match="layer=2 applies to a file holding one tensor"):
+        import_pt(export_pt(vec, tmp_path / "v.pt"), layer=2)
+    with pytest.raises(VectorFileError, match="this folder names its layers"):
+        import_pt(export_pt(vec, tmp_path / "caa"), layer=2)

@@ -376,6 +376,25 @@ def test_model_fingerprint_mismatch(tmp_path, llama):
     assert load_vector(path, model).layers == [0, 2]
 
 
+def test_old_format_fingerprint_is_checked_in_its_own_format(tmp_path, llama):
+    """Files from before fingerprint format 2 still load, checked with the format-1 hash."""
+    model, _ = llama
+    old = model_fingerprint(model, version=1)
+    assert len(old) == 16 and old != model_fingerprint(model)
+    path = make_vector(model, model_fingerprint=old).save(tmp_path / "v.safetensors")
+    assert load_vector(path, model).model_fingerprint == old
+    other = make_tiny_model("llama", seed=1)
+    message = load_error(path, other)
+    assert old in message and model_fingerprint(other, version=1) in message
+
+
+def test_unknown_fingerprint_format_loads_with_a_warning(tmp_path, llama):
+    model, _ = llama
+    path = make_vector(model, model_fingerprint="fp9:0123456789abcdef").save(tmp_path / "v.safetensors")
+    with pytest.warns(RuntimeWarning, match="format 9"):
+        assert load_vector(path, model).layers == [0, 2]
+
+
 def test_unknown_fingerprint_loads_on_any_same_shape_model(tmp_path, llama):
     v = make_vector(model_fingerprint="unknown")
     path = v.save(tmp_path / "v.safetensors")

@@ -285,6 +285,16 @@ def test_different_fingerprint(a):
         assert "different models" in message and "'m'" in message and "'other-model'" in message
 
 
+def test_fingerprints_of_different_formats_combine_with_a_warning(a):
+    """A format-1 fingerprint (no prefix) and a format-2 one hash different things: not comparable."""
+    other = vec({0: rand(9)}, model_fingerprint="fp2:0123456789abcdef")
+    with pytest.warns(RuntimeWarning, match="different formats"):
+        assert (a + other).layers == [0, 2]
+    newer = vec({0: rand(9)}, model_fingerprint="fp2:fedcba9876543210")
+    with pytest.raises(VectorMismatchError, match="different models"):  # same format: compared
+        other + newer
+
+
 def test_unknown_fingerprint_combines(a):
     other = vec({0: rand(9)}, model_fingerprint=UNKNOWN)
     assert (a + other).layers == [0, 2]
