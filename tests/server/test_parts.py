@@ -16,7 +16,7 @@ from tiny_models import make_tiny
 
 from experiments.cli import USAGE
 from experiments.config import compose_config
-from experiments.serve import server_config
+from experiments.serve import choose_torch_threads, server_config
 from hooks import AblateOp, AddOp, patch, span_basis
 from steering.apply import build_ops
 from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas
@@ -277,3 +277,18 @@ def test_serve_yaml_maps_onto_server_config(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(ValueError, match="not a directory"):
         server_config(compose_config("serve", [f"vectors={tmp_path / 'nope'}"]))
     assert "steering serve model=" in USAGE
+
+
+def test_auto_torch_threads_leave_the_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    for load, threads in ((0.0, 4), (1.5, 2), (3.9, 1), (12.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        chosen, why = choose_torch_threads("auto")
+        assert chosen == threads and f"load {load:.1f}" in why
+    assert choose_torch_threads(3) == (3, "torch_threads")
+    assert choose_torch_threads(None) == (4, "torch's default")
+    for bad in (0, -2, "many", True):
+        with pytest.raises(ValueError, match="torch_threads"):
+            choose_torch_threads(bad)
+    assert compose_config("serve", []).torch_threads == "auto"
