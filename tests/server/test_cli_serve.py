@@ -18,6 +18,8 @@ import pytest
 from openai import OpenAI
 from tiny_models import save_tiny
 
+import steering as st
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,6 +73,10 @@ def test_steering_serve_command_serves_steered_chat(tiny_folder: Path, vecs: Pat
         steered = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8,
                                                  extra_body={"steering": [{"vector": "up", "coef": 4.0}]})
         assert plain.choices[0].message.content != steered.choices[0].message.content
+        model, tok = st.load_model(str(tiny_folder))  # the library on the same checkpoint
+        up = st.SteeringVector.load(vecs / "up.safetensors")
+        assert steered.choices[0].message.content == st.generate(model, tok, "Hello", up, 4.0, max_new_tokens=8)
+        assert plain.choices[0].message.content == st.generate(model, tok, "Hello", max_new_tokens=8)
         assert httpx.get(url + "/v1/models", timeout=10).status_code == 401
     finally:
         out = _stop(process)
