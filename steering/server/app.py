@@ -88,10 +88,15 @@ class ServerState:
         if self.loop is None or self.draining:
             return
         self.draining = True
-        self.loop.call_soon_threadsafe(lambda: _background.add(self.loop.create_task(self.drain())))  # type: ignore[union-attr]
+        self.loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.drain())
+        _background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_background.discard)
 
 
-_background: set[asyncio.Task[None]] = set()  # strong references to fire-and-forget tasks
+_background: set[asyncio.Task[None]] = set()
 
 
 def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
