@@ -368,8 +368,8 @@ def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) 
             caught = wait_for(lambda: process.poll() is not None or any(folder.glob(".kept.safetensors.*")), 10 * full + 60,
                               interval=0.001)
             caught = caught and process.poll() is None
-        else:  # the others at spread-out fractions of a run: loading, reading pairs, extracting
-            when = full * (0.15 + 0.6 * k / max(1, args.kills - 2))
+        else:  # the others at spread-out fractions of the first (cold, so slowest) run: loading, reading pairs, extracting
+            when = full * (0.1 + 0.45 * k / max(1, args.kills - 2))
             moment = f"after {when:.1f} s"
             time.sleep(when)
             caught = process.poll() is None
