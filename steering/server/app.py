@@ -11,11 +11,21 @@ Routes (all but ``/health`` need the API key when one is configured):
 ``GET /metrics``           Prometheus text
 =========================  ===================================================
 
+``GET /openapi.json`` (open, like ``/health``) describes the request bodies,
+the ``steering`` field included.
+
 Handlers run on the event loop and never touch the model: they validate,
 tokenise, and hand `GenerationRequest`s to the `Engine` thread, whose events
 come back through an ``asyncio.Queue`` per HTTP call. A call is admitted
 whole or answered 503 with ``Retry-After``; when its client goes away, its
-rows are cancelled at the next step.
+rows are cancelled at the next step (a non-streamed call has a task watching
+the connection for ``http.disconnect``; a streamed one learns it from the
+failed send).
+
+Draining (`ServerState.drain`, on SIGTERM in `serve`): new completions get a
+503 ``shutting_down``; calls in flight get ``drain_timeout_s`` to finish, then
+the engine stops and each one ends with an OpenAI-style error (a streamed one
+with an error event and ``[DONE]``).
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from hooks import num_layers
 from .config import ServerConfig
 from .engine import Engine, EngineBusy, EngineClosed, Event, Failed, Finished, TextDelta
 from .errors import APIError, from_validation_errors
-from .http import MetricsMiddleware, check_api_key, install_error_handlers, read_json
+from .http import MetricsMiddleware, check_api_key, install_error_handlers, install_openapi, read_json
 from .metrics import ServerMetrics
 from .responses import DONE, ResponseShape, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -46,7 +56,7 @@ from .text import Codec
 from .validate import Prepared, ServingContext, model_context_length, prepare_chat, prepare_completion
 from .vector_store import VectorStore
 
-ROUTES = frozenset({"/health", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics"})
+ROUTES = frozenset({"/health", "/openapi.json", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics"})
 
 
 @dataclass
@@ -60,6 +70,33 @@ class ServerState:
     api_key: str | None
     started: int
     in_progress: int = 0  # engine requests of HTTP calls not yet closed
+    draining: bool = False
+    loop: asyncio.AbstractEventLoop | None = None  # the app's event loop, once started
+
+    async def drain(self) -> None:
+        """Stop admitting; give calls in flight ``drain_timeout_s``, then end them and stop the engine."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while self.in_progress and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        # Rows still running get `Failed(EngineClosed)`: streams send an error event and [DONE].
+        await asyncio.to_thread(self.engine.close)
+
+    def drain_soon(self) -> None:
+        """Start `drain` on the app's loop; callable from any thread or a signal handler."""
+        if self.loop is None or self.draining:
+            return
+        self.draining = True
+        self.loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.drain())
+        _background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
@@ -89,17 +126,19 @@ def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         engine.start()
         try:
             yield
         finally:
             await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="steering", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="steering", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serving = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
     _add_routes(app, state)
+    install_openapi(app, [ChatCompletionRequest, CompletionRequest])
     return app
 
 
@@ -108,9 +147,11 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         check_api_key(request, state.api_key)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> Response:
         running, waiting = state.engine.load
-        return {"status": "ok", "model": state.config.model_name, "running": running, "waiting": waiting}
+        body = {"status": "draining" if state.draining else "ok", "model": state.config.model_name, "running": running,
+                "waiting": waiting}
+        return JSONResponse(body, status_code=503 if state.draining else 200)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -136,19 +177,25 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         auth(request)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat(request: Request) -> Response:
         auth(request)
         body = _parse(ChatCompletionRequest, await read_json(request, state.config.max_body_bytes))
         prepared = await asyncio.to_thread(prepare_chat, body, state.ctx)  # tokenising is not the loop's job
         return await _complete(state, request, ResponseShape.new("chat", body.model), prepared, body.stream, _usage_asked(body))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         auth(request)
         body = _parse(CompletionRequest, await read_json(request, state.config.max_body_bytes))
         prepared = await asyncio.to_thread(prepare_completion, body, state.ctx)
         return await _complete(state, request, ResponseShape.new("text", body.model), prepared, body.stream, _usage_asked(body))
+
+
+def request_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a route that parses its JSON body itself (see `install_openapi`)."""
+    ref = {"$ref": f"#/components/schemas/{schema.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
@@ -173,7 +220,7 @@ class _Call:
     def __init__(self, state: ServerState, prepared: Prepared) -> None:
         self.state = state
         self.prepared = prepared
-        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, Event | None]] = asyncio.Queue()  # None: the client left
         self.open = set(range(len(prepared.requests)))
         self.ids: list[int] = []
         self._closed = False
@@ -182,6 +229,8 @@ class _Call:
         state, count = self.state, len(self.prepared.requests)
         retry = {"Retry-After": str(state.config.retry_after_s)}
         limit = state.config.max_concurrent_requests
+        if state.draining:
+            raise APIError(503, "the server is shutting down; retry on another instance", code="shutting_down", headers=retry)
         if state.in_progress + count > limit:
             raise APIError(503, f"server busy: {state.in_progress} requests in progress (max_concurrent_requests={limit}); retry later",
                            code="server_busy", headers=retry)
@@ -203,20 +252,31 @@ class _Call:
 
         return sink
 
-    async def events(self, request: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
-        """Events until every request finished (or, given ``request``, its client left)."""
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """Events until every request finished, or the client left (see `watch`)."""
         while self.open:
-            try:
-                index, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
-            except TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    return
-                continue
+            index, event = await self.queue.get()
+            if event is None:
+                return
             if index not in self.open:
                 continue
             if isinstance(event, (Finished, Failed)):
                 self.open.discard(index)
             yield index, event
+
+    def watch(self, request: Request) -> asyncio.Task[None]:
+        """A task that ends `events` as soon as the client disconnects (cancel it when done).
+
+        The body has been read, so the next ASGI message is ``http.disconnect``,
+        sent when the client goes away (or once the response is complete).
+        """
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.queue.put_nowait((-1, None))
+
+        return asyncio.create_task(watch())
 
     def close(self) -> None:
         """Cancel what is unfinished and free the admission slots (idempotent)."""
@@ -241,13 +301,15 @@ async def _complete(state: ServerState, request: Request, shape: ResponseShape, 
     if stream:
         return _EventStream(_stream(call, shape, usage), on_close=call.close)
     finals: dict[int, Finished] = {}
+    watcher = call.watch(request)
     try:
-        async for index, event in call.events(request):
+        async for index, event in call.events():
             if isinstance(event, Failed):
                 raise _failure(event)
             if isinstance(event, Finished):
                 finals[index] = event
     finally:
+        watcher.cancel()
         call.close()
     if len(finals) < len(prepared.requests):  # the client left; this answer reaches no one
         return Response(status_code=499)

@@ -47,6 +47,8 @@ class ServerConfig:
             (OpenAI's default is 1.0; 0 means greedy).
         allow_model_mismatch: serve vectors whose fingerprint names another
             checkpoint of the same shape.
+        drain_timeout_s: on shutdown (SIGTERM), how long calls in flight may
+            go on before each is ended with a ``shutting_down`` error.
     """
 
     model_name: str = "model"
@@ -66,6 +68,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     default_temperature: float = 1.0
     allow_model_mismatch: bool = False
+    drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.vectors_dir is not None:
@@ -83,6 +86,8 @@ class ServerConfig:
             raise ConfigError(f"context_length={self.context_length!r}: must be >= 2 or null")
         if not (math.isfinite(self.max_coef) and self.max_coef > 0):
             raise ConfigError(f"max_coef={self.max_coef!r}: must be a finite number > 0")
+        if not (math.isfinite(self.drain_timeout_s) and 0 <= self.drain_timeout_s <= 60):
+            raise ConfigError(f"drain_timeout_s={self.drain_timeout_s!r}: must be in [0, 60] seconds")
         if not (math.isfinite(self.default_temperature) and 0 <= self.default_temperature <= 2):
             raise ConfigError(f"default_temperature={self.default_temperature!r}: must be in [0, 2]")
 

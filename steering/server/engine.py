@@ -204,9 +204,10 @@ class Engine:
                 result.append(event)
                 done.set()
 
-        self.submit([request], [sink])
+        ids = self.submit([request], [sink])
         if not done.wait(timeout):
-            raise TimeoutError(f"generation did not finish within {timeout} s")
+            self.cancel(ids)  # else the row would go on decoding for no one
+            raise TimeoutError(f"generation did not finish within {timeout} s (cancelled)")
         if isinstance(result[0], Failed):
             raise result[0].error
         return result[0]  # type: ignore[return-value]
@@ -233,21 +234,51 @@ class Engine:
         with self._cond:
             return self._active, len(self._waiting)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread, fail what is left, and remove the steering hooks."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the thread, fail what is left, and remove the steering hooks (idempotent).
+
+        Only the scheduler thread touches its batch and hooks: ``close`` asks
+        it to stop and waits up to ``timeout`` s. The thread stops between
+        passes and tears its state down itself, so a pass still running when
+        the wait times out is never pulled from under (the teardown follows
+        when that pass ends).
+
+        Returns:
+            Whether the engine is fully stopped (``False``: the wait timed out
+            and a pass is still running; it cleans up when it ends).
+        """
         with self._cond:
             self._closing = True
             self._cond.notify()
-        if self._thread is not None:
+        if self._thread is None:  # never started: no other thread can hold the state
+            self._teardown()
+            return True
+        if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for seq in [*self._running, *self._waiting]:
+        if self._thread.is_alive():
+            logger.warning("the engine thread is still in a pass after %.1f s; it stops when the pass ends", timeout)
+            return False
+        return True
+
+    def _teardown(self) -> None:
+        with self._cond:
+            left, self._waiting, self._running = [*self._running, *self._waiting], deque(), []
+            self._active, self._cancelled = 0, set()
+            self.metrics.waiting.set(0)
+        for seq in left:
             self._send(seq, Failed(EngineClosed("the server shut down before this request finished")))
-        self._running, self._waiting = [], deque()
         self._batch = KVBatch()
+        self.metrics.running.set(0)
         self._steering.remove()
 
     # ------------------------------------------------------------- scheduler thread
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._teardown()
+
+    def _serve(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -270,6 +301,7 @@ class Engine:
                 if self._running:
                     self._decode()
                 self.metrics.running.set(len(self._running))
+                self._steering.keep(set().union(*(s.deltas.keys for s in self._running)))
 
     def _prefill(self, seq: _Sequence) -> None:
         try:

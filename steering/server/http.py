@@ -1,4 +1,4 @@
-"""HTTP plumbing: bounded body reading, the API-key check, error handlers, request metrics."""
+"""HTTP plumbing: bounded body reading, the API-key check, error handlers, the OpenAPI schema, request metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,9 +37,33 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # the parser recursed past Python's limit
+        body = None
+    if body is None or nesting_depth(body) > MAX_DEPTH:
+        raise APIError(400, f"the request body nests arrays and objects more than {MAX_DEPTH} deep", code="invalid_json")
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
     return body
+
+
+# No valid request nests deeper than a few levels; a deep one would make
+# validation and error messages recurse, so it is refused before either.
+MAX_DEPTH = 32
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _too_large(size: int, limit: int) -> APIError:
@@ -77,7 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
+        code = "not_found" if exc.status_code == 404 else None
+        return error_response(APIError(exc.status_code, message, code=code, headers=exc.headers))  # 405: Allow
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -91,6 +117,29 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def install_openapi(app: FastAPI, bodies: list[type[BaseModel]]) -> None:
+    """Serve ``/openapi.json`` with the JSON schemas of ``bodies``.
+
+    The completion routes read their body themselves (bounded, with our own
+    errors), so FastAPI does not see their models; the routes name them with
+    `steering.server.app.request_body` and this adds their schemas.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for body in bodies:
+                full = body.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(full.pop("$defs", {}))
+                components[body.__name__] = full
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class MetricsMiddleware:

@@ -10,8 +10,9 @@ per ``(site, layer)`` and phase (`hooks.span_basis`, as ``st.steer(...,
 mode="ablate")`` builds it) whose span is projected out of the row's hidden
 states before any delta is added.
 
-`RowSteering` owns one hook per ``(site, layer)`` that any request has used
-(registered through `hooks.patch`, so cleanup follows the foundation's rules)
+`RowSteering` owns one hook per ``(site, layer)`` that a row in flight uses
+(registered through `hooks.patch`, so cleanup follows the foundation's rules;
+the engine drops the others with `RowSteering.keep` after each turn)
 and a *step table*: for the forward pass about to run, ``(site, layer) ->
 [batch, d_model]``, one row per batch row, zeros for rows that do not steer
 there, and an *ablation table* ``(site, layer) -> [batch, k, d_model]`` of
@@ -213,6 +214,18 @@ class RowSteering:
     def disarm(self) -> None:
         """Stop applying the table (after each pass), keeping it for reuse by `set_rows`."""
         self.armed = False
+
+    def keep(self, keys: Iterable[Key]) -> None:
+        """Remove the hooks of every ``(site, layer)`` not in ``keys`` (those no row in flight needs).
+
+        Unsteered traffic then runs with no hooks of ours at all.
+        """
+        unused = set(self._groups) - set(keys)
+        if not unused:
+            return
+        self.clear()  # the cached table may name a removed key
+        for key in sorted(unused):
+            self._groups.pop(key).remove()
 
     def clear(self) -> None:
         """Forget the table."""

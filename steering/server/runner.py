@@ -1,4 +1,4 @@
-"""Running the app: in the foreground (`serve`) or on a background thread (`BackgroundServer`).
+"""Running the app: in the foreground (`serve`, drains on SIGTERM) or on a background thread (`BackgroundServer`).
 
 `BackgroundServer` binds ``127.0.0.1`` on a free port (port 0) and reports
 the port the OS chose; tests and the benchmark use it, and it stops the
@@ -7,9 +7,11 @@ server, engine included, on exit.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from types import TracebackType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 from typing import Any
 
 import uvicorn
@@ -23,13 +25,39 @@ from .config import ServerConfig
 def serve(
     model: nn.Module, tokenizer: Any, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
-    """Serve ``model`` until interrupted (blocking).
+    """Serve ``model`` until SIGTERM or Ctrl-C (blocking), then drain and return.
+
+    The first signal drains (see `steering.server.app`): new completions get
+    503, calls in flight get ``config.drain_timeout_s`` to finish and are then
+    ended with an error event; the process then returns normally (exit 0). A
+    second Ctrl-C forces the exit.
 
     Example:
         >>> serve(model, tok, ServerConfig(model_name="smollm2-135m-instruct"), port=8000)  # doctest: +SKIP
     """
     app = create_app(model, tokenizer, config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # uvicorn's own wait is the backstop: the drain ends every call before it runs out.
+    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=config.drain_timeout_s + 3)
+    server = _DrainingServer(uv_config, app.state.serving.drain_soon)
+    # uvicorn re-raises the signal it caught once it has shut down, so that the
+    # process dies of it; after a clean drain we exit 0 instead.
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server that starts the app's drain when a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._drain = drain
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._drain()
+        super().handle_exit(sig, frame)
 
 
 class BackgroundServer:

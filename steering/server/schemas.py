@@ -59,7 +59,12 @@ class _Generation(_Body):
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    steering: list[SteeringTerm] | None = None
+    steering: list[SteeringTerm] | None = Field(
+        default=None,
+        description="Steering of this request: terms {vector, coef, layers, positions, mode}, each adding coef times a "
+        "vector from the server's vectors directory (or, with mode 'ablate', projecting its direction out). "
+        "GET /v1/vectors lists the vectors.",
+    )
     user: str | None = None
     # Accepted only at their neutral values (see `neutral_fields`).
     frequency_penalty: FiniteFloat | None = None

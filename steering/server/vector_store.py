@@ -7,14 +7,24 @@ directly in the directory after symlinks are followed; anything else is
 "not found", so a client learns nothing about files outside it.
 
 Files are loaded on first use and validated against the served model (hidden
-size, layer range, fingerprint); a file that changes on disk (size or mtime)
-is loaded again, so vectors can be added or replaced while the server runs.
+size, layer range, fingerprint); a file that changes on disk is loaded again,
+so vectors can be added or replaced while the server runs. A change is seen
+by its stat stamp (size, mtime, inode, ctime) and, while a file was modified
+so recently that a same-size rewrite within the clock's resolution could
+share that stamp (``cp -p`` keeps the mtime), by a hash of its bytes, the way
+git treats "racily clean" index entries.
+
+Loading happens outside the store-wide lock, under a lock per name: a slow
+file delays only the requests that name it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +45,25 @@ class VectorNotFound(LookupError):
     """No vector of that name in the vectors directory."""
 
 
+# A file modified less than this before it was read may be rewritten without
+# a stamp change (coarse file-system clocks); such entries are checked by hash.
+RACY_NS = 2_000_000_000
+
+Stamp = tuple[int, int, int, int]  # (size, mtime_ns, inode, ctime_ns)
+
+
+def file_stamp(stat: os.stat_result) -> Stamp:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True)
 class _Entry:
-    stamp: tuple[int, int]  # (size, mtime_ns) of the file when it was read
+    stamp: Stamp  # of the file when it was read
+    digest: str | None  # of its bytes, kept only while the stamp is racy
     vector: SteeringVector | None
     error: str | None
 
@@ -64,7 +90,8 @@ class VectorStore:
         self._model = model
         self._allow = allow_model_mismatch
         self._cache: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _cache and _loading only, never held while reading files
+        self._loading: dict[str, threading.Lock] = {}
 
     def names(self) -> list[str]:
         """Stems of the ``.safetensors`` files directly in the directory, sorted."""
@@ -114,19 +141,41 @@ class VectorStore:
     # ----------------------------------------------------------------- internals
     def _entry(self, name: str) -> _Entry:
         path = self.path_of(name)
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        entry = self._fresh(path)
+        if entry is not None:
+            return entry
+        with self._lock:
+            loading = self._loading.setdefault(path.name, threading.Lock())
+        with loading:  # one load per name at a time; other names go on meanwhile
+            entry = self._fresh(path)  # another thread may have loaded it while we waited
+            if entry is None:
+                entry = self._load(name, path)
+                with self._lock:
+                    self._cache[path.name] = entry
+            return entry
+
+    def _fresh(self, path: Path) -> _Entry | None:
+        """The cached entry of ``path`` if the file is unchanged since it was read."""
         with self._lock:
             entry = self._cache.get(path.name)
-            if entry is not None and entry.stamp == stamp:
-                return entry
-            try:
-                entry = _Entry(stamp, load_vector(path, self._model, allow_model_mismatch=self._allow), None)
-            except VectorFileError as exc:
-                # Report the name, not the server's path to the file.
-                entry = _Entry(stamp, None, str(exc).replace(f"{path}: ", "").replace(str(path), repr(name)))
-            self._cache[path.name] = entry
-            return entry
+        if entry is None or entry.stamp != file_stamp(path.stat()):
+            return None
+        if entry.digest is not None and entry.digest != file_digest(path):
+            return None
+        return entry
+
+    def _load(self, name: str, path: Path) -> _Entry:
+        read_at = time.time_ns()
+        stat = path.stat()
+        stamp = file_stamp(stat)
+        # Racy: modified so recently that a rewrite could keep the stamp; remember the bytes' hash.
+        racy = read_at - max(stat.st_mtime_ns, stat.st_ctime_ns) < RACY_NS
+        digest = file_digest(path) if racy else None
+        try:
+            return _Entry(stamp, digest, load_vector(path, self._model, allow_model_mismatch=self._allow), None)
+        except VectorFileError as exc:
+            # Report the name, not the server's path to the file.
+            return _Entry(stamp, digest, None, str(exc).replace(f"{path}: ", "").replace(str(path), repr(name)))
 
     def path_of(self, name: str) -> Path:
         """The file behind ``name``, checked to lie in the directory.

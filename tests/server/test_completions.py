@@ -38,11 +38,12 @@ def test_steered_chat_changes_the_completion_and_matches_st_steer(client: OpenAI
     assert steered == _reference(reference, vecs, PROMPTS[1], "up", coef)
 
 
-def test_plus_and_minus_coef_differ_and_zero_coef_is_unsteered(client: OpenAI) -> None:
+def test_plus_and_minus_coef_differ_and_zero_coef_is_unsteered(client: OpenAI, reference, vecs) -> None:
     plus = chat(client, PROMPTS[2], [{"vector": "up", "coef": 4}]).choices[0].message.content
     minus = chat(client, PROMPTS[2], [{"vector": "up", "coef": -4}]).choices[0].message.content
     zero = chat(client, PROMPTS[2], [{"vector": "up", "coef": 0}]).choices[0].message.content
     assert plus != minus
+    assert (plus, minus) == (_reference(reference, vecs, PROMPTS[2], "up", 4.0), _reference(reference, vecs, PROMPTS[2], "up", -4.0))
     assert zero == chat(client, PROMPTS[2]).choices[0].message.content
 
 
@@ -83,7 +84,10 @@ def test_ablate_projects_directions_out_like_st_steer(client: OpenAI, reference,
         assert both == st.generate(model, tok, PROMPTS[1], max_new_tokens=16)
     assert both not in (plain, ablated)
     # a vector that is zero at some layer can still be ablated where it is not
-    assert chat(client, PROMPTS[1], [{"vector": "hollow", "mode": "ablate", "layers": [1]}]).choices[0].message.content
+    hollow = chat(client, PROMPTS[1], [{"vector": "hollow", "mode": "ablate", "layers": [1]}]).choices[0].message.content
+    hollow_vec = st.SteeringVector.load(vecs / "hollow.safetensors").select([1])
+    assert hollow == st.generate(model, tok, PROMPTS[1], hollow_vec, 1.0, max_new_tokens=16, mode="ablate")
+    assert hollow != plain
 
 
 def test_usage_counts_prompt_and_completion_tokens(client: OpenAI, reference) -> None:

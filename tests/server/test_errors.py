@@ -18,6 +18,7 @@ from openai import OpenAI
 from server_helpers import MODEL_NAME, PROMPTS, chat, post, start_server, wait_until
 from tiny_models import make_tiny
 
+import steering as st
 from steering.server import API_KEY_ENV, APIError, Codec, ServerConfig, VectorStore
 from steering.server.schemas import ChatCompletionRequest, CompletionRequest
 from steering.server.validate import ServingContext, prepare_chat, prepare_completion
@@ -220,7 +221,7 @@ def test_full_queue_and_too_many_concurrent_requests_get_503_with_retry_after(ve
 
 
 @pytest.mark.parametrize("from_env", [False, True])
-def test_api_key_guards_everything_but_health(vecs, monkeypatch: pytest.MonkeyPatch, from_env: bool) -> None:
+def test_api_key_guards_everything_but_health(vecs, reference, monkeypatch: pytest.MonkeyPatch, from_env: bool) -> None:
     if from_env:
         monkeypatch.setenv(API_KEY_ENV, "sk-test-123")
     server = start_server(vecs, api_key=None if from_env else "sk-test-123")
@@ -238,7 +239,9 @@ def test_api_key_guards_everything_but_health(vecs, monkeypatch: pytest.MonkeyPa
         with pytest.raises(openai.AuthenticationError):
             chat(wrong, "hi")
         right = OpenAI(base_url=f"{server.url}/v1", api_key="sk-test-123", max_retries=0)
-        assert chat(right, "hi", [{"vector": "up", "coef": 1.0}]).choices[0].message.content is not None
+        steered = chat(right, "hi", [{"vector": "up", "coef": 4.0}]).choices[0].message.content
+        model, tok = reference
+        assert steered == st.generate(model, tok, "hi", st.SteeringVector.load(vecs / "up.safetensors"), 4.0, max_new_tokens=16)
     finally:
         server.stop()
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import hook_count
-from server_helpers import tiny_vector
+from server_helpers import tiny_vector, wait_until
 from tiny_models import make_tiny
 
 from experiments.cli import USAGE
 from experiments.config import compose_config
-from experiments.serve import server_config
+from experiments.serve import choose_torch_threads, server_config
 from hooks import AblateOp, AddOp, patch, span_basis
 from steering.apply import build_ops
 from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas
 from steering.server.row_steering import NO_STEERING
 from steering.server.sampling import Sampler, SamplingParams, top_p_filter
 from steering.server.text import Codec, TextStream
+from steering.server import vector_store
 from steering.server.vector_store import VectorNameError, VectorNotFound
 from vectors import VectorFileError
 
@@ -109,6 +113,58 @@ def test_store_reloads_a_changed_file_and_reports_broken_ones(store_dir: Path) -
         VectorStore(None, model).get("up")
     with pytest.raises(VectorFileError, match="not a directory"):
         VectorStore(store_dir / "missing", model)
+
+
+def test_store_sees_a_same_size_rewrite_that_keeps_the_mtime(store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cp -p`` over a vector keeps size and mtime; the store still loads the new bytes."""
+    model, _ = make_tiny("llama")
+    store = VectorStore(store_dir, model)
+    path = store_dir / "up.safetensors"
+    first = store.get("up")
+    other = tmp_path / "other.safetensors"
+    tiny_vector(9, [1, 2]).save(other)
+    old = path.stat()
+    assert other.stat().st_size == old.st_size
+    os.utime(other, ns=(old.st_atime_ns, old.st_mtime_ns))
+    shutil.copy2(other, path)  # cp -p: same inode, size and mtime
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert torch.equal(store.get("up").directions[1], tiny_vector(9, [1, 2]).directions[1])
+    assert not torch.equal(store.get("up").directions[1], first.directions[1])
+
+    # A clock too coarse to move any stamp field: the recent file is checked by its hash.
+    monkeypatch.setattr(vector_store, "file_stamp", lambda stat: (1, 2, 3, 4))
+    store = VectorStore(store_dir, model)
+    store.get("up")
+    tiny_vector(10, [1, 2]).save(path)
+    assert torch.equal(store.get("up").directions[1], tiny_vector(10, [1, 2]).directions[1])
+
+
+def test_store_loads_one_name_without_blocking_the_others(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = make_tiny("llama")
+    tiny_vector(3, [2]).save(store_dir / "slow.safetensors")
+    store = VectorStore(store_dir, model)
+    inside, release, loads = threading.Event(), threading.Event(), []
+    real_load = vector_store.load_vector
+
+    def load(path: Path, *args: object, **kwargs: object) -> object:
+        loads.append(path.name)
+        if path.name == "slow.safetensors":
+            inside.set()
+            release.wait(60)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(vector_store, "load_vector", load)
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(store.get, "slow") for _ in range(2)]
+        try:
+            assert inside.wait(60)
+            fast = pool.submit(store.get, "up")
+            wait_until(fast.done, "'up' to load while 'slow' is loading", timeout=20)
+            assert fast.result().layers == [1, 2]
+        finally:
+            release.set()
+        assert [f.result(timeout=60).layers for f in slow] == [[2], [2]]
+    assert sorted(loads) == ["slow.safetensors", "up.safetensors"]  # one load per name
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -221,3 +277,18 @@ def test_serve_yaml_maps_onto_server_config(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(ValueError, match="not a directory"):
         server_config(compose_config("serve", [f"vectors={tmp_path / 'nope'}"]))
     assert "steering serve model=" in USAGE
+
+
+def test_auto_torch_threads_leave_the_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    for load, threads in ((0.0, 4), (1.5, 2), (3.9, 1), (12.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        chosen, why = choose_torch_threads("auto")
+        assert chosen == threads and f"load {load:.1f}" in why
+    assert choose_torch_threads(3) == (3, "torch_threads")
+    assert choose_torch_threads(None) == (4, "torch's default")
+    for bad in (0, -2, "many", True):
+        with pytest.raises(ValueError, match="torch_threads"):
+            choose_torch_threads(bad)
+    assert compose_config("serve", []).torch_threads == "auto"

@@ -46,6 +46,9 @@ def test_plus_and_minus_coef_change_the_completion(smol_server) -> None:
     client = OpenAI(base_url=f"{smol_server.url}/v1", api_key="unused", max_retries=0, timeout=300)
     plain, happy, sad = _ask(client, None), _ask(client, 4.0), _ask(client, -4.0)
     assert len({plain, happy, sad}) == 3, (plain, happy, sad)
+    model, tok = st.load_model(NAME)  # the library's own steered generation, on a second instance
+    vector = st.SteeringVector.load(smol_server.app.state.serving.ctx.store.path_of("sentiment"))
+    assert [happy, sad] == [st.generate(model, tok, PROMPT, vector, c, max_new_tokens=24) for c in (4.0, -4.0)]
     vader = SentimentIntensityAnalyzer()
     assert vader.polarity_scores(happy)["compound"] > vader.polarity_scores(sad)["compound"], (happy, sad)
 
