@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hooks import SteeringError
+from hooks import HookGroup, SteeringError
+from hooks.fold import share
 from vectors import hidden_size
 
 from .kv_batch import KVBatch, forward_parameters, prefill
@@ -154,11 +155,14 @@ class Engine:
         self._closing = False
         self._pauses = 0
         self._thread: threading.Thread | None = None
+        self._shared: HookGroup | None = None
 
     # ------------------------------------------------------------------ client side
     def start(self) -> Engine:
         """Start the scheduler thread (idempotent); returns ``self``."""
         if self._thread is None:
+            # Rows steer through hooks on this model: a fold from another thread would leak into them.
+            self._shared = share(self.model, "server engine")
             self._thread = threading.Thread(target=self._loop, name="steering-engine", daemon=True)
             self._thread.start()
         return self
@@ -270,6 +274,8 @@ class Engine:
         self._batch = KVBatch()
         self.metrics.running.set(0)
         self._steering.remove()
+        if self._shared is not None:
+            self._shared.remove()
 
     # ------------------------------------------------------------- scheduler thread
     def _loop(self) -> None:

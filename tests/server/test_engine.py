@@ -131,3 +131,21 @@ def test_hooks_live_only_while_a_row_needs_them(engine: Engine, tiny) -> None:
     steered = engine.generate(_request(tok, 4, Term(up, 4.0, (1, 2))), timeout=60)  # hooks come back when needed
     assert steered.token_ids != plain.token_ids
     wait_until(lambda: hook_count(model) == baseline, "the steering hooks to be removed again")
+
+
+def test_a_started_engine_refuses_folds_from_other_threads(tiny) -> None:
+    """Its rows steer through hooks on the shared model; a fold would leak into every row."""
+    import steering as st
+
+    model, tok = tiny
+    vec = tiny_vector(0, [1])
+    engine = Engine(model, Codec(tok, []), max_batch_size=2).start()
+    try:
+        with pytest.raises(st.SteeringError, match="shared by server engine"):
+            st.attach(model, vec, coef=1.0, backend="fold")
+        with pytest.warns(RuntimeWarning), st.steer(model, vec, coef=1.0, backend="auto") as group:
+            assert len(group) > 0  # hooks instead of a fold
+    finally:
+        engine.close()
+    with st.steer(model, vec, coef=1.0, backend="fold"):  # closed: the model is free again
+        pass
