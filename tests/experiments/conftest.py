@@ -1,4 +1,4 @@
-"""Fixtures for experiment tests: a tiny model saved to disk, and small data files."""
+"""Fixtures for experiment tests: a tiny model saved to disk, small data files, the shared CAA data."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from real_resources import shared_data
 from tiny_models import save_tiny
-
-CAA_DIR = Path("/work/shared/data/caa")
 
 QUESTIONS = [
     "Is the sky blue on a clear day?",
@@ -30,6 +29,12 @@ QUESTIONS = [
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama and its tokenizer saved as a Hugging Face folder."""
     return save_tiny(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def caa_dir() -> Path:
+    """The CAA datasets in ``../shared/data/caa`` beside the repository (skipped locally, failed in CI when absent)."""
+    return shared_data("caa", "test", "sycophancy", "test_dataset_ab.json").parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from experiments.config import compose_config
 from experiments.results import read_metrics
 from experiments.run import compose_run, run, run_conf_dir
 from experiments.summary import load_choices
-from tests.experiments.conftest import CAA_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (run_conf_dir() / "experiment").glob("*.yaml"))
 SWEEP_FILES = ["config.yaml", "vector.safetensors", "metrics.csv", "generations.jsonl", "summary.json", "report.html"]
@@ -68,8 +67,7 @@ def test_caa_ab_reports_letter_balance_and_steerability(tiny_dir: Path, ab_file:
     assert any(r["metric"] == "slope" and r["coef"] is None for r in rows)
 
 
-@pytest.mark.skipif(not (CAA_DIR / "test" / "sycophancy" / "test_dataset_ab.json").is_file(), reason="CAA data not present")
-def test_caa_ab_on_real_caa_files(tiny_dir: Path, tmp_path: Path) -> None:
+def test_caa_ab_on_real_caa_files(tiny_dir: Path, tmp_path: Path, caa_dir: Path) -> None:
     behaviour = "sycophancy"
     out = tmp_path / "caa"
     overrides = [
@@ -77,8 +75,8 @@ def test_caa_ab_on_real_caa_files(tiny_dir: Path, tmp_path: Path) -> None:
         "debug=default",
         f"model.name={tiny_dir}",
         f"out_dir={out}",
-        f"data.path={CAA_DIR / 'generate' / behaviour / 'generate_dataset.json'}",
-        f"eval.ab_items={CAA_DIR / 'test' / behaviour / 'test_dataset_ab.json'}",
+        f"data.path={caa_dir / 'generate' / behaviour / 'generate_dataset.json'}",
+        f"eval.ab_items={caa_dir / 'test' / behaviour / 'test_dataset_ab.json'}",
         "eval.max_ab_items=4",
         "data.max_pairs=4",
         "sweep.layers=[1]",

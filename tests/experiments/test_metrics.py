@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import hooks
 import steering as st
 from experiments.metrics import METRICS, Cell, Context, EvalData
 from experiments.metrics.ab import ab_pmatch, build_items, steerability
+from experiments.metrics.data import split_pairs
 from experiments.metrics.neutral import kl, neutral_ppl
 from experiments.metrics.probe import fit_probe, probe_accuracy
 from experiments.metrics.text import ScorerError, distinct_n, gen_ppl, generation_score, generations, make_scorer, repetition
@@ -286,14 +288,68 @@ def test_fit_probe_separable_and_random() -> None:
     assert 0.3 < chance["probe_accuracy"] < 0.7 and 0.3 < chance["probe_auroc"] < 0.7
 
 
-def test_probe_accuracy_per_layer_on_a_tiny_model() -> None:
+def test_fit_probe_scores_by_hand() -> None:
+    # One feature, symmetric training data: the probe is increasing in x with its threshold at 0,
+    # so accuracy and AUROC on the test points can be counted by hand.
+    x_train = np.r_[1.0:6.0, -5.0:0.0][:, None]
+    y_train = np.r_[np.ones(5), np.zeros(5)]
+    x_test = np.array([3.0, 2.0, 1.0, -2.0, -3.0, -1.0, 2.5, -0.5])[:, None]
+    y_test = np.r_[np.ones(4), np.zeros(4)]
+    # right side of 0: positives 3, 2, 1; negatives -3, -1, -0.5 -> 6 of 8
+    # positive above negative: 3 beats 4, 2 and 1 beat 3 each, -2 beats 1 -> 11 of 16 pairs
+    assert fit_probe(x_train, y_train, x_test, y_test) == pytest.approx({"probe_accuracy": 6 / 8, "probe_auroc": 11 / 16})
+
+
+@torch.no_grad()
+def _last_token_states(model, tok, texts: list[str], layers: list[int]) -> dict[int, np.ndarray]:
+    """Each text alone (no padding): the last token's output of each decoder block, read by a plain hook."""
+    seen: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    blocks = hooks.decoder_layers(model)
+    handles = [
+        blocks[i].register_forward_hook(lambda m, a, o, i=i: seen[i].append((o[0] if isinstance(o, tuple) else o)[0, -1].double()))
+        for i in layers
+    ]
+    try:
+        for text in texts:
+            model(**tok(text, return_tensors="pt"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {i: torch.stack(seen[i]).numpy() for i in layers}
+
+
+def test_probe_accuracy_per_layer_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
     pairs = [st.ContrastPair(f"I love item {i}, it is wonderful.", f"I hate item {i}, it is awful.", None) for i in range(20)]
     ctx = _ctx("eval.test_fraction=0.25", data=EvalData(pairs=pairs))
-    values = probe_accuracy(ctx, [0, 2])
-    assert sorted(values) == [0, 2]
-    for layer_values in values.values():
-        assert set(layer_values) == {"probe_accuracy", "probe_auroc"}
-        assert 0.0 <= layer_values["probe_accuracy"] <= 1.0
+    layers = [0, 2]
+    probe_module = importlib.import_module("experiments.metrics.probe")
+    fitted = []
+    monkeypatch.setattr(probe_module, "fit_probe", lambda *args, **kw: fitted.append(args) or fit_probe(*args, **kw))
+    values = probe_accuracy(ctx, layers)
+    assert sorted(values) == layers and len(fitted) == len(layers)
+    # Reference: the same split, activations read one text at a time by a plain hook. The
+    # accuracies themselves saturate at 1.0 on this data (64 features, 30 training texts), so
+    # compare what the probe was fitted and scored on, then the scores it gave.
+    train, test = split_pairs(pairs, 0.25, ctx.seed)
+    assert len(test) == 5 and not {p.positive for p in train} & {p.positive for p in test}
+
+    def xy(part):
+        states = _last_token_states(ctx.model, ctx.tokenizer, [p.positive for p in part] + [p.negative for p in part], layers)
+        return {i: (x, np.r_[np.ones(len(part)), np.zeros(len(part))]) for i, x in states.items()}
+
+    def assert_same_rows(got: np.ndarray, want: np.ndarray) -> None:
+        """Equal up to the order of the rows (extraction batches texts by length)."""
+        order = [int(np.abs(want - row).max(1).argmin()) for row in got]
+        assert sorted(order) == list(range(len(want)))
+        np.testing.assert_allclose(got, want[order], atol=1e-5, rtol=0)
+
+    train_xy, test_xy = xy(train), xy(test)
+    for i, (x_train, y_train, x_test, y_test) in zip(layers, fitted):
+        for x, y, (want_x, want_y) in ((x_train, y_train, train_xy[i]), (x_test, y_test, test_xy[i])):
+            np.testing.assert_array_equal(y, want_y)  # positives first, then negatives
+            assert_same_rows(x[y == 1], want_x[want_y == 1])
+            assert_same_rows(x[y == 0], want_x[want_y == 0])
+        assert values[i] == pytest.approx(fit_probe(*train_xy[i], *test_xy[i], seed=ctx.seed), abs=1e-6), i
     # "love"/"hate" at a fixed spot: the final-token state separates them once attention mixed them in.
     assert values[2]["probe_auroc"] >= 0.75
 

