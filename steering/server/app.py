@@ -8,6 +8,7 @@ Routes (all but ``/health`` need the API key when one is configured):
 ``GET /v1/vectors``        name, layers, norms and metadata of each vector
 ``POST /v1/chat/completions``  chat completion, ``stream: true`` for SSE
 ``POST /v1/completions``   text completion, ``stream: true`` for SSE
+``POST /v1/steering/read``  per-token projections onto a vector (`reading`)
 ``GET /metrics``           Prometheus text
 =========================  ===================================================
 
@@ -40,13 +41,15 @@ from .engine import Engine, EngineBusy, EngineClosed, Event, Failed, Finished, T
 from .errors import APIError, from_validation_errors
 from .http import MetricsMiddleware, check_api_key, install_error_handlers, read_json
 from .metrics import ServerMetrics
+from .reading import ReadRequest, prepare_read, project, reading_body
 from .responses import DONE, ResponseShape, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .text import Codec
 from .validate import Prepared, ServingContext, model_context_length, prepare_chat, prepare_completion
 from .vector_store import VectorStore
 
-ROUTES = frozenset({"/health", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics"})
+ROUTES = frozenset({"/health", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics",
+                    "/v1/steering/read"})
 
 
 @dataclass
@@ -149,6 +152,17 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         body = _parse(CompletionRequest, await read_json(request, state.config.max_body_bytes))
         prepared = await asyncio.to_thread(prepare_completion, body, state.ctx)
         return await _complete(state, request, ResponseShape.new("text", body.model), prepared, body.stream, _usage_asked(body))
+
+    @app.post("/v1/steering/read")
+    async def read(request: Request) -> dict[str, Any]:
+        auth(request)
+        body = _parse(ReadRequest, await read_json(request, state.config.max_body_bytes))
+        job = await asyncio.to_thread(prepare_read, body, state.ctx)
+        try:
+            projections = await asyncio.to_thread(state.engine.call, lambda model: project(model, job))
+        except EngineClosed as exc:
+            raise APIError(503, str(exc), code="shutting_down") from None
+        return await asyncio.to_thread(reading_body, job, projections, state.ctx.codec.decode_token)
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
