@@ -10,6 +10,7 @@ Routes (all but ``/health`` need the API key when one is configured):
 ``POST /v1/completions``   text completion, ``stream: true`` for SSE
 ``POST /v1/steering/read``  per-token projections onto a vector (`reading`)
 ``GET /metrics``           Prometheus text
+``GET /``                  the playground page (static files, no key needed)
 =========================  ===================================================
 
 Handlers run on the event loop and never touch the model: they validate,
@@ -41,6 +42,7 @@ from .engine import Engine, EngineBusy, EngineClosed, Event, Failed, Finished, T
 from .errors import APIError, from_validation_errors
 from .http import MetricsMiddleware, check_api_key, install_error_handlers, read_json
 from .metrics import ServerMetrics
+from .playground import add_playground
 from .reading import ReadRequest, prepare_read, project, reading_body
 from .responses import DONE, ResponseShape, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -49,7 +51,7 @@ from .validate import Prepared, ServingContext, model_context_length, prepare_ch
 from .vector_store import VectorStore
 
 ROUTES = frozenset({"/health", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics",
-                    "/v1/steering/read"})
+                    "/v1/steering/read", "/"})
 
 
 @dataclass
@@ -103,6 +105,7 @@ def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAP
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
     _add_routes(app, state)
+    add_playground(app)
     return app
 
 
