@@ -162,10 +162,24 @@ def test_reading_colours_every_token_with_the_endpoints_numbers(tab, server) -> 
     assert [s["projection"] for s in spans] == [t["projection"] for t in want]  # the same float64s
     for span, token in zip(spans, want, strict=True):
         assert f"{token['projection']:.4f}" in span["title"]
-        assert span["colour"] not in ("", "rgba(0, 0, 0, 0)", "transparent")
+        red, _, blue = _rgb(span["colour"])
+        if abs(token["projection"]) > 1e-3:  # centred on 0: red along the direction, blue against it
+            assert (red > blue) == (token["projection"] > 0), (token, span["colour"])
     strongest = max(range(len(want)), key=lambda i: abs(want[i]["projection"]))
-    assert spans[strongest]["colour"] != "rgb(255, 255, 255)"  # the largest number gets full colour
+    assert min(_rgb(spans[strongest]["colour"])) < 150  # the largest number gets full colour
+    page.select_option("#read-centre", "median")  # recolours around the median; the numbers stay
+    recoloured = page.eval_on_selector_all("#read-tokens .tok", "els => els.map(e => [Number(e.dataset.projection), getComputedStyle(e).backgroundColor])")
+    assert [p for p, _ in recoloured] == [t["projection"] for t in want]
+    median = sorted(t["projection"] for t in want)[(len(want) - 1) // 2]
+    for projection, colour in recoloured:
+        red, _, blue = _rgb(colour)
+        if abs(projection - median) > 1e-3:
+            assert (red > blue) == (projection > median)
     assert tab.errors == []
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(float(x)) for x in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
 
 
 def test_copy_as_curl_python_and_cli_reproduce_the_settings(tab, server, tmp_path: Path) -> None:
@@ -265,3 +279,15 @@ def test_screenshots_and_layout_at_desktop_and_phone_widths(browser, server, tmp
 def _png_size(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[16:24]
     return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch) -> None:
+    import browser_helpers
+
+    monkeypatch.setattr(browser_helpers.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        browser_helpers.chromium_or_skip()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="make install"):
+        browser_helpers.chromium_or_skip()

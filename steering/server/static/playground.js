@@ -344,19 +344,32 @@ $("read-form").addEventListener("submit", async (event) => {
   }
 });
 
+// Colour scale: centred on 0 or on the median of these tokens; full colour at the 95th percentile of
+// |projection - centre|, so one outlier (an attention-sink token such as BOS) does not wash out the rest.
+function readingScale(values, centreOn) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const centre = centreOn === "median" && sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : 0;
+  const deviations = values.map((v) => Math.abs(v - centre)).sort((a, b) => a - b);
+  const scale = deviations.length ? deviations[Math.floor(0.95 * (deviations.length - 1))] : 0;
+  return { centre, scale: Math.max(scale, 1e-12) };
+}
+
 function drawReading(reading) {
-  const scale = Math.max(1e-12, ...reading.tokens.map((t) => Math.abs(t.projection)));
+  state.reading = reading;
+  const { centre, scale } = readingScale(reading.tokens.map((t) => t.projection), $("read-centre").value);
   const spans = reading.tokens.map((token, i) => {
     const span = el("span", { class: `tok part-${token.part}`, "data-projection": String(token.projection), "data-index": String(i),
                               title: `${JSON.stringify(token.text)} · projection ${token.projection.toFixed(4)}` });
     span.textContent = token.text;
-    span.style.backgroundColor = colour(token.projection, scale);
+    span.style.backgroundColor = colour(token.projection - centre, scale);
     return span;
   });
   $("read-tokens").replaceChildren(...spans);
   $("read-scale").textContent = `${reading.vector} at layer ${reading.layer} (${reading.site}): ${reading.prompt_tokens} prompt + ` +
-    `${reading.completion_tokens} completion tokens; full colour = ±${scale.toFixed(3)}.`;
+    `${reading.completion_tokens} completion tokens (underlined); white = ${fmt(centre)}, full colour = ${fmt(centre)} ± ${fmt(scale)} ` +
+    "(95th percentile; beyond it, clipped).";
 }
+$("read-centre").addEventListener("change", () => { if (state.reading) drawReading(state.reading); });
 
 // ------------------------------------------------------------------ copy as
 
