@@ -218,9 +218,37 @@ def test_api_errors_appear_next_to_the_control_that_caused_them(tab) -> None:
     assert "max_tokens=500" in page.inner_text("#err-max-tokens")
     assert page.get_attribute("#max-tokens", "aria-invalid") == "true"
     page.fill("#max-tokens", "8")
-    page.select_option("#read-layer", "1")
+    page.fill(f"{_row('up')} input[type=number]", "1")
+    # A sweep over the limit: the error sits by the sweep's own |coef| box.
+    page.select_option("#sweep-vector", "side")
+    page.fill("#sweep-max", "30")
+    page.click("#sweep")
+    tab.wait("document.querySelector('#err-sweep-max').textContent", "the sweep's error")
+    tab.idle()
+    assert "coef" in page.inner_text("#err-sweep-max") and page.get_attribute("#sweep-max", "aria-invalid") == "true"
+    assert page.inner_text(f"{_row('up')} .error") == ""  # cleared: the up row is fine now
+    # Reading a layer where the vector is zero: the error sits by the reading's vector picker.
+    page.select_option("#read-vector", "hollow")
+    page.select_option("#read-layer", "2")
+    page.click("#read")
+    tab.wait("document.querySelector('#err-read-vector').textContent", "the reading's error")
+    assert "zero at layer 2" in page.inner_text("#err-read-vector")
     page.select_option("#read-vector", "pre")  # its only layer is 2; the layer list follows
     assert page.eval_on_selector_all("#read-layer option", "els => els.map(e => e.value)") == ["2"]
+    assert page.inner_text("body").count("steering playground") == 1
+
+
+def test_tab_order_follows_the_panels(tab) -> None:
+    page = tab.page
+    page.focus("#prompt")
+    order = []
+    for _ in range(90):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    wanted = ["max-tokens", "temperature", "top-p", "seed", "v0-enable", "v0-range", "v0-coef", "v3-coef", "generate",
+              "sweep-vector", "sweep-max", "sweep", "read-vector", "read-layer", "read", "copy-curl"]
+    assert all(w in order for w in wanted), [w for w in wanted if w not in order]
+    assert [order.index(w) for w in wanted] == sorted(order.index(w) for w in wanted), order
 
 
 def test_unknown_vector_and_wrong_key_show_readable_errors(browser, tmp_path: Path) -> None:

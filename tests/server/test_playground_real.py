@@ -17,13 +17,13 @@ import httpx
 import pytest
 from browser_helpers import launch_chromium, open_tab
 from openai import OpenAI
+from server_helpers import SMOL_NAME, start_smol_server
 
-import steering as st
-from steering.server import BackgroundServer, ServerConfig, create_app
+from steering.server import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
-NAME = "smollm2-135m-instruct"
+NAME = SMOL_NAME
 PROMPT = "Write two sentences about your last trip to the supermarket."
 MAX_TOKENS = 40
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
@@ -31,14 +31,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 
 @pytest.fixture(scope="module")
 def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    try:
-        model, tok = st.load_model(NAME)
-    except st.ModelLoadError as exc:
-        pytest.skip(str(exc))
-    folder = tmp_path_factory.mktemp("smol_play_vectors")
-    st.extract(model, tok, st.load_pairs("sentiment")[:48], layers=[10, 12, 14]).save(folder / "sentiment.safetensors")
-    server = BackgroundServer(create_app(model, tok, ServerConfig(model_name=NAME, vectors_dir=folder, default_temperature=0.0)))
-    server.start()
+    server = start_smol_server(tmp_path_factory.mktemp("smol_play_vectors"), [10, 12, 14])
     try:
         yield server
     finally:
