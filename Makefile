@@ -13,9 +13,14 @@ DEMO   := .demo
 # The oldest transformers pyproject.toml admits; `make test-oldest` proves the claim.
 TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install demo test test-fast test-latest test-oldest lock clean
+.PHONY: install browser demo test test-fast test-latest test-oldest lock clean
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The playground's browser tests drive Debian's chromium (Playwright's own browser
+# download is not used); under CI=true they fail without it.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 # $(1): venv folder; $(2): extra pip arguments for the project install.
 define make_venv

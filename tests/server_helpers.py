@@ -77,6 +77,22 @@ def tiny_vector(seed: int, layers: list[int], *, norm: float = 6.0, site: str = 
                              site=site, method="random", extra={"purpose": "tests"})
 
 
+SMOL_NAME = "smollm2-135m-instruct"
+
+
+def start_smol_server(folder: Path, layers: list[int]) -> BackgroundServer:
+    """A SmolLM2 server (greedy by default) with a sentiment vector at ``layers`` in ``folder``.
+
+    Without the weights it skips, or fails under CI (`real_resources.load_real_model`).
+    """
+    from real_resources import load_real_model
+
+    model, tok = load_real_model(SMOL_NAME)  # its own instance: the engine owns the model it serves
+    st.extract(model, tok, st.load_pairs("sentiment")[:48], layers=layers).save(folder / "sentiment.safetensors")
+    config = ServerConfig(model_name=SMOL_NAME, vectors_dir=folder, default_temperature=0.0)
+    return BackgroundServer(create_app(model, tok, config)).start()
+
+
 def start_server(vectors_dir: Path | None, **limits: object) -> BackgroundServer:
     """A tiny-Llama server on a free 127.0.0.1 port (call ``.stop()`` when done)."""
     model, tok = make_tiny("llama")

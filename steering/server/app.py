@@ -8,7 +8,9 @@ Routes (all but ``/health`` need the API key when one is configured):
 ``GET /v1/vectors``        name, layers, norms and metadata of each vector
 ``POST /v1/chat/completions``  chat completion, ``stream: true`` for SSE
 ``POST /v1/completions``   text completion, ``stream: true`` for SSE
+``POST /v1/steering/read``  per-token projections onto a vector (`reading`)
 ``GET /metrics``           Prometheus text
+``GET /``                  the playground page (static files, no key needed)
 =========================  ===================================================
 
 ``GET /openapi.json`` (open, like ``/health``) describes the request bodies,
@@ -50,13 +52,17 @@ from .engine import Engine, EngineBusy, EngineClosed, Event, Failed, Finished, T
 from .errors import APIError, from_validation_errors
 from .http import MetricsMiddleware, check_api_key, install_error_handlers, install_openapi, read_json
 from .metrics import ServerMetrics
+from .playground import add_playground
+from .reading import ReadRequest, prepare_read, project, reading_body
 from .responses import DONE, ResponseShape, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .text import Codec
 from .validate import Prepared, ServingContext, model_context_length, prepare_chat, prepare_completion
 from .vector_store import VectorStore
 
-ROUTES = frozenset({"/health", "/openapi.json", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics"})
+ROUTES = frozenset(
+    {"/health", "/openapi.json", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics", "/v1/steering/read", "/"}
+)
 
 
 @dataclass
@@ -139,6 +145,7 @@ def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAP
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
     _add_routes(app, state)
     install_openapi(app, [ChatCompletionRequest, CompletionRequest])
+    add_playground(app)
     return app
 
 
@@ -190,6 +197,17 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         body = _parse(CompletionRequest, await read_json(request, state.config.max_body_bytes))
         prepared = await asyncio.to_thread(prepare_completion, body, state.ctx)
         return await _complete(state, request, ResponseShape.new("text", body.model), prepared, body.stream, _usage_asked(body))
+
+    @app.post("/v1/steering/read")
+    async def read(request: Request) -> dict[str, Any]:
+        auth(request)
+        body = _parse(ReadRequest, await read_json(request, state.config.max_body_bytes))
+        job = await asyncio.to_thread(prepare_read, body, state.ctx)
+        try:
+            projections = await asyncio.to_thread(state.engine.call, lambda model: project(model, job))
+        except EngineClosed as exc:
+            raise APIError(503, str(exc), code="shutting_down") from None
+        return await asyncio.to_thread(reading_body, job, projections, state.ctx.codec.decode_token)
 
 
 def request_body(schema: type[BaseModel]) -> dict[str, Any]:

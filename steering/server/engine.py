@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -97,6 +98,29 @@ class EngineClosed(SteeringError):
     """The engine was shut down."""
 
 
+T = TypeVar("T")
+
+
+class _Call:
+    """A function queued for the scheduler thread (`Engine.call`) and its outcome."""
+
+    def __init__(self, fn: Callable[[nn.Module], object]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self, model: nn.Module) -> None:
+        try:
+            self.finish(result=self.fn(model))
+        except Exception as exc:  # the caller's failure, not the batch's
+            self.finish(error=exc)
+
+    def finish(self, result: object = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
 @dataclass(eq=False)
 class _Sequence:
     id: int
@@ -149,6 +173,7 @@ class Engine:
         self._running: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
         self._cancelled: set[int] = set()
+        self._calls: deque[_Call] = deque()  # work for the model thread that is not generation (reading)
         self._active = 0  # running rows plus those being prefilled
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -216,6 +241,31 @@ class Engine:
             raise result[0].error
         return result[0]  # type: ignore[return-value]
 
+    def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
+        """Run ``fn(model)`` on the scheduler thread between two passes; return its result.
+
+        The engine owns the model, so anything else that runs it (the reading
+        endpoint's teacher-forced pass) goes through here: never in the middle
+        of a batch's pass, with the row-steering hooks disarmed.
+
+        Raises:
+            EngineClosed: after `close`; what ``fn`` raised, re-raised here.
+        """
+        work = _Call(fn)
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shut down")
+            self._calls.append(work)
+            self._cond.notify()
+        if not work.done.wait(timeout):
+            with self._cond:  # not run yet: it never will be (a running one finishes unheard)
+                if work in self._calls:
+                    self._calls.remove(work)
+            raise TimeoutError(f"the model thread did not run the call within {timeout} s")
+        if work.error is not None:
+            raise work.error
+        return work.result  # type: ignore[return-value]
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Hold the scheduler between passes: nothing is admitted or decoded inside the block.
@@ -267,10 +317,13 @@ class Engine:
     def _teardown(self) -> None:
         with self._cond:
             left, self._waiting, self._running = [*self._running, *self._waiting], deque(), []
+            calls, self._calls = self._calls, deque()
             self._active, self._cancelled = 0, set()
             self.metrics.waiting.set(0)
         for seq in left:
             self._send(seq, Failed(EngineClosed("the server shut down before this request finished")))
+        for work in calls:
+            work.finish(error=EngineClosed("the server shut down before this call ran"))
         self._batch = KVBatch()
         self.metrics.running.set(0)
         self._steering.remove()
@@ -288,16 +341,19 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._closing and (self._pauses or not (self._waiting or self._running or self._cancelled)):
+                    while not self._closing and (self._pauses or not (self._waiting or self._running or self._cancelled or self._calls)):
                         self._cond.wait()
                     if self._closing:
                         return
+                    calls, self._calls = self._calls, deque()
                     admitted = []
                     while self._waiting and self._active < self.max_batch_size:
                         admitted.append(self._waiting.popleft())
                         self._active += 1
                     cancelled, self._cancelled = self._cancelled, set()
                     self.metrics.waiting.set(len(self._waiting))
+                for work in calls:
+                    work.run(self.model)
                 self._drop_cancelled(cancelled)
                 for seq in admitted:
                     if seq.id in cancelled:  # cancelled between admission and prefill

@@ -53,6 +53,11 @@ class Codec:
         with self.lock:
             return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
+    def decode_token(self, token_id: int) -> str:
+        """One token's text, special tokens included (for per-token displays)."""
+        with self.lock:
+            return str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
     def decode(self, ids: Sequence[int]) -> str:
         with self.lock:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -62,8 +62,14 @@ class Prepared:
 
 def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> RowDeltas:
     """Look up and check every steering term; fold them into per-row deltas."""
+    resolved = resolve_terms(terms, ctx)
+    return build_row_deltas(resolved) if resolved else NO_STEERING
+
+
+def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> list[Term]:
+    """Look up and check every steering term (an `APIError` naming ``steering[i].<field>``)."""
     if not terms:
-        return NO_STEERING
+        return []
     cfg = ctx.config
     if len(terms) > cfg.max_vectors:
         raise APIError(422, f"steering has {len(terms)} terms; at most max_vectors={cfg.max_vectors} are allowed",
@@ -105,7 +111,7 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
                 raise APIError(422, f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
                                param=f"{where}.vector", code="invalid_vector")
         resolved.append(Term(vector, float(term.coef), layers, term.positions, term.mode))
-    return build_row_deltas(resolved)
+    return resolved
 
 
 def _check_common(body: _Generation, ctx: ServingContext, choices: int) -> None:

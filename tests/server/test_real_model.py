@@ -7,25 +7,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openai import OpenAI
-from real_resources import load_real_model
-from server_helpers import wait_until
+from server_helpers import SMOL_NAME, start_smol_server, wait_until
 
 import steering as st
-from steering.server import BackgroundServer, ServerConfig, create_app
+from steering.server import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
-NAME = "smollm2-135m-instruct"
+NAME = SMOL_NAME
 PROMPT = "Write one sentence about your weekend."
 
 
 @pytest.fixture(scope="module")
 def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    model, tok = load_real_model(NAME)  # its own instance: the engine owns the model it serves
-    folder = tmp_path_factory.mktemp("smol_vectors")
-    st.extract(model, tok, st.load_pairs("sentiment")[:48], layers=[12]).save(folder / "sentiment.safetensors")
-    server = BackgroundServer(create_app(model, tok, ServerConfig(model_name=NAME, vectors_dir=folder, default_temperature=0.0)))
-    server.start()
+    server = start_smol_server(tmp_path_factory.mktemp("smol_vectors"), [12])
     try:
         yield server
     finally:
