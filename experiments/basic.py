@@ -88,6 +88,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
             positions=cfg.positions,
             mode=cfg.mode,
             chat=cfg.chat,
+            check_model=not cfg.allow_model_mismatch,
             **gen,
         )
         results[coef] = text

@@ -75,6 +75,7 @@ def generate(
     mode: str = "add",
     chat: bool | None = None,
     batch_size: int = 16,
+    check_model: bool = True,
     **gen_kwargs: Any,
 ) -> str | list[str]:
     """Generate completions, steered by ``coef * vector`` if a vector is given.
@@ -93,6 +94,7 @@ def generate(
         positions, mode: as in `steer`.
         chat: apply the chat template (default: when the tokenizer has one).
         batch_size: prompts per ``generate`` call.
+        check_model: refuse a vector made on another checkpoint, as in `steer`.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``do_sample=True``).
 
     Raises:
@@ -112,7 +114,7 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     outputs: list[str] = []
-    context = steer(model, vector, coef, positions=positions, mode=mode) if vector is not None else nullcontext()
+    context = steer(model, vector, coef, positions=positions, mode=mode, check_model=check_model) if vector is not None else nullcontext()
     with context:
         for start in range(0, len(prompt_list), batch_size):
             chunk = prompt_list[start : start + batch_size]
