@@ -12,11 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hooks import ConfigError
+
 API_KEY_ENV = "STEERING_API_KEY"
-
-
-class ConfigError(ValueError):
-    """A server setting that cannot work, named with its value."""
 
 
 @dataclass(frozen=True)
