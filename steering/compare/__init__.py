@@ -20,9 +20,10 @@ Example:
     >>> sc.separation(vecs, acts)["sentiment"]  # AUROC per layer  # doctest: +SKIP
 """
 
+from ..scoring import Scorer, sentiment_scorer  # re-exported: interpolate's scorers
 from .activations import LabelledActivations, is_labelled_texts, pair_activations, read_labelled_texts, text_activations, text_features
 from .analogies import analogy, analogy_check
-from .interpolation import Scorer, interpolate, projection_scorer, sentiment_scorer
+from .interpolation import interpolate, projection_scorer
 from .pipeline import compare_vectors, spread_layers, to_jsonable
 from .profiles import BehaviourProfile, ProfileError, compare_profiles, load_profiles, profile_from_run
 from .projection import auroc, best_layers, embed_2d, in_sample, project, projections, separation

@@ -126,10 +126,8 @@ def test_window_splits_the_coefficient() -> None:
 
 def test_vader_scorer_signs() -> None:
     cfg = compose_run(["out_dir=/tmp/unused"])
-    score = make_scorer(cfg.metric)
-    assert score("What a wonderful, happy, lovely day!") > 0.5
-    assert score("What an awful, miserable, horrible day.") < -0.5
-    assert score("The table has four legs.") == 0.0
+    happy, sad, flat = make_scorer(cfg.metric)(["What a wonderful, happy, lovely day!", "What an awful, miserable, horrible day.", "The table has four legs."])
+    assert happy > 0.5 and sad < -0.5 and flat == 0.0
 
 
 def test_generation_score_with_keyword_scorer_and_preset_texts() -> None:
