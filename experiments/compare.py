@@ -38,6 +38,8 @@ from vectors import SteeringVector, atomic_write
 from vectors.interop import read_any_vector
 from vectors.vector import UNKNOWN
 
+from .config import config_yaml
+
 
 def _list(value: Any) -> list[Any]:
     if value is None:
@@ -261,7 +263,7 @@ def compare_command(cfg: DictConfig) -> dict[str, Any]:
         from .compare_report import write_report
 
         figures = write_plots(out, res)
-        files += [*figures.values(), write_report(out, res, figures, files, config=OmegaConf.to_yaml(cfg), embed_images=bool(cfg.embed_images))]
+        files += [*figures.values(), write_report(out, res, figures, files, config=config_yaml(cfg), embed_images=bool(cfg.embed_images))]
     _print_summary(out, res, files)
     return res
 

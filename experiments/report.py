@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from steering.compare import to_jsonable
 from vectors import atomic_write
 
 from .results import CellResult
@@ -165,7 +166,7 @@ def write_report(
         parts.append("<h2>Every cell</h2>" + _cells_table(baseline, cells, summary["budget"], summary["effect"]))
     if summary["task"] == "probe":
         parts.append("<h2>Per layer</h2>" + _values_table({f"layer {k} {n}": v for k, vals in summary["layers"].items() for n, v in vals.items()}))
-    parts.append(f"<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=1, default=str))}</pre>")
+    parts.append(f"<h2>summary.json</h2><pre>{html.escape(json.dumps(to_jsonable(summary), indent=1, default=str))}</pre>")
     parts.append(f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>steering run {html.escape(str(summary.get('name', '')))}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
     return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"), suffix=".html")
