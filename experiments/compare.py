@@ -39,6 +39,7 @@ from vectors.interop import read_any_vector
 from vectors.vector import UNKNOWN
 
 from .config import config_yaml
+from .profiles import load_profiles
 
 
 def _list(value: Any) -> list[Any]:
@@ -255,7 +256,7 @@ def compare_command(cfg: DictConfig) -> dict[str, Any]:
         if cfg.interpolate.a is not None:
             res["interpolation"] = _interpolation(cfg, model, tok, vectors)
     if profile_paths:
-        profiles = sc.load_profiles(str(p) for p in profile_paths)
+        profiles = load_profiles(str(p) for p in profile_paths)
         res["profiles"] = {**sc.compare_profiles(profiles), "sources": {p.model: list(p.sources) for p in profiles}}
     out.mkdir(parents=True, exist_ok=True)
     files = write_numbers(out, res)
