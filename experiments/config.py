@@ -48,6 +48,10 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
 
     from .values import check_values, unknown_key
 
+    if name == "serve":
+        from .serve import register_schema  # the serve schema imports steering.server: only for serve
+
+        register_schema()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=f"steering_{name}"):
         base = compose(config_name=name)
         try:

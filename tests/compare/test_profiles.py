@@ -73,3 +73,9 @@ def test_load_profiles_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"model": "m",\n "effects": {oops}}')
     with pytest.raises(ProfileError, match=r"bad.json:2: invalid JSON"):
         sc.load_profiles([tmp_path / "bad.json"])
+
+
+def test_library_does_not_know_run_folders() -> None:
+    # The CLI's run layout (summary.json) is read in experiments/ only: steering/ never names it.
+    root = Path(__file__).resolve().parents[2] / "steering"
+    assert not [p for p in root.rglob("*.py") if "summary.json" in p.read_text(encoding="utf-8")]
