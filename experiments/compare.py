@@ -38,6 +38,9 @@ from vectors import SteeringVector, atomic_write
 from vectors.interop import read_any_vector
 from vectors.vector import UNKNOWN
 
+from .config import config_yaml
+from .profiles import load_profiles
+
 
 def _list(value: Any) -> list[Any]:
     if value is None:
@@ -253,7 +256,7 @@ def compare_command(cfg: DictConfig) -> dict[str, Any]:
         if cfg.interpolate.a is not None:
             res["interpolation"] = _interpolation(cfg, model, tok, vectors)
     if profile_paths:
-        profiles = sc.load_profiles(str(p) for p in profile_paths)
+        profiles = load_profiles(str(p) for p in profile_paths)
         res["profiles"] = {**sc.compare_profiles(profiles), "sources": {p.model: list(p.sources) for p in profiles}}
     out.mkdir(parents=True, exist_ok=True)
     files = write_numbers(out, res)
@@ -261,7 +264,7 @@ def compare_command(cfg: DictConfig) -> dict[str, Any]:
         from .compare_report import write_report
 
         figures = write_plots(out, res)
-        files += [*figures.values(), write_report(out, res, figures, files, config=OmegaConf.to_yaml(cfg), embed_images=bool(cfg.embed_images))]
+        files += [*figures.values(), write_report(out, res, figures, files, config=config_yaml(cfg), embed_images=bool(cfg.embed_images))]
     _print_summary(out, res, files)
     return res
 

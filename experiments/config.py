@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # Keys whose values are free text or paths: quoted before Hydra parses them, so
 # a prompt may hold commas, colons or brackets without tripping its grammar.
@@ -48,6 +48,10 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
 
     from .values import check_values, unknown_key
 
+    if name == "serve":
+        from .serve import register_schema  # the serve schema imports steering.server: only for serve
+
+        register_schema()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=f"steering_{name}"):
         base = compose(config_name=name)
         try:
@@ -60,3 +64,8 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
             raise unknown_key(name, missing["key"], base) from None
     check_values(name, cfg, base)
     return cfg
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The config as YAML with interpolations resolved (for run folders and reports)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

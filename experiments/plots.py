@@ -1,5 +1,9 @@
 """The run's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
+Here rather than in `steering.plots` because they plot ``experiments.results``
+types (sweep cells), which the library may not import; the figure mechanics
+(`steering.plots.new_figure`, `save_figure`) are the library's.
+
 Sweep figures: the effect against the coefficient (one line per layer
 window), a layer x coefficient heatmap of the effect, and the side effects
 against the effect. Cells over the side-effect budget are drawn hollow (lines,
@@ -13,29 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from steering.plots import new_figure, save_figure
 
 from .results import CellResult
-
-if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with this module
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-_DPI = 110
-
-
-def _figure(width: float, height: float) -> tuple[Figure, FigureCanvasAgg]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    return fig, FigureCanvasAgg(fig)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    from vectors import atomic_write
-
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
 
 
 def _chosen(choices: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, float], str]:
@@ -62,7 +48,7 @@ def effect_vs_coef(
     from matplotlib import colormaps
 
     sizes = sorted({len(c.layers) for c in cells})
-    fig, _ = _figure(min(5.2 * len(sizes), 11.0) + 0.6, 4.2)
+    fig = new_figure(min(5.2 * len(sizes), 11.0) + 0.6, 4.2)
     axes = fig.subplots(1, len(sizes), squeeze=False, sharey=True)[0]
     base = baseline.values.get(effect, math.nan)
     chosen = _chosen(choices)
@@ -89,7 +75,7 @@ def effect_vs_coef(
         low, high = axes[0].get_ylim()
         axes[0].set_ylim(min(low, base - floor), max(high, base + floor))
     fig.suptitle(f"{effect} against coefficient (hollow: over budget, star: chosen)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap(
@@ -118,7 +104,7 @@ def heatmap(
     centre = base if math.isfinite(base) and low < base < high else (low + high) / 2
     reach = max(floor, 1e-9)
     norm = TwoSlopeNorm(vcenter=centre, vmin=min(low, centre - reach), vmax=max(high, centre + reach))
-    fig, _ = _figure(1.3 + 0.85 * len(coefs), 1.3 + 0.45 * len(labels))
+    fig = new_figure(1.3 + 0.85 * len(coefs), 1.3 + 0.45 * len(labels))
     ax = fig.add_subplot()
     image = ax.imshow(grid, cmap="coolwarm", norm=norm, aspect="auto")
     chosen = _chosen(choices)
@@ -139,7 +125,7 @@ def heatmap(
     ax.set_ylabel("layer (window)")
     ax.set_title(f"{effect}: hatched = over budget, boxed = chosen", fontsize=10)
     fig.colorbar(image, ax=ax, label=effect, shrink=0.9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def side_effects(path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any]) -> Path | None:
@@ -150,7 +136,7 @@ def side_effects(path: Path, baseline: CellResult, cells: Sequence[CellResult], 
     keys = [k for k in dict.fromkeys([*budget, "neutral_ppl", "kl", "distinct2"]) if any(k in c.values for c in cells)]
     if not keys:
         return None
-    fig, _ = _figure(3.6 * len(keys) + 0.8, 3.8)
+    fig = new_figure(3.6 * len(keys) + 0.8, 3.8)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     span = max((abs(c.coef) for c in cells), default=1.0) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
@@ -186,13 +172,13 @@ def side_effects(path: Path, baseline: CellResult, cells: Sequence[CellResult], 
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes), label="coefficient", shrink=0.9)
     fig.suptitle("side effects against effect (star: chosen)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def letter_balance(path: Path, baseline: CellResult, rows: Mapping[str, Mapping[str, float]]) -> Path:
     """Unsteered answer shares (the letter bias) and, per row, the mean steerability slope."""
     shares = {k.removeprefix("share_"): v for k, v in baseline.values.items() if k.startswith("share_")}
-    fig, _ = _figure(8.0, 3.4)
+    fig = new_figure(8.0, 3.4)
     left, right = fig.subplots(1, 2, width_ratios=[1, 2])
     names = sorted(shares)
     left.bar(range(len(names)), [shares[n] for n in names], color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(names)])
@@ -218,13 +204,13 @@ def letter_balance(path: Path, baseline: CellResult, rows: Mapping[str, Mapping[
     right.set_xlabel("layer (window)")
     right.set_ylabel("mean slope of logit diff per coef")
     right.set_title("steerability (Tan et al.); label: items with wrong sign", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def probe_layers(path: Path, per_layer: Mapping[int, Mapping[str, float]]) -> Path:
     """Probe accuracy and AUROC against the layer."""
     layers = sorted(per_layer)
-    fig, _ = _figure(7.0, 3.8)
+    fig = new_figure(7.0, 3.8)
     ax = fig.add_subplot()
     for key, style in (("probe_accuracy", "o-"), ("probe_auroc", "s--")):
         ax.plot(layers, [per_layer[i].get(key, math.nan) for i in layers], style, label=key.removeprefix("probe_"), ms=4)
@@ -235,4 +221,4 @@ def probe_layers(path: Path, per_layer: Mapping[int, Mapping[str, float]]) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("linear probe on held-out texts, per layer", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

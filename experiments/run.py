@@ -41,13 +41,13 @@ from hooks import resolve_layers
 from vectors import atomic_write
 
 from . import plots
-from .config import conf_dir
+from .config import conf_dir, config_yaml
 from .metrics import METRICS, Context, load_eval_data, split_pairs
 from .metrics.text import make_scorer
 from .report import write_report
 from .results import MetricsWriter
 from .schema import check, register_schema
-from .summary import VECTOR, config_yaml, probe_summary, sweep_summary, write_summary
+from .summary import VECTOR, probe_summary, sweep_summary, write_summary
 from .sweep import SweepResult, grid, run_sweep
 
 log = logging.getLogger(__name__)

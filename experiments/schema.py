@@ -16,14 +16,12 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hooks import POSITIONS, SITES, SteeringError
+from hooks import POSITIONS, SITES, ConfigError
 from vectors import METHODS, READ_POSITIONS
 
+from .metrics import METRICS, produced_values
+
 TASKS = ("sweep", "probe")
-
-
-class ConfigError(SteeringError, ValueError):
-    """A composed config whose values do not fit together."""
 
 
 @dataclass
@@ -142,8 +140,6 @@ def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Raise `ConfigError` for values that do not fit together (see module docs)."""
-    from .metrics import METRICS, produced_values
-
     _choice("task", cfg.task, TASKS)
     _choice("method.name", cfg.method.name, sorted(METHODS))
     _choice("method.position", cfg.method.position, READ_POSITIONS)

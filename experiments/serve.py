@@ -1,7 +1,11 @@
 """The ``serve`` command: load a model and serve it with per-request steering.
 
-``conf/serve.yaml`` holds the settings; every key but the model-loading ones
-and ``host``/``port``/``log_level`` is a field of `steering.server.ServerConfig`.
+Its settings have one typed schema, `ServeConf` (``serve_schema`` in Hydra's
+ConfigStore, the first default of ``conf/serve.yaml``): the command's own keys
+(model loading, ``host``/``port``/``log_level``, ``torch_threads``) are
+declared here, and every server limit is a field of
+`steering.server.ServerConfig`, copied with its type and default, so each
+default is written once.
 """
 
 from __future__ import annotations
@@ -10,22 +14,56 @@ import dataclasses
 import ipaddress
 import os
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
-_NOT_LIMITS = {"model", "device", "dtype", "vectors", "served_model_name", "host", "port", "api_key", "log_level", "torch_threads"}
+from steering.server.config import ServerConfig
 
 
-def server_config(cfg: DictConfig):  # -> steering.server.ServerConfig
+@dataclass
+class _CommandConf:
+    """The serve command's own keys (not `ServerConfig` fields)."""
+
+    model: str = "smollm2-135m-instruct"  # registry name, HF folder or .gguf file
+    device: str | None = None  # cpu | cuda | auto (null = cpu)
+    dtype: str | None = None  # float32 | bfloat16 | float16 (null = float32)
+    vectors: str | None = None  # folder of <name>.safetensors vectors (null = no steering)
+    served_model_name: str | None = None  # the "model" id clients send (null = the model value)
+    host: str = "127.0.0.1"  # loopback only unless told otherwise
+    port: int = 8000
+    api_key: str | None = None  # Bearer key for every endpoint but /health (null = $STEERING_API_KEY, unset = open)
+    log_level: str = "info"
+    # intra-op CPU threads: auto = free cores (see `choose_torch_threads`), an integer, or null = torch's default
+    torch_threads: Any = "auto"
+
+
+# ServerConfig fields the command sets from its own keys (served_model_name or model, vectors, api_key).
+_FROM_COMMAND = {"model_name", "vectors_dir", "api_key"}
+_LIMITS = [f for f in dataclasses.fields(ServerConfig) if f.name not in _FROM_COMMAND]
+_HINTS = typing.get_type_hints(ServerConfig)
+
+ServeConf = dataclasses.make_dataclass(
+    "ServeConf",
+    [(f.name, _HINTS[f.name], dataclasses.field(default=f.default)) for f in _LIMITS],
+    bases=(_CommandConf,),
+)
+ServeConf.__doc__ = "A whole ``steering serve`` config: the command's keys plus every `ServerConfig` limit (see its docs)."
+
+
+def register_schema() -> None:
+    """Store `ServeConf` as ``serve_schema`` in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="serve_schema", node=ServeConf)
+
+
+def server_config(cfg: DictConfig) -> ServerConfig:
     """The `ServerConfig` described by a composed ``serve`` config."""
-    from steering.server import ServerConfig
-
-    fields = {f.name for f in dataclasses.fields(ServerConfig)}
-    limits = {k: v for k, v in cfg.items() if k not in _NOT_LIMITS}
-    unknown = sorted(set(limits) - fields)
-    if unknown:
-        raise ValueError(f"unknown serve settings {unknown}; see conf/serve.yaml")
+    limits = {f.name: cfg[f.name] for f in _LIMITS}
     if cfg.vectors is not None and not Path(str(cfg.vectors)).expanduser().is_dir():
         raise ValueError(f"vectors={cfg.vectors}: not a directory")
     api_key = None if cfg.api_key is None else str(cfg.api_key)

@@ -12,14 +12,14 @@ Non-finite numbers are written as ``null`` (JSON has no NaN).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import steering as st
+from steering.compare import to_jsonable
 from vectors import atomic_write
 
 from .select import choose
@@ -29,19 +29,9 @@ SUMMARY = "summary.json"
 VECTOR = "vector.safetensors"
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     """Write ``summary`` as JSON, atomically, with NaN/inf as ``null``."""
-    text = json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), suffix=".json")
 
 
@@ -156,8 +146,3 @@ def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch
         statuses = ", ".join(f"{d}: {c.get('status')}" for d, c in summary.get("directions", {}).items())
         raise st.SteeringError(f"{path}: no direction has a chosen cell ({statuses or 'no cells measured'})")
     return choices
-
-
-def config_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML."""
-    return OmegaConf.to_yaml(cfg, resolve=True)

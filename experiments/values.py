@@ -130,6 +130,12 @@ def coefs(key: str, value: Any) -> None:
             raise ValueCheckError(str(exc)) from None
 
 
+def _torch_threads(key: str, value: Any) -> None:
+    """``auto``, null or an integer >= 1 (serve's default is ``auto``: an integer-only check refused it)."""
+    if value != "auto":
+        integer(1, optional=True)(key, value)
+
+
 _MODEL = {"allow_model_mismatch": boolean()}
 CHECKS: dict[str, dict[str, Check]] = {
     "extract": {"layers": layers(), "batch_size": integer(1)},
@@ -161,7 +167,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "foreign.num_layers": integer(1, optional=True),
         "foreign.allow_model_mismatch": boolean(),
     },
-    "serve": {**_MODEL, "port": integer(0), "torch_threads": integer(1, optional=True), "max_coef": number(0.0)},
+    "serve": {**_MODEL, "port": integer(0), "torch_threads": _torch_threads, "max_coef": number(0.0)},
 }
 
 

@@ -6,7 +6,7 @@ knows nothing of steering vectors. Every registration is owned by a
 """
 
 from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameters, output_cache
-from .errors import LayerError, SteeringError
+from .errors import ConfigError, LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
 from .handles import HookGroup
 from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layers, num_layers, resolve_layers, set_decoder_layers
@@ -23,6 +23,7 @@ __all__ = [
     "SITES",
     "AblateOp",
     "AddOp",
+    "ConfigError",
     "FoldConflictError",
     "HookGroup",
     "LayerError",

@@ -13,3 +13,7 @@ class SteeringError(Exception):
 
 class LayerError(SteeringError, ValueError):
     """A layer index, layer path or hook site that does not fit the model."""
+
+
+class ConfigError(SteeringError, ValueError):
+    """A setting (run config, server config) whose value cannot work, named with its value."""

@@ -14,6 +14,9 @@ Example:
 Importing this package registers no hooks and changes no global state.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+
 from hooks import (
     SITES,
     HookGroup,
@@ -42,7 +45,10 @@ from .data import bundled_datasets, load_lines, load_pairs
 from .generate import generate
 from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, load_model
 
-__version__ = "0.1.0"
+try:
+    __version__ = _dist_version("steering")  # the one version string: pyproject.toml's
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_MODEL",

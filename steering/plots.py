@@ -9,6 +9,12 @@ Figures are ``matplotlib.figure.Figure`` objects drawn on their own
 ``FigureCanvasAgg``: nothing goes through ``pyplot``, so matplotlib's global
 backend and pyplot's figure list are left as the caller has them.
 
+Plotting is split in two, by what is plotted: this module draws the
+library's own results (`steering.compare`), for library users too;
+``experiments/plots.py`` draws a run's sweep cells (``experiments.results``
+types, which the library may not import). Both draw on `new_figure` and save
+with `save_figure`, so the figure mechanics are written once, here.
+
 Conventions: cosines use a diverging map fixed to [-1, 1] (red = same
 direction, blue = opposite, grey = undefined); label 1 (shows the behaviour)
 is green and label 0 orange throughout.
@@ -41,9 +47,13 @@ class _Figures:
         self._colormaps = matplotlib.colormaps
         self._figure, self._canvas = Figure, FigureCanvasAgg
 
-    def subplots(self, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, layout: str | None = None, **kw: Any) -> tuple[Any, Any]:
-        fig = self._figure(figsize=figsize, layout=layout)
+    def figure(self, **kw: Any) -> Any:
+        fig = self._figure(**kw)
         self._canvas(fig)  # files only: an Agg canvas of its own, never a window
+        return fig
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, layout: str | None = None, **kw: Any) -> tuple[Any, Any]:
+        fig = self.figure(figsize=figsize, layout=layout)
         return fig, fig.subplots(nrows, ncols, **kw)
 
     def get_cmap(self, name: str) -> Any:
@@ -55,6 +65,11 @@ def _plt() -> _Figures:
         return _Figures()
     except ImportError:
         raise SteeringError("plots need matplotlib: pip install 'steering[plots]' (or pass plots=false)") from None
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A ``Figure`` of ``width`` x ``height`` inches on its own Agg canvas (constrained layout, no pyplot)."""
+    return _plt().figure(figsize=(width, height), layout="constrained", dpi=_DPI)
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:

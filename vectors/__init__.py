@@ -5,11 +5,11 @@ builds on `hooks` and never imports upwards.
 """
 
 from .extract import READ_POSITIONS, collect_stats, extract, pair_texts, read_indices
-from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write, load_vector, save_vector
-from .methods import METHODS, LayerStats, Method, get_method, register_method
+from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
+from .methods import METHODS, LayerStats, LogisticProbe, Method, fit_logistic, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
-from .vector import SteeringVector, VectorMismatchError, VectorValueError
+from .vector import SteeringVector, VectorMismatchError, VectorValueError, load_vector, save_vector
 from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ContrastPair",
     "DatasetError",
     "LayerStats",
+    "LogisticProbe",
     "Method",
     "SteeringVector",
     "VectorFileError",
@@ -34,6 +35,7 @@ __all__ = [
     "collect_stats",
     "dataset_sha256",
     "extract",
+    "fit_logistic",
     "get_method",
     "hidden_size",
     "load_vector",

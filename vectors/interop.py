@@ -50,9 +50,9 @@ import torch
 
 from hooks import num_layers as model_num_layers
 
-from .io import FORMAT, VectorFileError, atomic_write, load_vector
+from .io import FORMAT, VectorFileError, atomic_write
 from .model_info import fingerprint_mismatch, hidden_size, model_fingerprint, model_name, text_config
-from .vector import UNKNOWN, SteeringVector
+from .vector import UNKNOWN, SteeringVector, load_vector
 
 ARCH = "controlvector"
 _DIRECTION = re.compile(r"direction\.(\d+)")

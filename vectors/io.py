@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from safetensors.torch import save_file
 from hooks import SteeringError, num_layers
 
 from .model_info import fingerprint_mismatch, hidden_size, model_name
-from .vector import SteeringVector
 
 FORMAT = "steering-vector"
 FORMAT_VERSION = 1
@@ -95,11 +95,15 @@ def _umask() -> int:
     return umask
 
 
-def save_vector(vector: SteeringVector, path: str | Path) -> Path:
-    """Save ``vector`` to ``path`` (safetensors), atomically. Returns the path."""
-    tensors = {f"layers.{i}": t.contiguous() for i, t in vector.directions.items()}
+def write_vector_file(path: str | Path, directions: Mapping[int, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write ``directions`` and a vector's ``metadata`` to ``path`` (safetensors), atomically. Returns the path.
+
+    The file layer of `vectors.vector.save_vector`; it knows no vector type (the
+    vector type imports this module, never the other way round).
+    """
+    tensors = {f"layers.{i}": t.contiguous() for i, t in directions.items()}
     metadata = {
-        **vector.metadata(),
+        **metadata,
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "steering_version": _version(),  # the library that wrote this file
@@ -107,11 +111,14 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
-    """Load a vector file and validate it (and, given ``model``, that it fits that model).
+def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> dict[str, Any]:
+    """Read a vector file and validate it (and, given ``model``, that it fits that model).
+
+    The file layer of `vectors.vector.load_vector`: it returns the vector's
+    constructor arguments (``directions`` and the metadata fields), not a vector.
 
     Args:
-        path: a ``.safetensors`` file written by `save_vector`.
+        path: a ``.safetensors`` file written by `write_vector_file`.
         model: optional model to check hidden size, layer range and fingerprint against.
         allow_model_mismatch: accept a vector whose fingerprint names another
             checkpoint of the same shape (sizes are still checked).
@@ -170,8 +177,8 @@ def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bo
 
     fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")}
     extra = {k: v for k, v in meta.items() if k not in REQUIRED or k == "steering_version"}
-    return SteeringVector(
-        directions,
+    return dict(
+        directions=directions,
         hidden_size=ints["hidden_size"],
         num_layers=ints["num_layers"],
         n_pairs=ints["n_pairs"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,17 +94,44 @@ def pca_diff(stats: LayerStats) -> Tensor:
     return (top * along).float()
 
 
-def probe(stats: LayerStats) -> Tensor:
-    """Logistic-regression direction (see module docs)."""
+@dataclass(frozen=True)
+class LogisticProbe:
+    """A logistic regression fitted on standardised features (the one probe of the framework).
+
+    ``decision_function(x)`` scores raw activations ``[n, hidden]`` (positive =
+    the label-1 side); ``direction`` is the decision normal in the raw space.
+    Used by the ``probe`` method here and by the ``probe_accuracy`` metric.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    clf: Any
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """Signed distance-like scores of raw activations ``x`` ``[n, hidden]``."""
+        return self.clf.decision_function((x - self.mean) / self.scale)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """The decision normal in raw activation space: the standardised weight over ``scale``."""
+        return self.clf.coef_[0] / self.scale
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> LogisticProbe:
+    """Fit `LogisticProbe` on ``x`` ``[n, hidden]`` and binary labels ``y`` (1 = positive)."""
     from sklearn.linear_model import LogisticRegression
 
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    clf.fit((x - mean) / scale, y)
+    return LogisticProbe(mean, scale, clf)
+
+
+def probe(stats: LayerStats) -> Tensor:
+    """Logistic-regression direction (see module docs)."""
     x = torch.cat([torch.cat(stats.pos_samples), torch.cat(stats.neg_samples)]).double().numpy()
     y = np.r_[np.ones(stats.n), np.zeros(stats.n)]
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(C=1.0, max_iter=2000)
-    clf.fit((x - mean) / scale, y)
-    # Back to the raw activation space: the decision normal there is w / scale.
-    weight = torch.from_numpy(clf.coef_[0] / scale)
+    weight = torch.from_numpy(fit_logistic(x, y).direction)
     reference = stats.mean_diff
     if float(weight @ reference) < 0:
         weight = -weight

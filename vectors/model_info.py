@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from hooks import num_layers
 from hooks.fold import unfolded_parameters
 
-from .vector import UNKNOWN
+UNKNOWN = "unknown"  # a metadata field nobody recorded (model, fingerprint, method, ...)
 
 FINGERPRINT_VERSION = 2
 _SAMPLES_PER_TENSOR = 64

@@ -22,7 +22,9 @@ from torch import Tensor
 
 from hooks import SteeringError, normalize_layers
 
-UNKNOWN = "unknown"
+from .io import read_vector_file, write_vector_file
+from .model_info import UNKNOWN, same_checkpoint
+
 
 
 class VectorMismatchError(SteeringError, ValueError):
@@ -185,16 +187,12 @@ class SteeringVector:
     # ---------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` as safetensors with a metadata header (atomically)."""
-        from .io import save_vector
-
-        return save_vector(self, path)
+        return write_vector_file(path, self.directions, self.metadata())
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
-        """Read and validate a vector file; see `vectors.io.load_vector`."""
-        from .io import load_vector
-
-        return load_vector(path, model, allow_model_mismatch=allow_model_mismatch)
+        """Read and validate a vector file; see `vectors.io.read_vector_file`."""
+        return cls(**read_vector_file(path, model, allow_model_mismatch=allow_model_mismatch))
 
     # --------------------------------------------------------------- helpers
     def _with(self, directions: Mapping[int, Tensor]) -> SteeringVector:
@@ -203,8 +201,6 @@ class SteeringVector:
     def _check_same_space(self, other: SteeringVector, verb: str) -> None:
         if self.hidden_size != other.hidden_size:
             raise VectorMismatchError(f"cannot {verb} vectors of hidden size {self.hidden_size} and {other.hidden_size}")
-        from .model_info import same_checkpoint  # model_info imports this module
-
         if same_checkpoint(self.model_fingerprint, other.model_fingerprint) is False:
             raise VectorMismatchError(
                 f"cannot {verb} vectors from different models ({self.model!r} vs {other.model!r}): "
@@ -217,3 +213,16 @@ class SteeringVector:
             f"SteeringVector(model={self.model!r}, site={self.site}, method={self.method}, "
             f"position={self.position}, n_pairs={self.n_pairs}, norms={{{norms}}})"
         )
+
+
+def save_vector(vector: SteeringVector, path: str | Path) -> Path:
+    """Save ``vector`` to ``path`` (safetensors), atomically. Returns the path."""
+    return vector.save(path)
+
+
+def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
+    """Load a vector file written by `save_vector` and validate it (and, given ``model``, that it fits that model).
+
+    Arguments and errors: see `vectors.io.read_vector_file`.
+    """
+    return SteeringVector.load(path, model, allow_model_mismatch=allow_model_mismatch)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 import steering as st
+from hooks import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,6 @@ def split_pairs(pairs: Sequence[st.ContrastPair], fraction: float, seed: int) ->
     Raises:
         ConfigError: when the split would leave either side empty.
     """
-    from ..schema import ConfigError
-
     if fraction <= 0:
         return list(pairs), []
     order = list(range(len(pairs)))
@@ -81,8 +80,6 @@ def load_eval_data(cfg: DictConfig, needs: set[str], pairs: Sequence[st.Contrast
         DatasetError: a missing or empty file, or bad items, naming the file.
         ConfigError: A/B items needed but neither ``eval.ab_items`` nor ``data.holdout`` given.
     """
-    from ..schema import ConfigError
-
     ev = cfg.eval
     prompts = _lines("eval.prompts", ev.prompts, ev.max_prompts) if "prompts" in needs else []
     neutral = _lines("eval.neutral", ev.neutral, ev.max_neutral) if "neutral" in needs else []

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vectors import LayerStats, collect_stats
+from steering.compare.projection import auroc
+from vectors import LayerStats, collect_stats, fit_logistic
 
 from .base import Context, Values
 from .data import split_pairs
@@ -26,16 +27,10 @@ def _xy(stats: LayerStats) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, seed: int = 0) -> Values:
-    """Fit a standardised logistic regression; return held-out accuracy and AUROC."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
-    mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    clf.fit((x_train - mean) / scale, y_train)
-    scores = clf.decision_function((x_test - mean) / scale)
+    """Fit the standardised logistic probe (`vectors.fit_logistic`); return held-out accuracy and AUROC."""
+    scores = fit_logistic(x_train, y_train, seed=seed).decision_function(x_test)
     accuracy = float(((scores > 0) == (y_test > 0.5)).mean())
-    return {"probe_accuracy": accuracy, "probe_auroc": float(roc_auc_score(y_test, scores))}
+    return {"probe_accuracy": accuracy, "probe_auroc": auroc(scores, y_test)}
 
 
 def probe_accuracy(ctx: Context, layers: list[int]) -> dict[int, Values]:

@@ -4,7 +4,8 @@ Each cell generates once from the held-out prompts (batched, greedy unless
 ``eval.do_sample``; sampling is seeded per cell, so a cell gives the same
 text on a re-run) and the three metrics share those generations.
 
-Scorers turn one text into a number; ``metric.scorer`` picks one:
+Scorers (`steering.scoring.Scorer`) turn texts into a number each;
+``metric.scorer`` picks one:
 
 ==============  ==========================================================
 sentiment       VADER compound score, -1 (negative) .. +1 (positive)
@@ -15,43 +16,18 @@ module:function any importable callable ``str -> float`` (value ``score``)
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig
 
 import steering as st
+from steering.scoring import Scorer, ScorerError, keyword_scorer, per_text, sentiment_scorer
 
 from .base import Cell, Context, Values
 from .replies import encode_replies, iter_reply_logprobs, token_logprobs
-
-Scorer = Callable[[str], float]
-
-
-class ScorerError(st.SteeringError, ValueError):
-    """A scorer that cannot be built or returned a non-number."""
-
-
-@functools.lru_cache(maxsize=1)
-def _vader() -> Scorer:
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        raise ScorerError("scorer 'sentiment' needs vaderSentiment: pip install 'steering[eval]'") from None
-    analyzer = SentimentIntensityAnalyzer()
-    return lambda text: float(analyzer.polarity_scores(text)["compound"])
-
-
-def _keyword(words: Sequence[str]) -> Scorer:
-    cleaned = [w.strip() for w in words if w.strip()]
-    if not cleaned:
-        raise ScorerError("scorer 'keyword' needs metric.keywords, e.g. metric.keywords=[wedding,bride]")
-    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in cleaned) + r")\b", re.IGNORECASE)
-    return lambda text: 1.0 if pattern.search(text) else 0.0
 
 
 def _import_callable(path: str) -> Scorer:
@@ -66,7 +42,7 @@ def _import_callable(path: str) -> Scorer:
         raise ScorerError(f"metric.scorer={path!r}: cannot import it ({exc})") from None
     if not callable(fn):
         raise ScorerError(f"metric.scorer={path!r} is not callable")
-    return fn
+    return per_text(fn)
 
 
 def scorer_value_name(metric: DictConfig) -> str:
@@ -77,9 +53,12 @@ def scorer_value_name(metric: DictConfig) -> str:
 def make_scorer(metric: DictConfig) -> Scorer:
     """The scorer ``metric.scorer`` names (see module docs)."""
     if metric.scorer == "sentiment":
-        return _vader()
+        return sentiment_scorer()
     if metric.scorer == "keyword":
-        return _keyword(list(metric.keywords))
+        try:
+            return keyword_scorer(list(metric.keywords))
+        except ScorerError as exc:
+            raise ScorerError(f"{exc}: set metric.keywords, e.g. metric.keywords=[wedding,bride]") from None
     return _import_callable(str(metric.scorer))
 
 
@@ -111,9 +90,9 @@ def generation_score(ctx: Context, cell: Cell) -> Values:
     if "scorer" not in ctx.cache:
         ctx.cache["scorer"] = make_scorer(ctx.cfg.metric)
     scorer = ctx.cache["scorer"]
+    texts = generations(ctx, cell)
     scores = []
-    for text in generations(ctx, cell):
-        value = scorer(text)
+    for text, value in zip(texts, scorer(texts), strict=True):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ScorerError(f"scorer {ctx.cfg.metric.scorer!r} returned {value!r} for {text[:60]!r}; expected a finite number")
         scores.append(float(value))

@@ -20,11 +20,12 @@ Example:
     >>> sc.separation(vecs, acts)["sentiment"]  # AUROC per layer  # doctest: +SKIP
 """
 
+from ..scoring import Scorer, sentiment_scorer  # re-exported: interpolate's scorers
 from .activations import LabelledActivations, is_labelled_texts, pair_activations, read_labelled_texts, text_activations, text_features
 from .analogies import analogy, analogy_check
-from .interpolation import Scorer, interpolate, projection_scorer, sentiment_scorer
+from .interpolation import interpolate, projection_scorer
 from .pipeline import compare_vectors, spread_layers, to_jsonable
-from .profiles import BehaviourProfile, ProfileError, compare_profiles, load_profiles, profile_from_run
+from .profiles import BehaviourProfile, Measurement, ProfileError, compare_profiles, load_profiles, merge_measurements
 from .projection import auroc, best_layers, embed_2d, in_sample, project, projections, separation
 from .similarity import CrossModelError, check_same_space, cosine_matrices, cosine_matrix, layer_similarity, layer_union, norms, pairwise_cosine
 
@@ -32,6 +33,7 @@ __all__ = [
     "BehaviourProfile",
     "CrossModelError",
     "LabelledActivations",
+    "Measurement",
     "ProfileError",
     "Scorer",
     "analogy",
@@ -50,10 +52,10 @@ __all__ = [
     "layer_similarity",
     "layer_union",
     "load_profiles",
+    "merge_measurements",
     "norms",
     "pair_activations",
     "pairwise_cosine",
-    "profile_from_run",
     "project",
     "projection_scorer",
     "projections",

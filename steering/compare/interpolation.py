@@ -6,17 +6,18 @@ the other, as in vector arithmetic), and every scorer turns the generations
 into one number per text. A smooth, monotone curve means the two directions
 mix linearly; a jump or a dip means they interfere.
 
-A scorer is any ``Callable[[list[str]], Sequence[float]]``. Two are built in:
+A scorer is a `steering.scoring.Scorer` (texts -> a number per text). Besides
+those of `steering.scoring` (``sentiment_scorer``: VADER compound polarity in
+``[-1, 1]``, needs ``vaderSentiment``), one is built in here:
 
 - `projection_scorer`: the unsteered model reads each generated text and the
   mean activation at a layer is projected onto a vector's direction; the
-  model's own measure of how much of that behaviour the text shows;
-- `sentiment_scorer`: VADER compound polarity in ``[-1, 1]`` (needs ``vaderSentiment``).
+  model's own measure of how much of that behaviour the text shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,10 @@ from hooks import SteeringError
 from vectors import SteeringVector
 
 from ..generate import generate
+from ..scoring import Scorer
 from .activations import text_features
 from .projection import project
 from .similarity import check_same_space
-
-Scorer = Callable[[list[str]], Sequence[float]]
-
 
 class SeededSampler:
     """A logits processor that samples with its own ``torch.Generator`` (the global RNG is never reseeded).
@@ -77,16 +76,6 @@ def projection_scorer(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
         return out
 
     return score
-
-
-def sentiment_scorer() -> Scorer:
-    """VADER compound sentiment of each text, in ``[-1, 1]``."""
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        raise SteeringError("the sentiment scorer needs vaderSentiment: pip install 'steering[eval]'") from None
-    analyzer = SentimentIntensityAnalyzer()
-    return lambda texts: np.array([analyzer.polarity_scores(t)["compound"] for t in texts])
 
 
 def interpolate(

@@ -13,9 +13,10 @@ Profile JSON (one model per file)::
      "effects": {"sentiment": 0.24, "formality": 0.11, "refusal": 0.02},
      "metric": "delta generation_score at best cell"}     # optional, free text
 
-A JSON file may also hold a list of such objects. `load_profiles` also reads
-``steering run`` folders (see `profile_from_run`): one run per behaviour,
-runs of one model merged into one profile.
+A JSON file may also hold a list of such objects. Effects measured one at a
+time (a `Measurement` each, e.g. one ``steering run`` folder per behaviour:
+``experiments.profiles`` reads those) merge into one profile per model.
+This module knows no run-folder layout.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -72,68 +73,48 @@ def _from_obj(obj: Any, where: str) -> BehaviourProfile:
         raise ProfileError(f"{where}: {exc}") from None
 
 
-def profile_from_run(run_dir: str | Path) -> tuple[str, str, float, str]:
-    """``(model, behaviour, effect, metric)`` from one ``steering run`` folder.
+class Measurement(NamedTuple):
+    """One behaviour's steering effect on one model, measured on its own (``source`` says where)."""
 
-    Reads the folder's ``summary.json``: ``model``; the behaviour is
-    ``behaviour`` if present, else the stem of ``data`` (``sentiment``,
-    ``/x/refusal.jsonl`` -> ``refusal``). The effect is the chosen cell's
-    value of the run's effect metric (``effect`` names it) minus its value
-    at coef 0 (``best_values[effect] - baseline[effect]``), or the value
-    itself where the run has no baseline (probe runs). A hand-written
-    summary may instead give ``effect`` as a number.
+    model: str
+    behaviour: str
+    effect: float
+    metric: str = ""
+    source: str = ""
+
+
+def merge_measurements(measurements: Iterable[Measurement]) -> list[BehaviourProfile]:
+    """One profile per model from single measurements (the first one's ``metric`` names the profile's).
 
     Raises:
-        ProfileError: naming the file and what is missing (e.g. a sweep that
-            found no cell within its side-effect budget).
+        ProfileError: a second measurement of the same model and behaviour.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
-    summary = _read_json(path, missing=f"{run_dir}: not a run folder (no summary.json)")
-    if not isinstance(summary, dict):
-        raise ProfileError(f"{path}: expected a JSON object")
-    model = summary.get("model")
-    behaviour = summary.get("behaviour") or (Path(str(summary["data"])).stem if summary.get("data") else None)
-    for key, value in (("model", model), ("behaviour' or 'data", behaviour)):
-        if not isinstance(value, str) or not value:
-            raise ProfileError(f"{path}: no usable '{key}' field")
-    effect = summary.get("effect")
-    if isinstance(effect, (int, float)) and not isinstance(effect, bool):
-        return str(model), str(behaviour), float(effect), str(summary.get("metric", ""))
-    if not isinstance(effect, str):
-        raise ProfileError(f"{path}: field 'effect' must name the effect metric (or be a number), got {effect!r}")
-    best = summary.get("best_values")
-    if not isinstance(best, dict) or not isinstance(best.get(effect), (int, float)):
-        raise ProfileError(f"{path}: no chosen cell with a value of {effect!r} (best_values is {best!r}); was any cell within budget?")
-    baseline = summary.get("baseline") or {}
-    if isinstance(baseline.get(effect), (int, float)):
-        return str(model), str(behaviour), float(best[effect]) - float(baseline[effect]), f"{effect}: chosen cell minus coef 0"
-    return str(model), str(behaviour), float(best[effect]), f"{effect} at the chosen layer"
+    merged: dict[str, dict[str, Any]] = {}
+    for m in measurements:
+        entry = merged.setdefault(m.model, {"effects": {}, "sources": [], "metric": m.metric})
+        if m.behaviour in entry["effects"]:
+            raise ProfileError(f"{m.source}: a second measurement for model {m.model!r} and behaviour {m.behaviour!r} (first: {entry['sources']})")
+        entry["effects"][m.behaviour] = m.effect
+        entry["sources"].append(m.source)
+    return [BehaviourProfile(model, e["effects"], e["metric"], tuple(e["sources"])) for model, e in merged.items()]
 
 
-def load_profiles(paths: Iterable[str | Path]) -> list[BehaviourProfile]:
-    """Profiles from JSON files and/or run folders; run folders of one model merge into one profile.
+def load_profiles(paths: Iterable[str | Path], measurements: Iterable[Measurement] = ()) -> list[BehaviourProfile]:
+    """Profiles from JSON files, plus those `merge_measurements` makes of ``measurements``; one per model.
 
     Example:
         >>> profiles = load_profiles(["smollm2.json", "qwen.json"])  # doctest: +SKIP
+
+    Raises:
+        ProfileError: a missing or invalid file, naming it, or two profiles of one model.
     """
     profiles: list[BehaviourProfile] = []
-    runs: dict[str, dict[str, Any]] = {}
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            model, behaviour, effect, metric = profile_from_run(path)
-            entry = runs.setdefault(model, {"effects": {}, "sources": [], "metric": metric})
-            if behaviour in entry["effects"]:
-                raise ProfileError(f"{path}: a second run for model {model!r} and behaviour {behaviour!r} (first: {entry['sources']})")
-            entry["effects"][behaviour] = effect
-            entry["sources"].append(str(path))
-            continue
-        data = _read_json(path, missing=f"{path}: no such profile file or run folder")
+        data = read_json(path, missing=f"{path}: no such profile file")
         items = data if isinstance(data, list) else [data]
         profiles.extend(_from_obj(obj, f"{path}" + (f" item {k}" if isinstance(data, list) else "")) for k, obj in enumerate(items))
-    for model, entry in runs.items():
-        profiles.append(BehaviourProfile(model, entry["effects"], entry["metric"], tuple(entry["sources"])))
+    profiles.extend(merge_measurements(measurements))
     models = [p.model for p in profiles]
     duplicates = sorted({m for m in models if models.count(m) > 1})
     if duplicates:
@@ -141,10 +122,11 @@ def load_profiles(paths: Iterable[str | Path]) -> list[BehaviourProfile]:
     return profiles
 
 
-def _read_json(path: Path, *, missing: str) -> Any:
+def read_json(path: Path, *, missing: str) -> Any:
+    """The JSON in ``path``; `ProfileError` with ``missing`` where there is no such file, or naming the bad line."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ProfileError(missing) from None
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None

@@ -47,6 +47,7 @@ from torch import nn
 
 from hooks import num_layers
 
+from .. import __version__
 from .config import ServerConfig
 from .engine import Engine, EngineBusy, EngineClosed, Event, Failed, Finished, TextDelta
 from .errors import APIError, from_validation_errors
@@ -139,7 +140,7 @@ def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAP
         finally:
             await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="steering", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="steering", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serving = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)

@@ -1,7 +1,8 @@
 """`ServerConfig`: every limit and default of the server in one frozen value.
 
-The Hydra config ``conf/serve.yaml`` maps onto these fields one to one; tests
-build the dataclass directly.
+The field defaults here are the only ones: ``steering serve``'s typed schema
+(``experiments/serve.py``, ``ServeConf``) copies each field with its type and
+default; tests build the dataclass directly.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hooks import ConfigError
+
 API_KEY_ENV = "STEERING_API_KEY"
-
-
-class ConfigError(ValueError):
-    """A server setting that cannot work, named with its value."""
 
 
 @dataclass(frozen=True)

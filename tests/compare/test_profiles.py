@@ -40,26 +40,18 @@ def test_profile_validation() -> None:
         BehaviourProfile("", {"x": 1.0})
 
 
-def test_load_profiles_from_json_and_runs(tmp_path: Path) -> None:
+def test_load_profiles_from_json_and_measurements(tmp_path: Path) -> None:
     (tmp_path / "one.json").write_text(json.dumps({"model": "smollm2", "effects": {"sentiment": 0.4, "formality": 0.1}, "metric": "delta"}))
     (tmp_path / "many.json").write_text(json.dumps([{"model": "qwen", "effects": {"sentiment": 0.2}}]))
-    # Run folders as `steering run` writes them: the effect metric's name, the chosen cell's values, the coef-0 baseline.
-    for behaviour, best, base in (("sentiment", 0.85, 0.55), ("refusal", 0.2, 0.3)):
-        run = tmp_path / f"run_{behaviour}"
-        run.mkdir()
-        summary = {"task": "sweep", "model": "gemma", "data": f"/data/{behaviour}.jsonl", "effect": "score", "best_layer": 12, "best_coef": 4.0,
-                   "best_values": {"score": best, "neutral_ppl": 1.1}, "baseline": {"score": base, "neutral_ppl": 1.0}}
-        (run / "summary.json").write_text(json.dumps(summary))
-    profiles = sc.load_profiles([tmp_path / "one.json", tmp_path / "many.json", tmp_path / "run_sentiment", tmp_path / "run_refusal"])
+    measured = [sc.Measurement("gemma", "sentiment", 0.3, "score", "a"), sc.Measurement("gemma", "refusal", -0.1, "other", "b")]
+    profiles = sc.load_profiles([tmp_path / "one.json", tmp_path / "many.json"], measured)
     by_model = {p.model: p for p in profiles}
     assert by_model["smollm2"].effects == {"sentiment": 0.4, "formality": 0.1} and by_model["smollm2"].metric == "delta"
     assert by_model["qwen"].effects == {"sentiment": 0.2}
-    assert by_model["gemma"].effects == pytest.approx({"sentiment": 0.3, "refusal": -0.1})
-    assert len(by_model["gemma"].sources) == 2 and by_model["gemma"].metric == "score: chosen cell minus coef 0"
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    (probe / "summary.json").write_text(json.dumps({"task": "probe", "model": "m", "data": "truthfulness", "effect": "probe_accuracy", "best_values": {"probe_accuracy": 0.9}}))
-    assert sc.profile_from_run(probe) == ("m", "truthfulness", 0.9, "probe_accuracy at the chosen layer")
+    assert by_model["gemma"].effects == {"sentiment": 0.3, "refusal": -0.1}
+    assert by_model["gemma"].sources == ("a", "b") and by_model["gemma"].metric == "score"
+    with pytest.raises(ProfileError, match=r"b: a second measurement for model 'gemma' and behaviour 'sentiment'"):
+        sc.merge_measurements([measured[0], measured[0]._replace(source="b")])
 
 
 def test_load_profiles_errors(tmp_path: Path) -> None:
@@ -72,24 +64,18 @@ def test_load_profiles_errors(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps({"model": "m", "effects": {"x": 1}}))
     with pytest.raises(ProfileError, match=r"several profiles for model\(s\) \['m'\]"):
         sc.load_profiles([tmp_path / "a.json", tmp_path / "a.json"])
-    run = tmp_path / "run"
-    run.mkdir()
-    with pytest.raises(ProfileError, match="run: not a run folder"):
-        sc.load_profiles([run])
-    (run / "summary.json").write_text(json.dumps({"model": "m", "behaviour": "x", "best_layer": 3}))
-    with pytest.raises(ProfileError, match=r"summary.json: field 'effect' must name the effect metric"):
-        sc.load_profiles([run])
-    (run / "summary.json").write_text(json.dumps({"model": "m", "data": "x", "effect": "score", "best_values": None, "baseline": {"score": 0.5}}))
-    with pytest.raises(ProfileError, match=r"no chosen cell with a value of 'score'.*within budget"):
-        sc.load_profiles([run])
-    (run / "summary.json").write_text(json.dumps({"effect": 0.3, "data": "x"}))
-    with pytest.raises(ProfileError, match=r"no usable 'model' field"):
-        sc.load_profiles([run])
+    with pytest.raises(ProfileError, match=r"several profiles for model\(s\) \['m'\]"):
+        sc.load_profiles([tmp_path / "a.json"], [sc.Measurement("m", "y", 1.0)])
     with pytest.raises(ProfileError, match="missing.json: no such profile file"):
         sc.load_profiles([tmp_path / "missing.json"])
+    with pytest.raises(ProfileError, match="no such profile file"):
+        sc.load_profiles([tmp_path])  # a folder: the library reads no run folders (experiments.profiles does)
     (tmp_path / "bad.json").write_text('{"model": "m",\n "effects": {oops}}')
     with pytest.raises(ProfileError, match=r"bad.json:2: invalid JSON"):
         sc.load_profiles([tmp_path / "bad.json"])
-    (run / "summary.json").write_text("{")
-    with pytest.raises(ProfileError, match=r"summary.json:1: invalid JSON"):
-        sc.load_profiles([run])
+
+
+def test_library_does_not_know_run_folders() -> None:
+    # The CLI's run layout (summary.json) is read in experiments/ only: steering/ never names it.
+    root = Path(__file__).resolve().parents[2] / "steering"
+    assert not [p for p in root.rglob("*.py") if "summary.json" in p.read_text(encoding="utf-8")]

@@ -13,6 +13,7 @@ from experiments import sweep as sweep_module
 from experiments.basic import generate_command
 from experiments.cli import main
 from experiments.config import compose_config
+from experiments.profiles import profile_from_run
 from experiments.results import read_metrics
 from experiments.run import compose_run, run, run_conf_dir
 from experiments.summary import load_choices
@@ -193,12 +194,11 @@ def test_cli_run_errors_name_the_problem(args: list[str], message: str, tiny_dir
 
 def test_run_folders_feed_behaviour_profiles(tiny_dir: Path, tmp_path: Path) -> None:
     """`steering compare profiles=[<run folders>]` reads what a sweep's summary.json holds."""
-    profiles = pytest.importorskip("steering.compare.profiles")
     out = tmp_path / "profiled"
     overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}",
                  "metric.scorer=builtins:len", "metric.effect=score", "budget.kl=100", "budget.neutral_ppl=100"]
     summary = run(compose_run(overrides))
-    model, behaviour, effect, _ = profiles.profile_from_run(out)
+    model, behaviour, effect, _ = profile_from_run(out)
     assert (model, behaviour) == (str(tiny_dir), "sentiment")
     assert effect == pytest.approx(summary["best_values"]["score"] - summary["baseline"]["score"])
 

@@ -126,10 +126,8 @@ def test_window_splits_the_coefficient() -> None:
 
 def test_vader_scorer_signs() -> None:
     cfg = compose_run(["out_dir=/tmp/unused"])
-    score = make_scorer(cfg.metric)
-    assert score("What a wonderful, happy, lovely day!") > 0.5
-    assert score("What an awful, miserable, horrible day.") < -0.5
-    assert score("The table has four legs.") == 0.0
+    happy, sad, flat = make_scorer(cfg.metric)(["What a wonderful, happy, lovely day!", "What an awful, miserable, horrible day.", "The table has four legs."])
+    assert happy > 0.5 and sad < -0.5 and flat == 0.0
 
 
 def test_generation_score_with_keyword_scorer_and_preset_texts() -> None:
@@ -298,6 +296,46 @@ def test_fit_probe_scores_by_hand() -> None:
     # right side of 0: positives 3, 2, 1; negatives -3, -1, -0.5 -> 6 of 8
     # positive above negative: 3 beats 4, 2 and 1 beat 3 each, -2 beats 1 -> 11 of 16 pairs
     assert fit_probe(x_train, y_train, x_test, y_test) == pytest.approx({"probe_accuracy": 6 / 8, "probe_auroc": 11 / 16})
+
+
+def test_fit_probe_auroc_counts_ties_half_as_sklearn_does() -> None:
+    # The probe's AUROC is steering.compare.auroc (rank-sum): equal to sklearn's, ties included.
+    from sklearn.metrics import roc_auc_score
+
+    from vectors import fit_logistic
+
+    x_train = np.r_[1.0:6.0, -5.0:0.0][:, None]
+    y_train = np.r_[np.ones(5), np.zeros(5)]
+    x_test = np.array([1.0, 1.0, 0.0, 2.0, 0.0, 1.0, -1.0, 2.0])[:, None]  # tied scores across the classes
+    y_test = np.r_[np.ones(4), np.zeros(4)]
+    scores = fit_logistic(x_train, y_train).decision_function(x_test)
+    assert fit_probe(x_train, y_train, x_test, y_test)["probe_auroc"] == pytest.approx(roc_auc_score(y_test, scores), abs=1e-12)
+
+
+def test_probe_method_is_the_metric_probe_direction() -> None:
+    # One logistic probe: the extraction method's direction is fit_logistic's, signed and scaled.
+    from vectors import LayerStats, fit_logistic, get_method
+
+    rng = np.random.default_rng(1)
+    pos, neg = torch.from_numpy(rng.normal(1.0, 1.0, (30, 6))), torch.from_numpy(rng.normal(-1.0, 1.0, (30, 6)))
+    stats = LayerStats(6, keep_samples=True)
+    stats.update(pos, neg)
+    got = get_method("probe").fn(stats).double()
+    x = torch.cat([pos.float(), neg.float()]).double().numpy()
+    direction = torch.from_numpy(fit_logistic(x, np.r_[np.ones(30), np.zeros(30)]).direction)
+    assert torch.allclose(got / got.norm(), direction / direction.norm(), atol=1e-6)
+
+
+def test_one_scorer_type_for_metrics_and_interpolation() -> None:
+    from steering import compare as sc
+    from steering import scoring
+    from steering.scoring import keyword_scorer, per_text
+
+    assert sc.Scorer is scoring.Scorer and sc.sentiment_scorer is scoring.sentiment_scorer
+    assert keyword_scorer(["sea"])(["The Sea.", "seasons"]) == [1.0, 0.0]
+    assert per_text(len)(["ab", ""]) == [2, 0]
+    cfg = compose_run(["out_dir=/tmp/unused", "metric.scorer=builtins:len"])
+    assert make_scorer(cfg.metric)(["abc", "a"]) == [3, 1]
 
 
 @torch.no_grad()

@@ -279,6 +279,27 @@ def test_serve_yaml_maps_onto_server_config(tmp_path: Path, monkeypatch: pytest.
     assert "steering serve model=" in USAGE
 
 
+def test_serve_defaults_live_in_one_schema() -> None:
+    """conf/serve.yaml sets no value: every limit's default is ServerConfig's, typed by the serve schema."""
+    import dataclasses
+
+    from hydra.errors import ConfigCompositionException
+
+    from experiments.values import ValueCheckError
+    from hooks import SteeringError
+
+    cfg = compose_config("serve", [])
+    fields = {f.name: f.default for f in dataclasses.fields(ServerConfig) if f.name not in ("model_name", "vectors_dir", "api_key")}
+    assert {k: cfg[k] for k in fields} == fields
+    assert (cfg.model, cfg.host, cfg.port, cfg.torch_threads) == ("smollm2-135m-instruct", "127.0.0.1", 8000, "auto")
+    assert compose_config("serve", ["max_coef=7", "torch_threads=2"]).max_coef == 7.0
+    with pytest.raises((ValueCheckError, ConfigCompositionException)):
+        compose_config("serve", ["max_batch_size=many"])
+    with pytest.raises(ValueCheckError, match="max_batchsize"):
+        compose_config("serve", ["max_batchsize=4"])
+    assert issubclass(ConfigError, SteeringError)
+
+
 def test_auto_torch_threads_leave_the_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)

@@ -1,0 +1,45 @@
+"""One of each part: no import cycles dodged by imports inside functions, one version, one ConfigError."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _local_imports_in_functions(path: Path) -> list[str]:
+    """Relative or same-package imports made inside a function body (the usual cycle dodge)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and inner.level > 0:
+                    found.append(f"{path.name}:{inner.lineno} from {'.' * inner.level}{inner.module or ''}")
+    return found
+
+
+@pytest.mark.parametrize("module", ["vectors/vector.py", "vectors/io.py", "vectors/model_info.py", "experiments/schema.py", "experiments/metrics/data.py"])
+def test_no_cycle_dodging_imports(module: str) -> None:
+    assert _local_imports_in_functions(ROOT / module) == []
+
+
+def test_one_version_string() -> None:
+    import steering
+    from steering.server.app import create_app  # noqa: F401  (imports cleanly)
+
+    assert steering.__version__ == importlib.metadata.version("steering")
+    for path in (ROOT / "steering" / "__init__.py", ROOT / "steering" / "server" / "app.py"):
+        assert steering.__version__ not in path.read_text(encoding="utf-8"), path  # read from pyproject, not written again
+
+
+def test_one_config_error() -> None:
+    import hooks
+    from experiments.schema import ConfigError as RunConfigError
+    from steering.server import ConfigError as ServerConfigError
+
+    assert RunConfigError is ServerConfigError is hooks.ConfigError
+    assert issubclass(hooks.ConfigError, hooks.SteeringError)
