@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import hooks
     import steering as st
-    from vectors.extract import _encode, pair_texts
+    from vectors.extract import _encode
+    from vectors.text import pair_texts, tokenize
 
     model, tok = st.load_model(args.model, device=args.device)
     layers = parse_layers(args.layers)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     # The floor: one plain pass per batch over the same pairs, batched by token length (the
     # least padding a plain pass can have), pre-tokenised, stopped after the deepest layer.
     texts = [pair_texts(tok, p) for p in pairs]
-    lengths = [max(len(tok(t[0], add_special_tokens=t[3])["input_ids"]), len(tok(t[1], add_special_tokens=t[3])["input_ids"])) for t in texts]
+    lengths = [max(len(tokenize(tok, t[0], t[3])), len(tokenize(tok, t[1], t[3]))) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     floor_batches = []
     for k in range(0, len(order), bs):

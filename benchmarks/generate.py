@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import hooks
     import steering as st
     from steering.apply import build_deltas
-    from steering.generate import format_prompt
+    from vectors.text import encode_prompt, pad_batch
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
@@ -161,13 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             mixed_rows.append({i: r / r.norm() * deltas[i].norm() for i, r in rand.items()})
 
     prompts = st.load_lines("sentiment_eval_prompts.txt")
-    texts = [format_prompt(tok, p)[0] for p in prompts]
-    tok.padding_side = "left"
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
     pad_id = tok.pad_token_id
 
-    def encode(batch_texts: list[str]) -> dict[str, Any]:
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in batch_texts]
-        return tok.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
+    def encode(batch: list[list[int]]) -> dict[str, Any]:
+        return {k: v.to(model.device) for k, v in pad_batch(tok, batch, "left").items()}
 
     gen_kwargs = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
 
@@ -226,17 +224,17 @@ def main(argv: list[str] | None = None) -> int:
 
     workloads: list[tuple[str, list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, Callable[[], Any]]], str]] = []
     if "batch1" in wanted:
-        workloads.append(("batch 1", [encode([t]) for t in texts[: args.prompts]], fixed_methods, "fixed"))
+        workloads.append(("batch 1", [encode([t]) for t in prompt_ids[: args.prompts]], fixed_methods, "fixed"))
     if "batch8" in wanted:
-        workloads.append(("batch 8", [encode(texts[:8])], fixed_methods, "fixed"))
+        workloads.append(("batch 8", [encode(prompt_ids[:8])], fixed_methods, "fixed"))
     if "step" in wanted:
-        prompt = encode([texts[0]])
+        prompt = encode([prompt_ids[0]])
         with torch.inference_mode():
             first_out = model(**prompt, use_cache=True)
         state = {"cache": first_out.past_key_values, "next": first_out.logits[:, -1:].argmax(-1)}
         workloads.append(("decode step", [state], lambda b: fixed_methods(b, decode_steps), "fixed"))
     if "mixed8" in wanted:
-        batch8 = [encode(texts[:8])]
+        batch8 = [encode(prompt_ids[:8])]
         rows = torch.arange(8) % len(mixed_rows)
         per_row = {i: torch.stack([mixed_rows[int(k)][i] for k in rows]) for i in layers}
 

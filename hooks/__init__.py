@@ -15,6 +15,7 @@ from .patch import AblateOp, AddOp, Op, patch, span_basis
 from .positions import POSITIONS, PositionTracker, past_length
 from .record import Recording, StopForward, capture, record, run_until_stopped
 from .sites import SITES, check_site, site_module
+from .tokens import completion_mask, pad_ids, position_ids, read_indices, read_rows
 
 __all__ = [
     "CACHE_KEYWORDS",
@@ -36,6 +37,7 @@ __all__ = [
     "cache_length",
     "capture",
     "check_site",
+    "completion_mask",
     "decoder_layers",
     "decoder_layers_path",
     "decoder_stack",
@@ -46,7 +48,11 @@ __all__ = [
     "num_layers",
     "past_length",
     "output_cache",
+    "pad_ids",
     "patch",
+    "position_ids",
+    "read_indices",
+    "read_rows",
     "record",
     "resolve_layers",
     "run_until_stopped",

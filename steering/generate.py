@@ -1,4 +1,4 @@
-"""Batched, optionally steered text generation with the chat template applied."""
+"""Batched, optionally steered text generation with the chat template applied (by `vectors.text`)."""
 
 from __future__ import annotations
 
@@ -7,42 +7,12 @@ from contextlib import nullcontext
 from typing import Any, overload
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from hooks import SteeringError
+from vectors.text import encode_prompt, pad_batch, pad_token_id
 
 from .apply import VectorSpec, steer
-
-
-def left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
-    """``input_ids`` and ``attention_mask`` (``[batch, seq]``) with every row padded on the left.
-
-    Done here rather than by ``tokenizer.pad`` so that the tokenizer's
-    ``padding_side`` is never touched: a tokenizer shared between threads
-    (a server, say) must not change under another caller.
-    """
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for r, row in enumerate(ids):
-        if row:
-            input_ids[r, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
-            mask[r, width - len(row) :] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def format_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> tuple[str, bool]:
-    """Return ``(text, add_special_tokens)`` for a plain prompt.
-
-    With ``chat`` (default: when the tokenizer has a chat template) the prompt
-    becomes a templated user turn with the generation prompt; the template
-    already holds any BOS, so no special tokens are added again.
-    """
-    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    if use_chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return text, False
-    return prompt, True
 
 
 def _check_not_empty(ids: list[list[int]], prompts: list[str], start: int) -> None:
@@ -111,18 +81,17 @@ def generate(
     if not gen_kwargs["do_sample"]:
         # Silence "temperature is set but do_sample=False" from the model's defaults.
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     outputs: list[str] = []
     context = steer(model, vector, coef, positions=positions, mode=mode, check_model=check_model) if vector is not None else nullcontext()
     with context:
         for start in range(0, len(prompt_list), batch_size):
             chunk = prompt_list[start : start + batch_size]
-            formatted = [format_prompt(tokenizer, p, chat) for p in chunk]
-            ids = [tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in formatted]
+            ids = [encode_prompt(tokenizer, p, chat) for p in chunk]
             _check_not_empty(ids, chunk, start)
             # Left padding: generation continues from the right end of every row.
-            batch = {k: v.to(device) for k, v in left_pad(ids, pad_id).items()}
+            batch = {k: v.to(device) for k, v in pad_batch(tokenizer, ids, "left").items()}
             out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

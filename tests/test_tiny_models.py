@@ -118,6 +118,7 @@ def test_left_padded_batch_generation_matches_solo(arch):
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token (what ``generate`` does)."""
+    # Kept apart from hooks.tokens.position_ids: these tests check the fixtures, not the library.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 

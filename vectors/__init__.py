@@ -4,11 +4,12 @@ An internal layer of the `steering` framework (users import `steering`); it
 builds on `hooks` and never imports upwards.
 """
 
-from .extract import READ_POSITIONS, collect_stats, extract, pair_texts, read_indices
+from .extract import READ_POSITIONS, collect_stats, extract
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
 from .methods import METHODS, LayerStats, LogisticProbe, Method, fit_logistic, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
+from .text import encode_chat, encode_prompt, format_prompt, pair_texts
 from .vector import SteeringVector, VectorMismatchError, VectorValueError, load_vector, save_vector
 from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 
@@ -34,15 +35,17 @@ __all__ = [
     "check_coef",
     "collect_stats",
     "dataset_sha256",
+    "encode_chat",
+    "encode_prompt",
     "extract",
     "fit_logistic",
+    "format_prompt",
     "get_method",
     "hidden_size",
     "load_vector",
     "model_fingerprint",
     "model_name",
     "pair_texts",
-    "read_indices",
     "read_pairs",
     "register_method",
     "save_vector",

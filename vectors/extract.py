@@ -7,10 +7,8 @@ one vector per text on the fly (``last``: last non-pad token; ``mean``: mean
 over the completion tokens) and fold them into running sums; the forward pass
 stops after the deepest requested layer.
 
-Text of a pair: with a prompt and a chat template, the templated user turn with
-the generation prompt, then the completion, tokenised without adding special
-tokens again; otherwise prompt and completion as plain text (with the
-tokenizer's usual special tokens, e.g. a BOS).
+Text of a pair: its prompt formatted as generation and serving format it, then
+the completion (`vectors.text.pair_texts`); batches are laid out by `hooks.tokens`.
 
 Reading the last token, the tokens both texts of a pair begin with (prompt,
 template, common words) run once: a prefix pass fills a KV cache that both
@@ -29,98 +27,51 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hooks import SteeringError, cache_kwargs, capture, check_site, num_layers, resolve_layers, run_until_stopped
+from hooks import (
+    SteeringError,
+    cache_kwargs,
+    capture,
+    check_site,
+    completion_mask,
+    num_layers,
+    position_ids,
+    read_indices,
+    read_rows,
+    resolve_layers,
+    run_until_stopped,
+)
 
 from .methods import LayerStats, get_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, as_pairs, dataset_sha256
 from .prefix import SharedBatch, length_keys, new_cache, plan_shared
+from .text import pad_batch, pair_texts, prefix_tokens, tokenize, tokenize_with_offsets
 from .vector import SteeringVector
 
 Position = Literal["last", "mean"]
 READ_POSITIONS: tuple[str, ...] = ("last", "mean")
 
 
-def pair_texts(tokenizer: Any, pair: ContrastPair) -> tuple[str, str, str, bool]:
-    """Return ``(positive_text, negative_text, prefix, add_special_tokens)`` for a pair."""
-    if pair.prompt is None:
-        return pair.positive, pair.negative, "", True
-    if getattr(tokenizer, "chat_template", None):
-        prefix = tokenizer.apply_chat_template(
-            [{"role": "user", "content": pair.prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return prefix + pair.positive, prefix + pair.negative, prefix, False
-    prompt = pair.prompt
-    if not (prompt[-1:].isspace() or pair.positive[:1].isspace()):
-        prompt += " "
-    return prompt + pair.positive, prompt + pair.negative, prompt, True
-
-
-def read_indices(attention_mask: Tensor) -> Tensor:
-    """Index of the last non-pad token of each row, for left or right padding."""
-    seq = attention_mask.shape[1]
-    return seq - 1 - attention_mask.flip(1).int().argmax(1)
-
-
-def completion_mask(attention_mask: Tensor, prefix_lens: Tensor) -> Tensor:
-    """Boolean ``[batch, seq]``: the non-pad tokens after each row's prefix.
-
-    A row whose completion got no token of its own falls back to its last token.
-    """
-    mask = attention_mask.bool()
-    first = mask.int().argmax(1)  # index of the first real token (left padding: after pads)
-    position = torch.arange(mask.shape[1], device=mask.device)[None, :] - first[:, None]
-    out = mask & (position >= prefix_lens[:, None])
-    empty = ~out.any(1)
-    if empty.any():
-        last = read_indices(attention_mask)
-        out[empty, last[empty]] = True
-    return out
-
-
-def _prefix_tokens(tokenizer: Any, text: str, prefix: str, special: bool, offsets: list[tuple[int, int]] | None) -> int:
-    """How many tokens of ``text`` belong to ``prefix``.
-
-    With character offsets (fast tokenizers) a token belongs to the prefix when
-    it ends inside it, which is exact even where the tokenizer merges the
-    separating space into the first completion token ("Ġhappy"). Otherwise the
-    prefix is tokenised alone, without trailing whitespace for that reason.
-    """
-    if not prefix:
-        return 0
-    if offsets is not None:
-        return sum(1 for _, end in offsets if end <= len(prefix))
-    return len(tokenizer(prefix if not special else prefix.rstrip(), add_special_tokens=special)["input_ids"])
-
-
 def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device) -> dict[str, Tensor]:
-    want_offsets = position == "mean" and getattr(tokenizer, "is_fast", False)
-    encoded = [tokenizer(t, add_special_tokens=s, return_offsets_mapping=want_offsets) for t, s in zip(texts, special)]
-    batch = tokenizer.pad({"input_ids": [e["input_ids"] for e in encoded]}, return_tensors="pt")
+    """Model inputs of ``texts`` and ``_reduce``, what `hooks.tokens.read_rows` reads of each row."""
+    if position == "mean":
+        ids, offsets = zip(*(tokenize_with_offsets(tokenizer, t, s) for t, s in zip(texts, special)))
+    else:
+        ids = tuple(tokenize(tokenizer, t, s) for t, s in zip(texts, special))
+    # Either side gives the same vectors (tested); the tokenizer's side is only read, never set.
+    batch = pad_batch(tokenizer, ids, side=getattr(tokenizer, "padding_side", "right"))
     mask = batch["attention_mask"]
     out = {
         "input_ids": batch["input_ids"].to(device),
         "attention_mask": mask.to(device),
-        # Absolute-position models (GPT-2, OPT) need the real positions under left padding.
-        "position_ids": (mask.cumsum(1) - 1).clamp_min(0).to(device),
+        "position_ids": position_ids(mask).to(device),
     }
     if position == "mean":
-        lens = [
-            _prefix_tokens(tokenizer, t, p, s, e.get("offset_mapping") if want_offsets else None)
-            for t, p, s, e in zip(texts, prefixes, special, encoded)
-        ]
+        lens = [prefix_tokens(tokenizer, *row) for row in zip(texts, prefixes, special, offsets)]
         out["_reduce"] = completion_mask(mask, torch.tensor(lens)).to(device)
     else:
         out["_reduce"] = read_indices(mask).to(device)
     return out
-
-
-def _reduce(hidden: Tensor, how: Tensor) -> Tensor:
-    """``[batch, seq, d]`` -> ``[batch, d]`` by last index or masked mean."""
-    if how.dim() == 1:
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), how]
-    weights = how.to(hidden.dtype)
-    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
 
 
 @torch.no_grad()
@@ -170,7 +121,7 @@ def collect_stats(
         how = current.get("_reduce")
         if how is None:  # the prefix pass of a shared batch: nothing is read there
             return
-        reduced = _reduce(hidden, how)
+        reduced = read_rows(hidden, how)
         if current.get("_interleaved"):
             stats[layer].update(reduced[0::2], reduced[1::2])
         else:

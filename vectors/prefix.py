@@ -22,6 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hooks import pad_ids, position_ids
+
+from .text import tokenize
+
 # A plan must save this fraction of a plain pass's padded tokens: two passes and a
 # KV cache cost something of their own.
 MIN_SHARED_FRACTION = 0.15
@@ -72,25 +76,17 @@ def plan_shared(positive: Sequence[Sequence[int]], negative: Sequence[Sequence[i
     if best_cost is None or best_cost > (1 - MIN_SHARED_FRACTION) * plain_cost:
         return None
     shared = [min(s, cut) for s in shared]
-    width = max(shared)
-    prefix_ids = [[pad_id] * (width - s) + list(p[:s]) for p, s in zip(positive, shared)]
-    prefix_mask = [[0] * (width - s) + [1] * s for s in shared]
+    prefix_ids, pm = pad_ids([p[:s] for p, s in zip(positive, shared)], pad_id, "left")
     suffixes = [list(text[s:]) for p, n, s in zip(positive, negative, shared) for text in (p, n)]
-    length = max(len(x) for x in suffixes)
-    suffix_ids = [x + [pad_id] * (length - len(x)) for x in suffixes]
-    suffix_mask = [[1] * len(x) + [0] * (length - len(x)) for x in suffixes]
+    suffix_ids, suffix_mask = pad_ids(suffixes, pad_id, "right")
     starts = torch.tensor(shared).repeat_interleave(2)
-    pm = torch.tensor(prefix_mask)
     return SharedBatch(
-        prefix={
-            "input_ids": torch.tensor(prefix_ids, device=device),
-            "attention_mask": pm.to(device),
-            "position_ids": (pm.cumsum(1) - 1).clamp_min(0).to(device),
-        },
+        prefix={"input_ids": prefix_ids.to(device), "attention_mask": pm.to(device), "position_ids": position_ids(pm).to(device)},
         suffix={
-            "input_ids": torch.tensor(suffix_ids, device=device),
-            "attention_mask": torch.cat([pm.repeat_interleave(2, 0), torch.tensor(suffix_mask)], 1).to(device),
-            "position_ids": (starts[:, None] + torch.arange(length)[None, :]).to(device),
+            "input_ids": suffix_ids.to(device),
+            "attention_mask": torch.cat([pm.repeat_interleave(2, 0), suffix_mask], 1).to(device),
+            # The suffix continues each row's prefix: its positions start where the prefix ended.
+            "position_ids": (starts[:, None] + torch.arange(suffix_ids.shape[1])[None, :]).to(device),
         },
         read=torch.tensor([len(x) - 1 for x in suffixes], device=device),
     )
@@ -105,8 +101,8 @@ def length_keys(tokenizer: Any, texts: Sequence[tuple[str, str, str, bool]], chu
     keys: list[tuple[int, int]] = []
     for start in range(0, len(texts), chunk):
         for pos_text, neg_text, _, special in texts[start : start + chunk]:
-            pos = tokenizer(pos_text, add_special_tokens=special)["input_ids"]
-            neg = tokenizer(neg_text, add_special_tokens=special)["input_ids"]
+            pos = tokenize(tokenizer, pos_text, special)
+            neg = tokenize(tokenizer, neg_text, special)
             longest = max(len(pos), len(neg))
             keys.append((longest - common_prefix_len(pos, neg), longest))
     return keys

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 import steering as st
-from steering.generate import format_prompt
+from vectors.text import format_prompt, separator, tokenize
 
 from .base import Cell, Context, Values
-from .replies import encode_replies, iter_reply_logprobs, join_reply
+from .replies import encode_replies, iter_reply_logprobs
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ def _common_prefix(a: str, b: str) -> str:
 
 
 def _answer_token(tokenizer: Any, reply: str, answer: str, where: str) -> int:
-    base = tokenizer(reply, add_special_tokens=False)["input_ids"] if reply else []
-    full = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    # Tokenised as `encode_replies` tokenises the reply it scores.
+    base = tokenize(tokenizer, reply, special=False) if reply else []
+    full = tokenize(tokenizer, answer, special=False)
     if full[: len(base)] != base or len(full) != len(base) + 1:
         raise st.DatasetError(
             f"{where}: answer {answer!r} is not the reply {reply!r} plus one token for this tokenizer; "
@@ -75,9 +76,9 @@ def build_items(tokenizer: Any, pairs: list[st.ContrastPair], chat: bool | None)
         assert pair.prompt is not None
         text, special = format_prompt(tokenizer, pair.prompt, chat)
         shared = _common_prefix(pair.positive, pair.negative)
-        reply = join_reply(text, not special, shared)
+        reply = separator(text, not special, shared) + shared
         # Each answer as it would be tokenised after the prompt: the reply, then the rest.
-        answers = [reply + a[len(shared) :] if shared else join_reply(text, not special, a) for a in (pair.positive, pair.negative)]
+        answers = [reply + a[len(shared) :] if shared else separator(text, not special, a) + a for a in (pair.positive, pair.negative)]
         match, other = (_answer_token(tokenizer, reply, answer, where) for answer in answers)
         if match == other:
             raise st.DatasetError(f"{where}: answers {pair.positive!r} and {pair.negative!r} share their answer token")

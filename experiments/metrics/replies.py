@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hooks import cache_kwargs, output_cache
-from steering.generate import format_prompt
+from hooks import cache_kwargs, output_cache, pad_ids, position_ids
+from vectors.text import format_prompt, pad_token_id, separator, tokenize
 
 
 @dataclass(frozen=True)
@@ -46,26 +46,6 @@ class ReplyBatch:
     shared: bool
 
 
-def _pad(seqs: Sequence[list[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        if not seq:
-            continue
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[i, span] = torch.tensor(seq, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-def join_reply(prompt_text: str, templated: bool, reply: str) -> str:
-    """The reply as it is tokenised after ``prompt_text``: a space joins plain text."""
-    if reply and not templated and not (prompt_text[-1:].isspace() or reply[:1].isspace()):
-        return " " + reply
-    return reply
-
-
 def encode_replies(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -76,27 +56,27 @@ def encode_replies(
 ) -> list[ReplyBatch]:
     """Tokenise ``(prompt, reply)`` rows into batches of similar length.
 
-    Prompts are formatted as ``steering.generate`` formats them (chat
-    template when there is one); without a template a space joins prompt and
-    reply, as in extraction.
+    Prompts and replies are formatted by `vectors.text`, as generation and
+    extraction format them (chat template when there is one; without one a
+    space joins prompt and reply).
 
     Raises:
         ValueError: lengths differ, or a prompt has no tokens.
     """
     if len(prompts) != len(replies):
         raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     encoded_prompts: dict[str, list[int]] = {}
     rows: list[tuple[list[int], list[int], str]] = []
     for prompt, reply in zip(prompts, replies):
         text, special = format_prompt(tokenizer, prompt, chat)
         if text not in encoded_prompts:
-            encoded_prompts[text] = tokenizer(text, add_special_tokens=special)["input_ids"]
+            encoded_prompts[text] = tokenize(tokenizer, text, special)
             if not encoded_prompts[text]:
                 raise ValueError(f"prompt {prompt!r} has no tokens; give a non-empty prompt")
         # format_prompt adds no special tokens exactly when it applied the template.
-        reply = join_reply(text, not special, reply)
-        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] if reply else []
+        reply = separator(text, not special, reply) + reply
+        reply_ids = tokenize(tokenizer, reply, special=False) if reply else []
         rows.append((encoded_prompts[text], reply_ids, text))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     batches = []
@@ -104,8 +84,8 @@ def encode_replies(
         chunk = order[start : start + batch_size]
         shared = len({rows[i][2] for i in chunk}) == 1
         prompt_seqs = [rows[chunk[0]][0]] if shared else [rows[i][0] for i in chunk]
-        prompt_ids, prompt_mask = _pad(prompt_seqs, pad_id, left=True)
-        reply_ids, reply_mask = _pad([rows[i][1] for i in chunk], pad_id, left=False)
+        prompt_ids, prompt_mask = pad_ids(prompt_seqs, pad_id, "left")
+        reply_ids, reply_mask = pad_ids([rows[i][1] for i in chunk], pad_id, "right")
         batches.append(ReplyBatch(chunk, prompt_ids, prompt_mask, reply_ids, reply_mask, shared))
     return batches
 
@@ -121,8 +101,7 @@ def reply_logprobs(model: nn.Module, batch: ReplyBatch) -> Tensor:
     device = next(model.parameters()).device
     prompt_ids = batch.prompt_ids.to(device)
     prompt_mask = batch.prompt_mask.to(device)
-    positions = (prompt_mask.cumsum(1) - 1).clamp_min(0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:].float()
     rows = batch.reply_ids.shape[0]
     if batch.shared and rows > 1:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hooks import SteeringError, capture, check_site, resolve_layers, run_until_stopped
-from vectors import ContrastPair, DatasetError, as_pairs, collect_stats, dataset_sha256, read_indices
-from vectors.extract import completion_mask
+from hooks import SteeringError, capture, check_site, completion_mask, position_ids, read_indices, read_rows, resolve_layers, run_until_stopped
+from vectors import ContrastPair, DatasetError, as_pairs, collect_stats, dataset_sha256
+from vectors.text import pad_batch, tokenize
 
 
 @dataclass(frozen=True)
@@ -169,24 +169,20 @@ def text_features(
     how: Tensor = torch.empty(0)
 
     def keep(layer: int, hidden: Tensor) -> None:
-        if how.dim() == 1:
-            reduced = hidden[torch.arange(hidden.shape[0], device=hidden.device), how]
-        else:
-            weights = how.to(hidden.dtype)
-            reduced = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
-        rows[layer].append(reduced.to("cpu", torch.float32))
+        rows[layer].append(read_rows(hidden, how).to("cpu", torch.float32))
 
     with capture(model, indices, keep, site=site, stop_after_last=True):
         for start in range(0, len(texts), batch_size):
-            ids = [tokenizer(t)["input_ids"] for t in texts[start : start + batch_size]]
-            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+            ids = [tokenize(tokenizer, t) for t in texts[start : start + batch_size]]
+            # As extraction pads: on the tokenizer's side, which is only read, never set.
+            batch = pad_batch(tokenizer, ids, side=getattr(tokenizer, "padding_side", "right"))
             mask = batch["attention_mask"]
             how = (read_indices(mask) if position == "last" else completion_mask(mask, torch.zeros(len(ids), dtype=torch.long))).to(device)
             run_until_stopped(
                 model,
                 input_ids=batch["input_ids"].to(device),
                 attention_mask=mask.to(device),
-                position_ids=(mask.cumsum(1) - 1).clamp_min(0).to(device),  # absolute positions under left padding
+                position_ids=position_ids(mask).to(device),
                 use_cache=False,
             )
     return {i: torch.cat(r).numpy() for i, r in rows.items()}

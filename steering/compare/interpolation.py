@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from hooks import SteeringError
 from vectors import SteeringVector
+from vectors.text import tokenize
 
 from ..generate import generate
 from ..scoring import Scorer
@@ -69,7 +70,7 @@ def projection_scorer(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
 
     def score(texts: list[str]) -> np.ndarray:
         out = np.full(len(texts), np.nan)
-        keep = [k for k, t in enumerate(texts) if tokenizer(t)["input_ids"]]
+        keep = [k for k, t in enumerate(texts) if tokenize(tokenizer, t)]
         if keep:
             feats = text_features(model, tokenizer, [texts[k] for k in keep], [layer], position="mean", batch_size=batch_size)
             out[keep] = project(feats[layer], direction)

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from vectors.text import encode_chat, encode_prompt, has_chat_template
+
 _REPLACEMENT = "\ufffd"
 
 
@@ -36,22 +38,17 @@ class Codec:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return has_chat_template(self.tokenizer)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered by the chat template, ready for the assistant turn.
-
-        The rendered template already holds any BOS, so no special tokens are
-        added again (as `steering.generate.format_prompt` does).
-        """
+        """Token ids of ``messages`` rendered by the chat template, ready for the assistant turn (`vectors.text.encode_chat`)."""
         with self.lock:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return encode_chat(self.tokenizer, messages)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a plain prompt, with the tokenizer's usual special tokens."""
+        """Token ids of a plain prompt, with the tokenizer's usual special tokens (no chat template)."""
         with self.lock:
-            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            return encode_prompt(self.tokenizer, prompt, chat=False)
 
     def decode_token(self, token_id: int) -> str:
         """One token's text, special tokens included (for per-token displays)."""

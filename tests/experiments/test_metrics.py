@@ -18,7 +18,7 @@ from experiments.metrics.neutral import kl, neutral_ppl
 from experiments.metrics.probe import fit_probe, probe_accuracy
 from experiments.metrics.text import ScorerError, distinct_n, gen_ppl, generation_score, generations, make_scorer, repetition
 from experiments.run import compose_run
-from steering.generate import format_prompt
+from vectors.text import format_prompt
 from tiny_models import make_tiny
 
 NEUTRAL = [

@@ -8,7 +8,7 @@ import torch
 import hooks
 import steering as st
 from experiments.metrics.replies import encode_replies, reply_logprobs, token_logprobs
-from steering.generate import format_prompt
+from vectors.text import format_prompt
 from tiny_models import make_tiny
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city", "Hi"]

@@ -423,7 +423,7 @@ def test_hooks_removed_when_extraction_raises_inside_forward(llama_mod, monkeypa
         during.append(hook_count(model))
         raise RuntimeError("boom inside the hook")
 
-    monkeypatch.setattr(vextract, "_reduce", boom)
+    monkeypatch.setattr(vextract, "read_rows", boom)
     with pytest.raises(RuntimeError, match="boom inside the hook"):
         extract(model, tok, PAIRS, [0, 1], progress=False)
     assert during and during[0] > baseline  # hooks were live during the forward pass
