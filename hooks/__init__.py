@@ -9,7 +9,7 @@ from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameter
 from .errors import LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
 from .handles import HookGroup
-from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layers, num_layers, resolve_layers, set_decoder_layers
+from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layer, normalize_layers, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
 from .patch import AblateOp, AddOp, Op, patch, span_basis
 from .positions import POSITIONS, PositionTracker, past_length
@@ -41,6 +41,7 @@ __all__ = [
     "fold",
     "fold_blocker",
     "forward_parameters",
+    "normalize_layer",
     "normalize_layers",
     "num_layers",
     "past_length",
