@@ -35,11 +35,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch, resolve_layers
+from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, patch, resolve_layers
 from hooks.positions import check_positions
 from hooks.fold import fold, fold_blocker, fold_conflict
-from vectors import SteeringVector, VectorMismatchError, check_coef, hidden_size, model_name
-from vectors.model_info import fingerprint_mismatch
+from vectors import SteeringVector, check_coef
+from vectors.model_info import check_fits
 
 Mode = Literal["add", "ablate"]
 Backend = Literal["auto", "hook", "fold"]
@@ -62,19 +62,11 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
 
 
 def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
-    width, depth = hidden_size(model), num_layers(model)
-    if vector.hidden_size != width:
-        raise VectorMismatchError(f"vector hidden size {vector.hidden_size} does not match the model's {width}")
-    bad = [i for i in vector.layers if i >= depth]
-    if bad:
-        raise LayerError(f"vector layers {bad} are out of range for a model with {depth} layers")
-    actual = fingerprint_mismatch(vector.model_fingerprint, model) if check_model else None
-    if actual is not None:
-        raise VectorMismatchError(
-            f"the vector was made on {vector.model!r} (fingerprint {vector.model_fingerprint}), but the model is "
-            f"{model_name(model)!r} (fingerprint {actual}): another checkpoint, whose activation space differs; "
-            "pass check_model=False to steer with it anyway"
-        )
+    check_fits(
+        model, hidden_size=vector.hidden_size, layers=vector.layers, site=vector.site,
+        fingerprint=vector.model_fingerprint, made_on=vector.model, check_model=check_model,
+        override="pass check_model=False to steer with it anyway",
+    )
 
 
 def _layer_terms(

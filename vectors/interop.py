@@ -48,11 +48,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hooks import LayerError
 from hooks import num_layers as model_num_layers
 
 from .io import FORMAT, VectorFileError, atomic_write, load_vector
-from .model_info import fingerprint_mismatch, hidden_size, model_fingerprint, model_name, text_config
-from .vector import UNKNOWN, SteeringVector
+from .model_info import check_fits, model_fingerprint, model_name, text_config
+from .vector import UNKNOWN, SteeringVector, VectorMismatchError
 
 ARCH = "controlvector"
 _DIRECTION = re.compile(r"direction\.(\d+)")
@@ -367,22 +368,16 @@ def _build(
 
 
 def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fields: dict[str, Any], extra: dict[str, str], model: Any, allow: bool) -> None:
-    name = model_name(model)
-    if width != hidden_size(model):
-        raise VectorFileError(f"{path}: direction size {width} does not match model {name!r} (hidden size {hidden_size(model)})")
-    depth = model_num_layers(model)
-    too_deep = sorted(i for i in directions if i >= depth)
-    if too_deep:
-        raise VectorFileError(f"{path}: layers {too_deep} are out of range for model {name!r} with {depth} layers")
+    try:
+        check_fits(
+            model, hidden_size=width, layers=directions, site=fields["site"], fingerprint=fields["model_fingerprint"],
+            made_on=fields["model"], check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
+        )
+    except (VectorMismatchError, LayerError) as exc:
+        raise VectorFileError(f"{path}: {exc}") from None
     if allow:
         return
-    known = fields["model_fingerprint"]
-    actual = fingerprint_mismatch(known, model)
-    if actual is not None:
-        raise VectorFileError(
-            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r} (fingerprint {actual}); "
-            "pass allow_model_mismatch=True to load it anyway"
-        )
+    name = model_name(model)
     hint = extra.get("model_hint", "")
     model_type = str(getattr(text_config(model), "model_type", "") or "")
     # repeng and llama.cpp write the architecture (config.model_type) as the hint.

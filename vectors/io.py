@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hooks import SteeringError, num_layers
+from hooks import LayerError, SteeringError
 
-from .model_info import fingerprint_mismatch, hidden_size, model_name
-from .vector import SteeringVector
+from .model_info import check_fits
+from .vector import SteeringVector, VectorMismatchError
 
 FORMAT = "steering-vector"
 FORMAT_VERSION = 1
@@ -181,25 +181,11 @@ def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bo
 
 
 def _check_model(path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool) -> None:
-    name = model_name(model)
-    width = hidden_size(model)
-    if ints["hidden_size"] != width:
-        raise VectorFileError(f"{path}: hidden_size {ints['hidden_size']} does not match model {name!r} (hidden size {width})")
-    depth = num_layers(model)
-    too_deep = [i for i in directions if i >= depth]
-    if too_deep:
-        raise VectorFileError(f"{path}: layers {too_deep} are out of range for model {name!r} with {depth} layers")
-    if ints["num_layers"] != depth and not allow:
-        raise VectorFileError(
-            f"{path}: num_layers {ints['num_layers']} does not match model {name!r} ({depth} layers); "
-            "pass allow_model_mismatch=True to load it anyway"
+    try:
+        check_fits(
+            model, hidden_size=ints["hidden_size"], layers=directions, site=meta["site"],
+            fingerprint=meta["model_fingerprint"], made_on=meta["model"], num_layers=ints["num_layers"],
+            check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
         )
-    expected = meta["model_fingerprint"]
-    if not allow:
-        actual = fingerprint_mismatch(expected, model)
-        if actual is not None:
-            raise VectorFileError(
-                f"{path}: model_fingerprint {expected} (made on {meta['model']!r}) does not match "
-                f"model {name!r} (fingerprint {actual}); pass allow_model_mismatch=True to load it anyway"
-            )
-
+    except (VectorMismatchError, LayerError) as exc:
+        raise VectorFileError(f"{path}: {exc}") from None

@@ -118,7 +118,7 @@ def test_foreign_gguf_onto_a_model_fills_and_validates(tmp_path: Path, llama) ->
     assert vec.num_layers == NUM_LAYERS
 
     wide = write_foreign_gguf(tmp_path / "wide.gguf", {1: np.ones(D * 2, dtype=np.float32)})
-    with pytest.raises(VectorFileError, match=rf"wide.gguf: direction size {2 * D} does not match model .* \(hidden size {D}\)"):
+    with pytest.raises(VectorFileError, match=rf"wide.gguf: hidden size {2 * D} does not match the model\'s {D}"):
         import_gguf(wide, model)
     deep = write_foreign_gguf(tmp_path / "deep.gguf", {7: np.ones(D, dtype=np.float32)})
     with pytest.raises(VectorFileError, match=r"deep.gguf: layers \[7\] are out of range .* 3 layers"):
@@ -251,7 +251,7 @@ def test_pt_folder_with_several_models_needs_a_choice(tmp_path: Path) -> None:
 def test_pt_onto_a_model_validates_sizes(tmp_path: Path, llama) -> None:
     model, _ = llama
     torch.save({1: torch.randn(D + 8)}, tmp_path / "v.pt")
-    with pytest.raises(VectorFileError, match=f"direction size {D + 8} does not match"):
+    with pytest.raises(VectorFileError, match=f"hidden size {D + 8} does not match"):
         import_pt(tmp_path / "v.pt", model)
     torch.save({1: torch.randn(D)}, tmp_path / "ok.pt")
     vec = import_pt(tmp_path / "ok.pt", model)
