@@ -9,6 +9,7 @@ last block, where transformers applies the final norm first).
 from __future__ import annotations
 
 import importlib
+import types
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from tiny_models import NUM_LAYERS, make_tiny
 
 import hooks
 from hooks import LayerError, SteeringError, decoder_layers
+import vectors.methods as methods_module
 from vectors import (
     METHODS,
     ContrastPair,
@@ -456,12 +458,12 @@ def test_hooks_removed_when_method_fails(llama_mod, monkeypatch):
     def broken(stats):
         raise ArithmeticError("method failed")
 
-    monkeypatch.setitem(METHODS, "broken", Method(broken))
+    monkeypatch.setitem(methods_module._METHODS, "broken", Method(broken))
     with pytest.raises(ArithmeticError, match="method failed"):
         extract(model, tok, PAIRS[:2], [0], method="broken", progress=False)
     assert hook_count(model) == baseline
 
-    monkeypatch.setitem(METHODS, "nan", Method(lambda s: torch.full((s.hidden_size,), float("nan"))))
+    monkeypatch.setitem(methods_module._METHODS, "nan", Method(lambda s: torch.full((s.hidden_size,), float("nan"))))
     with pytest.raises(SteeringError, match=r"'nan'.*non-finite.*layer 0"):
         extract(model, tok, PAIRS[:2], [0], method="nan", progress=False)
     assert hook_count(model) == baseline
@@ -635,3 +637,29 @@ def test_position_mean_without_chat_template_keeps_first_completion_token():
     expected = manual_mean_diff(manual_acts(model, tok, pairs, [0], "mean"))
     v = extract(model, tok, pairs, [0], position="mean", batch_size=1, progress=False)
     torch.testing.assert_close(v.directions[0].double(), expected[0], atol=1e-5, rtol=0)
+
+
+def test_register_method_takes_a_plain_pairs_callable(llama_mod, monkeypatch):
+    """``(positives, negatives) -> direction`` registers as is, and sees the pairs in order."""
+    model, tok = llama_mod
+    monkeypatch.setattr(methods_module, "_METHODS", dict(methods_module._METHODS))
+    monkeypatch.setattr(methods_module, "METHODS", types.MappingProxyType(methods_module._METHODS))
+    seen = {}
+
+    def plain_mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        seen["shape"] = tuple(pos.shape)
+        return pos.mean(0) - neg.mean(0)
+
+    methods_module.register_method("plain_mean_diff", plain_mean_diff)
+    plain = extract(model, tok, PAIRS, [0, 1], method="plain_mean_diff", progress=False)
+    streaming = extract(model, tok, PAIRS, [0, 1], method="mean_diff", progress=False)
+    assert seen["shape"] == (len(PAIRS), model.config.hidden_size)
+    for layer in (0, 1):
+        torch.testing.assert_close(plain.directions[layer], streaming.directions[layer], rtol=1e-5, atol=1e-6)
+    with pytest.raises(SteeringError, match="already registered"):
+        methods_module.register_method("plain_mean_diff", plain_mean_diff)
+
+
+def test_methods_registry_is_read_only():
+    with pytest.raises(TypeError):
+        METHODS["x"] = METHODS["mean_diff"]  # type: ignore[index]
