@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 USAGE = """usage: steering <command> [key=value ...]
@@ -114,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"steering: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    # Python hides DeprecationWarning outside __main__: show ours (old key names, issue 11) to CLI users.
+    warnings.filterwarnings("default", message=r".* is deprecated; use ", category=DeprecationWarning)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this tool never fetches from a hub
     # transformers' per-load progress bars would bury the one line a command prints.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -89,9 +89,9 @@ def _vectors_section(page: _Page, res: Mapping[str, Any]) -> None:
     rows = []
     for name, meta in info.items():
         source = meta.get("source_format", "steering")
-        rows.append([name, meta["model"], meta["method"], meta["site"], meta["position"], meta["n_pairs"], _layers_text(meta["layers"]), source, in_sample.get(name, "–")])
+        rows.append([name, meta["model"], meta["method"], meta["site"], meta.get("read", meta.get("position")), meta["n_pairs"], _layers_text(meta["layers"]), source, in_sample.get(name, "–")])
     page.add("<h2>Vectors</h2>")
-    page.add(_table(["name", "model", "method", "site", "position", "pairs", "layers", "from", "AUROC in-sample"], rows, left=8))
+    page.add(_table(["name", "model", "method", "site", "read", "pairs", "layers", "from", "AUROC in-sample"], rows, left=8))
     if any(m["model"] == "unknown" for m in info.values()):
         page.add("<p class='warn'>Some vectors do not record their model (imported from another tool without <code>foreign.model_id</code>); they are compared on the assumption that they come from the same model as the others (hidden sizes match).</p>")
 

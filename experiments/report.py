@@ -131,7 +131,7 @@ def write_report(
     if summary["task"] == "sweep":
         facts += [
             f"method <b>{html.escape(str(summary['method']))}</b>",
-            f"positions <b>{html.escape(str(summary['positions']))}</b>",
+            f"apply_to <b>{html.escape(str(summary.get('apply_to', summary.get('positions'))))}</b>",
             f"{summary['grid']['measured']} of {summary['grid']['planned']} cells",
         ]
     facts.append(f"{summary.get('runtime_s', 0):.0f} s")

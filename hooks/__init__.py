@@ -12,16 +12,18 @@ from .handles import HookGroup
 from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layer, normalize_layers, num_layers, resolve_layers, set_decoder_layers
 from .outputs import unpack, unpack_inputs
 from .patch import AblateOp, AddOp, Op, patch, span_basis
-from .positions import POSITIONS, PositionTracker, past_length
+from .positions import APPLY_TO, ApplyTo, PositionTracker, past_length
+from .renamed import renamed
 from .record import Recording, StopForward, capture, record, run_until_stopped
-from .sites import SITES, check_site, site_module
+from .sites import SITES, Site, check_site, site_module
 
 __all__ = [
     "CACHE_KEYWORDS",
     "FOLD_TARGETS",
-    "POSITIONS",
+    "APPLY_TO",
     "SITES",
     "AblateOp",
+    "ApplyTo",
     "AddOp",
     "FoldConflictError",
     "HookGroup",
@@ -29,6 +31,7 @@ __all__ = [
     "Op",
     "PositionTracker",
     "Recording",
+    "Site",
     "SteeringError",
     "StopForward",
     "cache_kwargs",
@@ -48,6 +51,7 @@ __all__ = [
     "output_cache",
     "patch",
     "record",
+    "renamed",
     "resolve_layers",
     "run_until_stopped",
     "set_decoder_layers",

@@ -16,9 +16,11 @@ Importing this package registers no hooks and changes no global state.
 
 from hooks import (
     SITES,
+    ApplyTo,
     HookGroup,
     LayerError,
     Recording,
+    Site,
     SteeringError,
     decoder_layers,
     record,
@@ -29,6 +31,10 @@ from vectors import (
     METHODS,
     ContrastPair,
     DatasetError,
+    LayerStats,
+    Method,
+    PairMethod,
+    Read,
     SteeringVector,
     VectorFileError,
     VectorMismatchError,
@@ -37,10 +43,10 @@ from vectors import (
     register_method,
 )
 
-from .apply import attach, steer
+from .apply import Backend, Mode, attach, steer
 from .data import bundled_datasets, load_lines, load_pairs
 from .generate import generate
-from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, load_model
+from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
 
 __version__ = "0.1.0"
 
@@ -49,12 +55,21 @@ __all__ = [
     "METHODS",
     "MODEL_REGISTRY",
     "SITES",
+    "ApplyTo",
+    "Backend",
     "ContrastPair",
     "DatasetError",
     "HookGroup",
     "LayerError",
+    "LayerStats",
+    "Method",
+    "Mode",
     "ModelLoadError",
+    "ModelSpec",
+    "PairMethod",
+    "Read",
     "Recording",
+    "Site",
     "SteeringError",
     "SteeringVector",
     "VectorFileError",
@@ -70,6 +85,7 @@ __all__ = [
     "model_fingerprint",
     "record",
     "register_method",
+    "register_model",
     "resolve_layers",
     "set_decoder_layers",
     "steer",

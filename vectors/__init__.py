@@ -4,9 +4,9 @@ An internal layer of the `steering` framework (users import `steering`); it
 builds on `hooks` and never imports upwards.
 """
 
-from .extract import READ_POSITIONS, collect_stats, extract, pair_texts, read_indices
+from .extract import READS, Read, collect_stats, extract, pair_texts, read_indices
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write, load_vector, save_vector
-from .methods import METHODS, LayerStats, Method, get_method, register_method
+from .methods import METHODS, LayerStats, Method, PairMethod, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
 from .vector import SteeringVector, VectorMismatchError, VectorValueError
@@ -18,12 +18,14 @@ __all__ = [
     "MAX_DELTA_NORM",
     "FORMAT_VERSION",
     "METHODS",
-    "READ_POSITIONS",
+    "READS",
+    "Read",
     "CoefError",
     "ContrastPair",
     "DatasetError",
     "LayerStats",
     "Method",
+    "PairMethod",
     "SteeringVector",
     "VectorFileError",
     "VectorMismatchError",

@@ -60,7 +60,7 @@ _DIRECTION = re.compile(r"direction\.(\d+)")
 _CAA_FILE = re.compile(r"vec_layer_(\d+)(?:_(.+))?\.pt")
 _OUR_PREFIX = "steering."
 _INT_FIELDS = ("hidden_size", "num_layers", "n_pairs")
-_STR_FIELDS = ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")
+_STR_FIELDS = ("model", "model_fingerprint", "site", "method", "read", "dataset_sha256")
 
 
 # ----------------------------------------------------------------------- GGUF
@@ -338,8 +338,10 @@ def _build(
         if not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: layer {layer} contains NaN or inf values")
 
-    fields: dict[str, Any] = {"model": UNKNOWN, "model_fingerprint": UNKNOWN, "site": "block_output", "method": UNKNOWN, "position": UNKNOWN, "n_pairs": 0, "dataset_sha256": UNKNOWN}
+    fields: dict[str, Any] = {"model": UNKNOWN, "model_fingerprint": UNKNOWN, "site": "block_output", "method": UNKNOWN, "read": UNKNOWN, "n_pairs": 0, "dataset_sha256": UNKNOWN}
     if ours.get("format") == FORMAT:  # written by export_gguf: our metadata, verbatim
+        if "read" not in ours and "position" in ours:  # written before the rename
+            ours["read"] = ours.pop("position")
         try:
             fields.update({k: ours[k] for k in _STR_FIELDS}, n_pairs=int(ours["n_pairs"]))
             file_width, depth = int(ours["hidden_size"]), int(ours["num_layers"])

@@ -3,7 +3,7 @@
 Layout: one float32 tensor ``layers.{i}`` of shape ``[hidden_size]`` per layer,
 and a string metadata header that describes the vector on its own
 (``format=steering-vector``, ``format_version``, model, fingerprint, sizes,
-site, method, position, pair count, dataset hash, library version). Every
+site, method, read (``last``/``mean``; files before issue 11 call it ``position``), pair count, dataset hash, library version). Every
 problem found on load raises `VectorFileError` naming the file and the field.
 """
 
@@ -35,7 +35,7 @@ REQUIRED = (
     "num_layers",
     "site",
     "method",
-    "position",
+    "read",
     "n_pairs",
     "dataset_sha256",
     "steering_version",
@@ -131,6 +131,8 @@ def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bo
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise VectorFileError(f"{path}: not a readable safetensors file ({exc})") from None
 
+    if "read" not in meta and "position" in meta:  # written before the rename: same values
+        meta["read"] = meta.pop("position")
     if meta.get("format") != FORMAT:
         raise VectorFileError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     for key in REQUIRED:
@@ -168,7 +170,7 @@ def load_vector(path: str | Path, model: Any = None, *, allow_model_mismatch: bo
     if model is not None:
         _check_model(path, meta, ints, directions, model, allow_model_mismatch)
 
-    fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")}
+    fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "read", "dataset_sha256")}
     extra = {k: v for k, v in meta.items() if k not in REQUIRED or k == "steering_version"}
     return SteeringVector(
         directions,

@@ -108,7 +108,7 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
             if zero:
                 raise APIError(422, f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
                                param=f"{where}.vector", code="invalid_vector")
-        resolved.append(Term(vector, float(term.coef), layers, term.positions, term.mode))
+        resolved.append(Term(vector, float(term.coef), layers, term.apply_to, term.mode))
     return build_row_deltas(resolved)
 
 

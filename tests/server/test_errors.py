@@ -259,7 +259,7 @@ def test_bad_requests_do_not_disturb_requests_in_flight(server, client: OpenAI) 
     jobs = [
         (PROMPTS[0], None),
         (PROMPTS[1], [{"vector": "up", "coef": 1.5}]),
-        (PROMPTS[2], [{"vector": "side", "coef": -2.0, "positions": "generated"}]),
+        (PROMPTS[2], [{"vector": "side", "coef": -2.0, "apply_to": "generated"}]),
         (PROMPTS[3], [{"vector": "pre", "coef": 1.0}]),
     ]
     solo = [chat(client, p, s, max_tokens=40).choices[0].message.content for p, s in jobs]
