@@ -35,21 +35,21 @@ Set STEERING_DEBUG=1 or pass --debug to see tracebacks."""
 
 
 def _extract(args: Sequence[str]) -> None:
-    from .basic import extract_command
+    from .vector_commands import extract_command
     from .config import compose_config
 
     extract_command(compose_config("extract", args))
 
 
 def _generate(args: Sequence[str]) -> None:
-    from .basic import generate_command
+    from .vector_commands import generate_command
     from .config import compose_config
 
     generate_command(compose_config("generate", args))
 
 
 def _info(args: Sequence[str]) -> None:
-    from .basic import info_command
+    from .vector_commands import info_command
 
     paths = [a.split("=", 1)[1] if a.startswith("file=") else a for a in args]
     if len(paths) != 1:
@@ -58,7 +58,7 @@ def _info(args: Sequence[str]) -> None:
 
 
 def _convert(args: Sequence[str]) -> None:
-    from .basic import convert_command
+    from .vector_commands import convert_command
     from .config import compose_config
 
     convert_command(compose_config("convert", args))

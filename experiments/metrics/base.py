@@ -96,9 +96,7 @@ class Context:
         return int(self.cfg.seed)
 
 
-CellFn = Callable[[Context, Cell], Values]
 RowFn = Callable[[Context, list[Cell]], Values]
-LayerFn = Callable[[Context, list[int]], dict[int, Values]]
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,3 @@ def kl(ctx: Context, cell: Cell) -> Values:
     _, total = _steered(ctx, cell)
     return {"kl": total / base.tokens}
 
-
-@torch.no_grad()
-def warm(ctx: Context) -> None:
-    """Run the unsteered pass now (so it is not charged to the first cell)."""
-    _baseline(ctx)

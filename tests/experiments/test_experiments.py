@@ -10,7 +10,7 @@ import torch
 
 import steering as st
 from experiments import sweep as sweep_module
-from experiments.basic import generate_command
+from experiments.vector_commands import generate_command
 from experiments.cli import main
 from experiments.config import compose_config
 from experiments.results import read_metrics

@@ -1,4 +1,4 @@
-"""The foundation commands: ``extract``, ``generate`` and ``info``.
+"""The commands that make, use and inspect one vector: ``extract``, ``generate``, ``convert`` and ``info``.
 
 Each takes a composed config (``conf/<command>.yaml``) and prints its result;
 errors are raised and turned into one line by `experiments.cli`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 import steering as st
 
@@ -160,7 +160,3 @@ def info_command(path: str | Path) -> None:
     for layer, norm in vector.norms().items():
         print(f"  layer {layer:>3}: {norm:.4f}")
 
-
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML (for logs and run folders)."""
-    return OmegaConf.to_yaml(cfg, resolve=True)
