@@ -88,6 +88,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
             apply_to=cfg.apply_to,
             mode=cfg.mode,
             chat=cfg.chat,
+            check_model=not cfg.allow_model_mismatch,  # the load above already let it through
             **gen,
         )
         results[coef] = text
@@ -116,7 +117,8 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
         torch.manual_seed(int(cfg.seed))
         text = st.generate(
             model, tok, str(cfg.prompt), vector, coef,
-            max_new_tokens=int(cfg.max_new_tokens), apply_to=apply_to, mode=cfg.mode, chat=cfg.chat, **gen,
+            max_new_tokens=int(cfg.max_new_tokens), apply_to=apply_to, mode=cfg.mode, chat=cfg.chat,
+            check_model=not cfg.allow_model_mismatch, **gen,
         )
         results[coef] = text
         print(f"--- {label} ---")

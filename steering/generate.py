@@ -75,6 +75,7 @@ def generate(
     mode: Mode = "add",
     chat: bool | None = None,
     batch_size: int = 16,
+    check_model: bool = True,
     positions: ApplyTo | None = None,
     **gen_kwargs: Any,
 ) -> str | list[str]:
@@ -94,6 +95,7 @@ def generate(
         apply_to, mode: as in `steer` (``positions``: deprecated name of ``apply_to``).
         chat: apply the chat template (default: when the tokenizer has one).
         batch_size: prompts per ``generate`` call.
+        check_model: as in `steer` (``False`` steers with a vector from another checkpoint).
         **gen_kwargs: passed to ``model.generate`` (e.g. ``do_sample=True``).
 
     Raises:
@@ -114,7 +116,7 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     outputs: list[str] = []
-    context = steer(model, vector, coef, apply_to=apply_to, mode=mode) if vector is not None else nullcontext()
+    context = steer(model, vector, coef, apply_to=apply_to, mode=mode, check_model=check_model) if vector is not None else nullcontext()
     with context:
         for start in range(0, len(prompt_list), batch_size):
             chunk = prompt_list[start : start + batch_size]

@@ -189,3 +189,9 @@ def test_client_that_leaves_a_stream_frees_its_row(server, client: OpenAI) -> No
             next(response.iter_lines())  # one event, then hang up
     state = server.app.state.serving
     wait_until(lambda: state.in_progress == 0 and state.engine.load == (0, 0), "the cancellation to free the row")
+
+
+def test_negative_layers_count_from_the_models_end_as_in_the_library(client: OpenAI) -> None:
+    """``layers: [-1]`` is the model's last layer, as in ``st.steer(layers=[-1])`` (hooks.normalize_layer)."""
+    last = chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [2]}]).choices[0].message.content
+    assert chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [-1]}]).choices[0].message.content == last
