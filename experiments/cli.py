@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 USAGE = """usage: steering <command> [key=value ...]
@@ -34,21 +35,21 @@ Set STEERING_DEBUG=1 or pass --debug to see tracebacks."""
 
 
 def _extract(args: Sequence[str]) -> None:
-    from .basic import extract_command
+    from .vector_commands import extract_command
     from .config import compose_config
 
     extract_command(compose_config("extract", args))
 
 
 def _generate(args: Sequence[str]) -> None:
-    from .basic import generate_command
+    from .vector_commands import generate_command
     from .config import compose_config
 
     generate_command(compose_config("generate", args))
 
 
 def _info(args: Sequence[str]) -> None:
-    from .basic import info_command
+    from .vector_commands import info_command
 
     paths = [a.split("=", 1)[1] if a.startswith("file=") else a for a in args]
     if len(paths) != 1:
@@ -57,7 +58,7 @@ def _info(args: Sequence[str]) -> None:
 
 
 def _convert(args: Sequence[str]) -> None:
-    from .basic import convert_command
+    from .vector_commands import convert_command
     from .config import compose_config
 
     convert_command(compose_config("convert", args))
@@ -114,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"steering: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    # Python hides DeprecationWarning outside __main__: show ours (old key names, issue 11) to CLI users.
+    warnings.filterwarnings("default", message=r".* is deprecated; use ", category=DeprecationWarning)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this tool never fetches from a hub
     # transformers' per-load progress bars would bury the one line a command prints.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -90,9 +90,9 @@ def _activations(cfg: DictConfig, model: Any, tok: Any, layers: list[int]) -> sc
     data = str(cfg.data)
     if Path(data).is_file() and sc.is_labelled_texts(data):
         texts, labels = sc.read_labelled_texts(data)
-        return sc.text_activations(model, tok, texts, labels, layers, position=cfg.position, batch_size=int(cfg.batch_size), source=Path(data).name)
+        return sc.text_activations(model, tok, texts, labels, layers, read=cfg.read, batch_size=int(cfg.batch_size), source=Path(data).name)
     pairs = st.load_pairs(data)
-    return sc.pair_activations(model, tok, pairs, layers, position=cfg.position, batch_size=int(cfg.batch_size), source=Path(data).stem)
+    return sc.pair_activations(model, tok, pairs, layers, read=cfg.read, batch_size=int(cfg.batch_size), source=Path(data).stem)
 
 
 def _interpolation(cfg: DictConfig, model: Any, tok: Any, vectors: dict[str, SteeringVector]) -> dict[str, Any]:

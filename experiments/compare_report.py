@@ -24,7 +24,7 @@ def _vectors(res: Mapping[str, Any]) -> dict[str, Any]:
         "count": len(names),
         "layers": res["layers"],
         "vector_rows": [
-            [name, m["model"], m["method"], m["site"], m["position"], m["n_pairs"], layers_text(m["layers"]), m.get("source_format", "steering"), in_sample.get(name, "–")]
+            [name, m["model"], m["method"], m["site"], m.get("read", m.get("position")), m["n_pairs"], layers_text(m["layers"]), m.get("source_format", "steering"), in_sample.get(name, "–")]
             for name, m in info.items()
         ],
         "unknown_model": any(m["model"] == "unknown" for m in info.values()),

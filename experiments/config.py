@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from hooks.renamed import RENAMED
 
 # Keys whose values are free text or paths: quoted before Hydra parses them, so
 # a prompt may hold commas, colons or brackets without tripping its grammar.
@@ -34,6 +37,30 @@ def quote_free_text(overrides: Sequence[str]) -> list[str]:
     return out
 
 
+def rename_old_keys(overrides: Sequence[str], base: DictConfig) -> list[str]:
+    """Rewrite overrides of renamed keys (``position=`` -> ``read=``, ``positions=`` -> ``apply_to=``), with a warning.
+
+    Only where ``base`` (the command's YAML) has the new key and not the old one,
+    so ``steering extract position=mean`` keeps working.
+    """
+    out = []
+    for item in overrides:
+        match = _OVERRIDE.match(item)
+        if match:
+            key = match["key"]
+            parent, _, leaf = key.rpartition(".")
+            prefix = key[: len(key) - len(key.lstrip("+~"))]
+            parent = parent.lstrip("+~")
+            node = base.get(parent) if parent else base
+            new = RENAMED.get(leaf)
+            if new is not None and isinstance(node, DictConfig) and new in node and leaf not in node:
+                new_key = f"{parent}.{new}" if parent else new
+                warnings.warn(f"{key.lstrip('+~')}= is deprecated; use {new_key}= (same values)", DeprecationWarning, stacklevel=3)
+                item = f"{prefix}{new_key}={match['value']}"
+        out.append(item)
+    return out
+
+
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
     """Compose ``conf/<name>.yaml`` with ``overrides``, and check the values (`experiments.values`).
 
@@ -55,7 +82,7 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=f"steering_{name}"):
         base = compose(config_name=name)
         try:
-            cfg = compose(config_name=name, overrides=quote_free_text(overrides))
+            cfg = compose(config_name=name, overrides=quote_free_text(rename_old_keys(overrides, base)))
         except ConfigCompositionException as exc:
             # Hydra's hint ("To append to your config use +colour=blue") recommends a key the command ignores.
             missing = _NOT_IN_CONFIG.match(str(exc))

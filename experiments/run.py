@@ -46,7 +46,7 @@ from .metrics import METRICS, Context, load_eval_data, split_pairs
 from .metrics.text import make_scorer
 from .report import write_report
 from .results import MetricsWriter
-from .schema import check, register_schema
+from .schema import check, migrate_renamed, register_schema
 from .summary import VECTOR, probe_summary, sweep_summary, write_summary
 from .sweep import SweepResult, grid, run_sweep
 
@@ -118,6 +118,7 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
         KeyboardInterrupt: after writing the summary and report of what was measured.
     """
     start = time.perf_counter()
+    migrate_renamed(cfg)  # old key names (issue 11), with a warning
     check(cfg)
     _preflight(cfg)
     out_dir = Path(cfg.out_dir)
@@ -149,7 +150,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
         pairs,
         layers,
         method=str(cfg.method.name),
-        position=str(cfg.method.position),
+        read=str(cfg.method.read),
         site=str(cfg.sweep.site),
         batch_size=int(cfg.method.batch_size),
         progress=bool(cfg.progress),

@@ -16,8 +16,11 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hooks import POSITIONS, SITES, ConfigError
-from vectors import METHODS, READ_POSITIONS
+import warnings
+
+from hooks import APPLY_TO, SITES, ConfigError
+from hooks.renamed import RENAMED
+from vectors import METHODS, READS
 
 from .metrics import METRICS, produced_values
 
@@ -47,7 +50,8 @@ class MethodConf:
     """Extraction method (``vectors.METHODS``)."""
 
     name: str = "mean_diff"
-    position: str = "last"  # last | mean: token(s) read from each text
+    read: str = "last"  # last | mean: token(s) read from each text
+    position: str | None = None  # deprecated name of read
     batch_size: int = 16
 
 
@@ -69,7 +73,8 @@ class SweepConf:
     window: list[int] = field(default_factory=lambda: [1])  # layers per cell; the coef is split over them
     coefs: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     site: str = "block_output"
-    positions: str = "all"  # all | prompt | generated
+    apply_to: str = "all"  # all | prompt | generated: the tokens steered
+    positions: str | None = None  # deprecated name of apply_to
 
 
 @dataclass
@@ -133,6 +138,27 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConf)
 
 
+def migrate_renamed(cfg: DictConfig) -> None:
+    """Move the old keys ``method.position`` and ``sweep.positions`` to ``read`` / ``apply_to``, with a warning.
+
+    Raises:
+        ConfigError: if a config sets both names, to different values.
+    """
+    for group in ("method", "sweep"):
+        node = cfg[group]
+        for old, new in RENAMED.items():
+            if old not in node or node[old] is None:
+                continue
+            if node[new] != getattr(_DEFAULTS[group], new) and node[new] != node[old]:
+                raise ConfigError(f"{group}.{old} is the old name of {group}.{new}; give only {group}.{new}")
+            warnings.warn(f"config key {group}.{old} is deprecated; use {group}.{new} (same values)", DeprecationWarning, stacklevel=2)
+            node[new] = node[old]
+            node[old] = None
+
+
+_DEFAULTS = {"method": MethodConf(), "sweep": SweepConf()}
+
+
 def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
@@ -142,9 +168,9 @@ def check(cfg: DictConfig) -> None:
     """Raise `ConfigError` for values that do not fit together (see module docs)."""
     _choice("task", cfg.task, TASKS)
     _choice("method.name", cfg.method.name, sorted(METHODS))
-    _choice("method.position", cfg.method.position, READ_POSITIONS)
+    _choice("method.read", cfg.method.read, READS)
     _choice("sweep.site", cfg.sweep.site, SITES)
-    _choice("sweep.positions", cfg.sweep.positions, POSITIONS)
+    _choice("sweep.apply_to", cfg.sweep.apply_to, APPLY_TO)
     if cfg.method.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
     if not 0.0 <= cfg.data.holdout < 1.0:

@@ -4,7 +4,7 @@ A sweep's summary names, for behaviour on (``positive``) and off
 (``negative``), the chosen cell: ``best_layer`` (an int, or the list of
 layers of a window), ``best_coef`` (the coefficient applied at each of those
 layers, so ``steer(model, vec.select(layers), coef=best_coef,
-positions=positions)`` reproduces the cell), its values and side effects.
+apply_to=apply_to)`` reproduces the cell), its values and side effects.
 The top-level ``best_layer``/``best_coef`` repeat the positive direction's.
 Non-finite numbers are written as ``null`` (JSON has no NaN).
 """
@@ -54,7 +54,7 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float) -> dict[
     summary.update(
         method=str(cfg.method.name),
         site=str(cfg.sweep.site),
-        positions=str(cfg.sweep.positions),
+        apply_to=str(cfg.sweep.apply_to),
         effect=effect,
         budget=budget,
         min_delta=float(cfg.select.min_delta),
@@ -113,7 +113,7 @@ class Choice:
     direction: str
     vector: st.SteeringVector
     coef: float
-    positions: str
+    apply_to: str
     label: str
 
 
@@ -141,7 +141,7 @@ def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch
         if layer is None:
             continue
         layers = [layer] if isinstance(layer, int) else list(layer)
-        choices.append(Choice(direction, vector.select(layers), float(choice["best_coef"]), str(summary["positions"]), str(choice["window"])))
+        choices.append(Choice(direction, vector.select(layers), float(choice["best_coef"]), str(summary.get("apply_to", summary.get("positions"))), str(choice["window"])))
     if not choices:
         statuses = ", ".join(f"{d}: {c.get('status')}" for d, c in summary.get("directions", {}).items())
         raise st.SteeringError(f"{path}: no direction has a chosen cell ({statuses or 'no cells measured'})")

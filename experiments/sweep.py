@@ -102,7 +102,7 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
     cell_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "cell"]
     layer_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "layer"]
     coefs = [float(c) for c in cfg.sweep.coefs if float(c) != 0.0]
-    positions = str(cfg.sweep.positions)
+    apply_to = str(cfg.sweep.apply_to)
     effect = str(cfg.metric.effect)
     wants_text = any("prompts" in METRICS[n].needs for n in cell_metrics)
     result = SweepResult(baseline=None, cells=[], planned=1 + len(rows) * len(coefs))
@@ -127,7 +127,7 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
             bar.update()
             return measured
 
-        baseline_cell = Cell(0, positions=positions)
+        baseline_cell = Cell(0, apply_to=apply_to)
         result.baseline = finish(baseline_cell)
         for row in rows:
             metrics_file.cell(result.baseline, label=window_label(row), layers=row)
@@ -136,7 +136,7 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
             row_vector = vector.select(row)
             row_cells = [baseline_cell]
             for coef in coefs:
-                cell = Cell(index, row, coef, row_vector, positions)
+                cell = Cell(index, row, coef, row_vector, apply_to)
                 index += 1
                 measured = finish(cell)
                 metrics_file.cell(measured)

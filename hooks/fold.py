@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from .errors import LayerError
 from .handles import HookGroup
-from .layers import decoder_layers, num_layers, resolve_layers
+from .layers import decoder_layers, normalize_layer, num_layers, resolve_layers
 
 # block class name -> (dotted path of the MLP's last linear layer, whether block_output can fold)
 FOLD_TARGETS: dict[str, tuple[str, bool]] = {
@@ -282,7 +282,7 @@ def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_o
         return HookGroup(label)
     indices = resolve_layers(model, list(deltas))  # checks the range, naming a bad index
     depth = num_layers(model)
-    resolved = {layer % depth: delta for layer, delta in deltas.items()}
+    resolved = {normalize_layer(layer, depth): delta for layer, delta in deltas.items()}
     if len(resolved) != len(deltas):
         raise LayerError(f"layers {sorted(deltas)} name the same layer twice")
     targets = _targets(model, indices, site)

@@ -145,20 +145,31 @@ def normalize_layers(spec: int | Iterable[int], n: int, owner: str = "the model"
     if isinstance(spec, (str, bytes)):
         raise LayerError(f"layers={spec!r} is a string; give an integer or a list of integers, e.g. [12]")
     items = [spec] if _integer(spec) is not None else _as_list(spec)
-    out: set[int] = set()
-    for raw in items:
-        index = _integer(raw)
-        if index is None:
-            raise LayerError(f"layer {raw!r} is not an integer (layers are integer indices; negative counts from the end)")
-        if not -n <= index < n:
-            raise LayerError(
-                f"layer {index} is out of range for {owner} with {n} layers "
-                f"(valid: 0..{n - 1}, or -{n}..-1 from the end)"
-            )
-        out.add(index % n)
+    out = {normalize_layer(raw, n, owner) for raw in items}
     if not out:
         raise LayerError("no layers given")
     return sorted(out)
+
+
+def normalize_layer(raw: object, n: int, owner: str = "the model") -> int:
+    """One layer index as a non-negative index in ``0..n-1`` (the rule every caller shares).
+
+    Raises:
+        LayerError: for a value that is not an integer, or an index out of range.
+
+    Example:
+        >>> normalize_layer(-1, 30)
+        29
+    """
+    index = _integer(raw)
+    if index is None:
+        raise LayerError(f"layer {raw!r} is not an integer (layers are integer indices; negative counts from the end)")
+    if not -n <= index < n:
+        raise LayerError(
+            f"layer {index} is out of range for {owner} with {n} layers "
+            f"(valid: 0..{n - 1}, or -{n}..-1 from the end)"
+        )
+    return index % n
 
 
 def _as_list(spec: object) -> list[object]:

@@ -31,8 +31,8 @@ from .fold import claim
 from .handles import HookGroup
 from .layers import decoder_stack, resolve_layers
 from .outputs import unpack, unpack_inputs
-from .positions import PositionTracker, check_positions
-from .sites import site_module
+from .positions import ApplyTo, PositionTracker, check_positions
+from .sites import Site, site_module
 
 
 class Op(Protocol):
@@ -118,8 +118,8 @@ def patch(
     model: nn.Module,
     ops: Mapping[int, Op],
     *,
-    site: str = "block_output",
-    positions: str = "all",
+    site: Site = "block_output",
+    positions: ApplyTo = "all",
     label: str = "",
 ) -> HookGroup:
     """Register ``ops[layer]`` at ``site`` of each layer; return the owning group.

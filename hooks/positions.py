@@ -15,7 +15,7 @@ read through `hooks.cache`, which refuses a calling convention it does not know.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,14 +23,15 @@ from torch import Tensor, nn
 from .cache import CACHE_KEYWORDS, cache_keyword, cache_length, forward_parameters, past_offset
 from .errors import LayerError
 
-Positions = Literal["all", "prompt", "generated"]
-POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+ApplyTo = Literal["all", "prompt", "generated"]
+"""Which tokens steering changes (the ``apply_to`` keyword; formerly ``positions``)."""
+APPLY_TO: tuple[str, ...] = get_args(ApplyTo)
 
 
 def check_positions(positions: str) -> str:
     """Return ``positions`` if valid, else raise a `LayerError` listing the choices."""
-    if positions not in POSITIONS:
-        raise LayerError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    if positions not in APPLY_TO:
+        raise LayerError(f"unknown apply_to {positions!r}; choose one of {', '.join(APPLY_TO)}")
     return positions
 
 

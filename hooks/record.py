@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .handles import HookGroup
 from .layers import resolve_layers
 from .outputs import unpack, unpack_inputs
-from .sites import site_module
+from .sites import Site, site_module
 
 
 class StopForward(Exception):
@@ -30,7 +30,7 @@ def capture(
     layers: int | Iterable[int] | None,
     callback: Callable[[int, Tensor], None],
     *,
-    site: str = "block_output",
+    site: Site = "block_output",
     stop_after_last: bool = False,
 ) -> Iterator[HookGroup]:
     """Call ``callback(layer, hidden)`` with ``[batch, seq, d_model]`` hidden states.
@@ -101,7 +101,7 @@ def record(
     model: nn.Module,
     layers: int | Iterable[int] | None = None,
     *,
-    site: str = "block_output",
+    site: Site = "block_output",
     to_cpu: bool = False,
 ) -> Iterator[Recording]:
     """Record detached clones of the hidden states at ``layers`` and ``site``.

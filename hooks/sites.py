@@ -15,7 +15,7 @@ outputs are read before the post-attention / post-feedforward norms.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import nn
 
@@ -23,7 +23,7 @@ from .errors import LayerError
 from .layers import decoder_layers
 
 Site = Literal["block_output", "block_input", "attn_output", "mlp_output"]
-SITES: tuple[str, ...] = ("block_output", "block_input", "attn_output", "mlp_output")
+SITES: tuple[str, ...] = get_args(Site)
 
 # Submodule names by architecture family: Llama-likes use self_attn/mlp, GPT-2
 # attn/mlp, GPT-NeoX attention/mlp. OPT has no MLP module (its fc1/fc2 work on

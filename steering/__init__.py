@@ -19,9 +19,11 @@ from importlib.metadata import version as _dist_version
 
 from hooks import (
     SITES,
+    ApplyTo,
     HookGroup,
     LayerError,
     Recording,
+    Site,
     SteeringError,
     decoder_layers,
     record,
@@ -32,6 +34,10 @@ from vectors import (
     METHODS,
     ContrastPair,
     DatasetError,
+    LayerStats,
+    Method,
+    PairMethod,
+    Read,
     SteeringVector,
     VectorFileError,
     VectorMismatchError,
@@ -40,10 +46,10 @@ from vectors import (
     register_method,
 )
 
-from .apply import attach, steer
+from .apply import Backend, Mode, attach, steer
 from .data import bundled_datasets, load_lines, load_pairs
 from .generate import generate
-from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, load_model
+from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
 
 try:
     __version__ = _dist_version("steering")  # the one version string: pyproject.toml's
@@ -55,12 +61,21 @@ __all__ = [
     "METHODS",
     "MODEL_REGISTRY",
     "SITES",
+    "ApplyTo",
+    "Backend",
     "ContrastPair",
     "DatasetError",
     "HookGroup",
     "LayerError",
+    "LayerStats",
+    "Method",
+    "Mode",
     "ModelLoadError",
+    "ModelSpec",
+    "PairMethod",
+    "Read",
     "Recording",
+    "Site",
     "SteeringError",
     "SteeringVector",
     "VectorFileError",
@@ -76,6 +91,7 @@ __all__ = [
     "model_fingerprint",
     "record",
     "register_method",
+    "register_model",
     "resolve_layers",
     "set_decoder_layers",
     "steer",

@@ -12,7 +12,7 @@ deltas. ``fold`` adds the constant delta to the bias of the block's last MLP
 linear layer (`hooks.fold`), so steered generation runs exactly the code of
 plain generation, with no Python per token and no graph break under
 ``torch.compile``; biases are restored bit for bit on exit. ``auto`` (the
-default) folds whenever that is exact: ``mode="add"``, ``positions="all"``, the
+default) folds whenever that is exact: ``mode="add"``, ``apply_to="all"``, the
 ``block_output`` or ``mlp_output`` site, an architecture listed in
 `hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
 eval mode; otherwise it uses hooks.
@@ -26,24 +26,24 @@ module: steer a shared model from one thread at a time).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from hooks import AblateOp, AddOp, HookGroup, LayerError, Op, SteeringError, num_layers, patch, resolve_layers
+from hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, SteeringError, patch, renamed, resolve_layers
 from hooks.positions import check_positions
 from hooks.fold import fold, fold_blocker, fold_conflict
-from vectors import SteeringVector, VectorMismatchError, check_coef, hidden_size, model_name
-from vectors.model_info import fingerprint_mismatch
+from vectors import SteeringVector, check_coef
+from vectors.model_info import check_fits
 
 Mode = Literal["add", "ablate"]
+MODES: tuple[str, ...] = get_args(Mode)
 Backend = Literal["auto", "hook", "fold"]
-BACKENDS: tuple[str, ...] = ("auto", "hook", "fold")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 VectorSpec = SteeringVector | Sequence[tuple[SteeringVector, float]]
 
 
@@ -62,19 +62,11 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
 
 
 def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
-    width, depth = hidden_size(model), num_layers(model)
-    if vector.hidden_size != width:
-        raise VectorMismatchError(f"vector hidden size {vector.hidden_size} does not match the model's {width}")
-    bad = [i for i in vector.layers if i >= depth]
-    if bad:
-        raise LayerError(f"vector layers {bad} are out of range for a model with {depth} layers")
-    actual = fingerprint_mismatch(vector.model_fingerprint, model) if check_model else None
-    if actual is not None:
-        raise VectorMismatchError(
-            f"the vector was made on {vector.model!r} (fingerprint {vector.model_fingerprint}), but the model is "
-            f"{model_name(model)!r} (fingerprint {actual}): another checkpoint, whose activation space differs; "
-            "pass check_model=False to steer with it anyway"
-        )
+    check_fits(
+        model, hidden_size=vector.hidden_size, layers=vector.layers, site=vector.site,
+        fingerprint=vector.model_fingerprint, made_on=vector.model, check_model=check_model,
+        override="pass check_model=False to steer with it anyway",
+    )
 
 
 def _layer_terms(
@@ -110,7 +102,7 @@ def build_ops(
     vector: VectorSpec,
     coef: float = 1.0,
     *,
-    mode: str = "add",
+    mode: Mode = "add",
     layers: Iterable[int] | None = None,
     check_model: bool = True,
 ) -> tuple[dict[int, Op], str]:
@@ -127,7 +119,7 @@ def build_ops(
     return ops, site
 
 
-def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positions: str = "all", mode: str = "add", backend: str = "auto") -> tuple[str, str | None]:
+def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, apply_to: ApplyTo = "all", mode: Mode = "add", backend: Backend = "auto") -> tuple[str, str | None]:
     """Resolve ``backend`` to ``"hook"`` or ``"fold"``, with why folding is impossible (or ``None``).
 
     Raises:
@@ -143,8 +135,8 @@ def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, positi
         return "hook", None
     if mode != "add":
         reason: str | None = f"mode={mode!r} needs the hook backend"
-    elif positions != "all":
-        reason = f"positions={positions!r} needs the hook backend"
+    elif apply_to != "all":
+        reason = f"apply_to={apply_to!r} needs the hook backend"
     else:
         reason = fold_blocker(model, list(layers), site)
     if reason is None:
@@ -170,11 +162,12 @@ def attach(
     vector: VectorSpec,
     coef: float = 1.0,
     *,
-    positions: str = "all",
-    mode: str = "add",
+    apply_to: ApplyTo = "all",
+    mode: Mode = "add",
     layers: Iterable[int] | None = None,
-    backend: str = "auto",
+    backend: Backend = "auto",
     check_model: bool = True,
+    positions: ApplyTo | None = None,
 ) -> HookGroup:
     """Start steering and return the `HookGroup` that stops it (``.remove()``).
 
@@ -184,15 +177,16 @@ def attach(
         >>> group = attach(model, vec, coef=2.0)  # doctest: +SKIP
         >>> group.remove()  # idempotent
     """
+    apply_to = renamed("apply_to", apply_to, positions, "all")
     terms = _as_terms(vector, coef)
     coefs = [c for _, c in terms]
     coef_text = coefs if len(coefs) > 1 else coefs[0]
-    if mode not in ("add", "ablate"):
+    if mode not in MODES:
         raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
-    check_positions(positions)
+    check_positions(apply_to)
     deltas, site = build_deltas(model, vector, coef, layers=layers, check_model=check_model)
-    chosen, _ = choose_backend(model, deltas, site, positions=positions, mode=mode, backend=backend)
-    label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} positions={positions} backend={chosen}"
+    chosen, _ = choose_backend(model, deltas, site, apply_to=apply_to, mode=mode, backend=backend)
+    label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} apply_to={apply_to} backend={chosen}"
     if chosen == "fold":
         # A zero delta changes nothing: leave that bias (or its absence) alone.
         nonzero = {layer: d for layer, d in deltas.items() if bool(d.any())}
@@ -201,7 +195,7 @@ def attach(
         ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
     else:
         ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
-    return patch(model, ops, site=site, positions=positions, label=label)
+    return patch(model, ops, site=site, positions=apply_to, label=label)
 
 
 @contextmanager
@@ -210,11 +204,12 @@ def steer(
     vector: VectorSpec,
     coef: float = 1.0,
     *,
-    positions: str = "all",
-    mode: str = "add",
+    apply_to: ApplyTo = "all",
+    mode: Mode = "add",
     layers: Iterable[int] | None = None,
-    backend: str = "auto",
+    backend: Backend = "auto",
     check_model: bool = True,
+    positions: ApplyTo | None = None,
 ) -> Iterator[HookGroup]:
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
 
@@ -225,8 +220,8 @@ def steer(
             Default 1.0, as in `attach`, `generate` and the server. It must pass
             `vectors.check_coef`: finite, ``|coef| <= 1e4`` and
             ``|coef| * norm <= 1e5`` for the vector's largest layer norm.
-        positions: ``all``, ``prompt`` or ``generated`` tokens (absolute
-            positions, correct under the KV cache).
+        apply_to: which tokens to change: ``all``, ``prompt`` or ``generated``
+            (absolute positions, correct under the KV cache).
         mode: ``add`` the scaled vector, or ``ablate`` its direction.
         layers: restrict to these layers of the vector (default: all of its
             layers); negative indices count from the end of the model.
@@ -235,9 +230,10 @@ def steer(
         check_model: compare each vector's recorded model fingerprint with
             ``model`` (``unknown`` passes); ``False`` steers with a vector from
             another checkpoint of the same shape.
+        positions: deprecated name of ``apply_to`` (warns).
 
     Raises:
-        SteeringError: bad coef (`vectors.CoefError`), mode, positions, layers or backend, or a vector
+        SteeringError: bad coef (`vectors.CoefError`), mode, apply_to, layers or backend, or a vector
             that does not fit the model; nothing is left registered.
         VectorMismatchError: a vector made on another checkpoint (both named).
 
@@ -245,7 +241,8 @@ def steer(
         >>> with steer(model, vec, coef=4.0):  # doctest: +SKIP
         ...     out = model.generate(**inputs, max_new_tokens=20)
     """
-    group = attach(model, vector, coef, positions=positions, mode=mode, layers=layers, backend=backend, check_model=check_model)
+    apply_to = renamed("apply_to", apply_to, positions, "all")
+    group = attach(model, vector, coef, apply_to=apply_to, mode=mode, layers=layers, backend=backend, check_model=check_model)
     try:
         yield group
     finally:

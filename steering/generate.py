@@ -9,10 +9,10 @@ from typing import Any, overload
 import torch
 from torch import nn
 
-from hooks import SteeringError
+from hooks import ApplyTo, SteeringError, renamed
 from vectors.text import encode_prompt, pad_batch, pad_token_id
 
-from .apply import VectorSpec, steer
+from .apply import Mode, VectorSpec, steer
 
 
 def _check_not_empty(ids: list[list[int]], prompts: list[str], start: int) -> None:
@@ -41,11 +41,12 @@ def generate(
     coef: float = 1.0,
     *,
     max_new_tokens: int = 64,
-    positions: str = "all",
-    mode: str = "add",
+    apply_to: ApplyTo = "all",
+    mode: Mode = "add",
     chat: bool | None = None,
     batch_size: int = 16,
     check_model: bool = True,
+    positions: ApplyTo | None = None,
     **gen_kwargs: Any,
 ) -> str | list[str]:
     """Generate completions, steered by ``coef * vector`` if a vector is given.
@@ -61,20 +62,21 @@ def generate(
             `attach` and the server, so a vector given is a vector applied.
             Checked by `vectors.check_coef` (finite, bounded).
         max_new_tokens: tokens to generate per prompt.
-        positions, mode: as in `steer`.
+        apply_to, mode: as in `steer` (``positions``: deprecated name of ``apply_to``).
         chat: apply the chat template (default: when the tokenizer has one).
         batch_size: prompts per ``generate`` call.
-        check_model: refuse a vector made on another checkpoint, as in `steer`.
+        check_model: as in `steer` (``False`` steers with a vector from another checkpoint).
         **gen_kwargs: passed to ``model.generate`` (e.g. ``do_sample=True``).
 
     Raises:
         SteeringError: a prompt that tokenizes to no tokens (e.g. ``""`` with
             ``chat=False`` and a tokenizer that adds no BOS), or a bad coef
-            (`vectors.CoefError`), mode or positions (see `steer`).
+            (`vectors.CoefError`), mode or apply_to (see `steer`).
 
     Example:
         >>> generate(model, tok, "Tell me about your day.", vec, coef=4.0)  # doctest: +SKIP
     """
+    apply_to = renamed("apply_to", apply_to, positions, "all")
     single = isinstance(prompts, str)
     prompt_list = [prompts] if single else list(prompts)
     gen_kwargs.setdefault("do_sample", False)
@@ -84,7 +86,7 @@ def generate(
     pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     outputs: list[str] = []
-    context = steer(model, vector, coef, positions=positions, mode=mode, check_model=check_model) if vector is not None else nullcontext()
+    context = steer(model, vector, coef, apply_to=apply_to, mode=mode, check_model=check_model) if vector is not None else nullcontext()
     with context:
         for start in range(0, len(prompt_list), batch_size):
             chunk = prompt_list[start : start + batch_size]

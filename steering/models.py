@@ -27,8 +27,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable
 
 from hooks import SteeringError
@@ -44,6 +46,7 @@ __all__ = [
     "ModelSpec",
     "load_model",
     "model_cache_dir",
+    "register_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,7 +120,7 @@ def _gemma3_gguf() -> Path:
         return Path(pkg.assemble(overwrite=True))
 
 
-MODEL_REGISTRY: dict[str, ModelSpec] = {
+_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec(
@@ -134,6 +137,23 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+MODEL_REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(_MODELS)
+"""The registered models by name: a read-only view; add one with `register_model`."""
+
+
+def register_model(spec: ModelSpec) -> None:
+    """Make ``spec`` loadable by its name with `load_model` (the name must be new).
+
+    Raises:
+        ModelLoadError: if a model of that name is already registered.
+
+    Example:
+        >>> register_model(ModelSpec(name="my-model", ...))  # doctest: +SKIP
+    """
+    if spec.name in _MODELS:
+        raise ModelLoadError(f"model {spec.name!r} is already registered")
+    _MODELS[spec.name] = spec
 
 
 def model_cache_dir() -> Path:

@@ -4,9 +4,9 @@ An internal layer of the `steering` framework (users import `steering`); it
 builds on `hooks` and never imports upwards.
 """
 
-from .extract import READ_POSITIONS, collect_stats, extract
+from .extract import READS, Read, collect_stats, extract
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
-from .methods import METHODS, LayerStats, LogisticProbe, Method, fit_logistic, get_method, register_method
+from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
 from .text import encode_chat, encode_prompt, format_prompt, pair_texts
@@ -19,13 +19,15 @@ __all__ = [
     "MAX_DELTA_NORM",
     "FORMAT_VERSION",
     "METHODS",
-    "READ_POSITIONS",
+    "READS",
+    "Read",
     "CoefError",
     "ContrastPair",
     "DatasetError",
     "LayerStats",
     "LogisticProbe",
     "Method",
+    "PairMethod",
     "SteeringVector",
     "VectorFileError",
     "VectorMismatchError",

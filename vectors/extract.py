@@ -21,13 +21,14 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hooks import (
+    Site,
     SteeringError,
     cache_kwargs,
     capture,
@@ -37,6 +38,7 @@ from hooks import (
     position_ids,
     read_indices,
     read_rows,
+    renamed,
     resolve_layers,
     run_until_stopped,
 )
@@ -48,8 +50,9 @@ from .prefix import SharedBatch, length_keys, new_cache, plan_shared
 from .text import pad_batch, pair_texts, prefix_tokens, tokenize, tokenize_with_offsets
 from .vector import SteeringVector
 
-Position = Literal["last", "mean"]
-READ_POSITIONS: tuple[str, ...] = ("last", "mean")
+Read = Literal["last", "mean"]
+"""Where extraction reads each text (the ``read`` keyword; formerly ``position``)."""
+READS: tuple[str, ...] = get_args(Read)
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device) -> dict[str, Tensor]:
@@ -81,23 +84,26 @@ def collect_stats(
     pairs: Sequence[ContrastPair],
     layers: Iterable[int] | int | None,
     *,
-    position: str = "last",
-    site: str = "block_output",
+    read: Read = "last",
+    site: Site = "block_output",
     batch_size: int = 16,
     needs_outer: bool = False,
     needs_samples: bool = False,
     progress: bool | None = None,
     share_prefix: bool = True,
+    position: Read | None = None,
 ) -> dict[int, LayerStats]:
     """Run the pairs through the model and return running statistics per layer.
 
-    With ``share_prefix`` (and ``position="last"``), the tokens a pair's two
-    texts begin with run once per batch (see `vectors.prefix`).
+    With ``share_prefix`` (and ``read="last"``), the tokens a pair's two
+    texts begin with run once per batch (see `vectors.prefix`). ``position``
+    is the deprecated name of ``read``.
     """
+    position = renamed("read", read, position, "last")
     indices = resolve_layers(model, layers)
     check_site(site)
-    if position not in READ_POSITIONS:
-        raise SteeringError(f"unknown position {position!r}; choose one of {', '.join(READ_POSITIONS)}")
+    if position not in READS:
+        raise SteeringError(f"unknown read {position!r}; choose one of {', '.join(READS)}")
     if batch_size < 1:
         raise SteeringError(f"batch_size must be >= 1, got {batch_size}")
     if tokenizer.pad_token_id is None:
@@ -197,10 +203,11 @@ def extract(
     layers: Iterable[int] | int | None = None,
     *,
     method: str = "mean_diff",
-    position: str = "last",
-    site: str = "block_output",
+    read: Read = "last",
+    site: Site = "block_output",
     batch_size: int = 16,
     progress: bool | None = None,
+    position: Read | None = None,
 ) -> SteeringVector:
     """Extract a steering vector from contrastive pairs.
 
@@ -210,10 +217,12 @@ def extract(
         pairs: `ContrastPair` objects (or dicts / ``(positive, negative)`` tuples).
         layers: layers to extract (``None`` = all; negative indices allowed).
         method: a name in `vectors.METHODS` (``mean_diff``, ``pca_diff``, ``probe``).
-        position: ``last`` (last non-pad token) or ``mean`` (completion tokens).
+        read: where each text is read: ``last`` (last non-pad token) or
+            ``mean`` (completion tokens).
         site: hook site to read (`hooks.SITES`).
         batch_size: pairs per forward pass (two sequences each).
         progress: show a progress bar (default: on long runs in a terminal).
+        position: deprecated name of ``read`` (warns).
 
     Returns:
         A `SteeringVector` with one direction per layer and its metadata.
@@ -221,6 +230,7 @@ def extract(
     Example:
         >>> vec = extract(model, tok, load_pairs("sentiment"), layers=[12])  # doctest: +SKIP
     """
+    read = renamed("read", read, position, "last")
     chosen = get_method(method)
     pair_list = as_pairs(pairs)
     stats = collect_stats(
@@ -228,7 +238,7 @@ def extract(
         tokenizer,
         pair_list,
         layers,
-        position=position,
+        read=read,
         site=site,
         batch_size=batch_size,
         needs_outer=chosen.needs_outer,
@@ -247,7 +257,7 @@ def extract(
         model_fingerprint=model_fingerprint(model),
         site=site,
         method=method,
-        position=position,
+        read=read,
         n_pairs=len(pair_list),
         dataset_sha256=dataset_sha256(pair_list),
     )

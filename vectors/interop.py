@@ -48,10 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from hooks import LayerError
 from hooks import num_layers as model_num_layers
 
 from .io import FORMAT, VectorFileError, atomic_write
-from .model_info import fingerprint_mismatch, hidden_size, model_fingerprint, model_name, text_config
+from .model_info import VectorMismatchError, check_fits, model_fingerprint, model_name, text_config
 from .vector import UNKNOWN, SteeringVector, load_vector
 
 ARCH = "controlvector"
@@ -59,7 +60,7 @@ _DIRECTION = re.compile(r"direction\.(\d+)")
 _CAA_FILE = re.compile(r"vec_layer_(\d+)(?:_(.+))?\.pt")
 _OUR_PREFIX = "steering."
 _INT_FIELDS = ("hidden_size", "num_layers", "n_pairs")
-_STR_FIELDS = ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")
+_STR_FIELDS = ("model", "model_fingerprint", "site", "method", "read", "dataset_sha256")
 
 
 # ----------------------------------------------------------------------- GGUF
@@ -337,8 +338,10 @@ def _build(
         if not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: layer {layer} contains NaN or inf values")
 
-    fields: dict[str, Any] = {"model": UNKNOWN, "model_fingerprint": UNKNOWN, "site": "block_output", "method": UNKNOWN, "position": UNKNOWN, "n_pairs": 0, "dataset_sha256": UNKNOWN}
+    fields: dict[str, Any] = {"model": UNKNOWN, "model_fingerprint": UNKNOWN, "site": "block_output", "method": UNKNOWN, "read": UNKNOWN, "n_pairs": 0, "dataset_sha256": UNKNOWN}
     if ours.get("format") == FORMAT:  # written by export_gguf: our metadata, verbatim
+        if "read" not in ours and "position" in ours:  # written before the rename
+            ours["read"] = ours.pop("position")
         try:
             fields.update({k: ours[k] for k in _STR_FIELDS}, n_pairs=int(ours["n_pairs"]))
             file_width, depth = int(ours["hidden_size"]), int(ours["num_layers"])
@@ -367,22 +370,16 @@ def _build(
 
 
 def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fields: dict[str, Any], extra: dict[str, str], model: Any, allow: bool) -> None:
-    name = model_name(model)
-    if width != hidden_size(model):
-        raise VectorFileError(f"{path}: direction size {width} does not match model {name!r} (hidden size {hidden_size(model)})")
-    depth = model_num_layers(model)
-    too_deep = sorted(i for i in directions if i >= depth)
-    if too_deep:
-        raise VectorFileError(f"{path}: layers {too_deep} are out of range for model {name!r} with {depth} layers")
+    try:
+        check_fits(
+            model, hidden_size=width, layers=directions, site=fields["site"], fingerprint=fields["model_fingerprint"],
+            made_on=fields["model"], check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
+        )
+    except (VectorMismatchError, LayerError) as exc:
+        raise VectorFileError(f"{path}: {exc}") from None
     if allow:
         return
-    known = fields["model_fingerprint"]
-    actual = fingerprint_mismatch(known, model)
-    if actual is not None:
-        raise VectorFileError(
-            f"{path}: made on {fields['model']!r} (fingerprint {known}), not model {name!r} (fingerprint {actual}); "
-            "pass allow_model_mismatch=True to load it anyway"
-        )
+    name = model_name(model)
     hint = extra.get("model_hint", "")
     model_type = str(getattr(text_config(model), "model_type", "") or "")
     # repeng and llama.cpp write the architecture (config.model_type) as the hint.

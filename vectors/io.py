@@ -3,7 +3,7 @@
 Layout: one float32 tensor ``layers.{i}`` of shape ``[hidden_size]`` per layer,
 and a string metadata header that describes the vector on its own
 (``format=steering-vector``, ``format_version``, model, fingerprint, sizes,
-site, method, position, pair count, dataset hash, library version). Every
+site, method, read (``last``/``mean``; files before issue 11 call it ``position``), pair count, dataset hash, library version). Every
 problem found on load raises `VectorFileError` naming the file and the field.
 """
 
@@ -20,9 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hooks import SteeringError, num_layers
+from hooks import LayerError, SteeringError
 
-from .model_info import fingerprint_mismatch, hidden_size, model_name
+from .model_info import VectorMismatchError, check_fits
 
 FORMAT = "steering-vector"
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ REQUIRED = (
     "num_layers",
     "site",
     "method",
-    "position",
+    "read",
     "n_pairs",
     "dataset_sha256",
     "steering_version",
@@ -138,6 +138,8 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise VectorFileError(f"{path}: not a readable safetensors file ({exc})") from None
 
+    if "read" not in meta and "position" in meta:  # written before the rename: same values
+        meta["read"] = meta.pop("position")
     if meta.get("format") != FORMAT:
         raise VectorFileError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     for key in REQUIRED:
@@ -175,7 +177,7 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
     if model is not None:
         _check_model(path, meta, ints, directions, model, allow_model_mismatch)
 
-    fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "position", "dataset_sha256")}
+    fields = {f: meta[f] for f in ("model", "model_fingerprint", "site", "method", "read", "dataset_sha256")}
     extra = {k: v for k, v in meta.items() if k not in REQUIRED or k == "steering_version"}
     return dict(
         directions=directions,
@@ -188,25 +190,11 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
 
 
 def _check_model(path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool) -> None:
-    name = model_name(model)
-    width = hidden_size(model)
-    if ints["hidden_size"] != width:
-        raise VectorFileError(f"{path}: hidden_size {ints['hidden_size']} does not match model {name!r} (hidden size {width})")
-    depth = num_layers(model)
-    too_deep = [i for i in directions if i >= depth]
-    if too_deep:
-        raise VectorFileError(f"{path}: layers {too_deep} are out of range for model {name!r} with {depth} layers")
-    if ints["num_layers"] != depth and not allow:
-        raise VectorFileError(
-            f"{path}: num_layers {ints['num_layers']} does not match model {name!r} ({depth} layers); "
-            "pass allow_model_mismatch=True to load it anyway"
+    try:
+        check_fits(
+            model, hidden_size=ints["hidden_size"], layers=directions, site=meta["site"],
+            fingerprint=meta["model_fingerprint"], made_on=meta["model"], num_layers=ints["num_layers"],
+            check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
         )
-    expected = meta["model_fingerprint"]
-    if not allow:
-        actual = fingerprint_mismatch(expected, model)
-        if actual is not None:
-            raise VectorFileError(
-                f"{path}: model_fingerprint {expected} (made on {meta['model']!r}) does not match "
-                f"model {name!r} (fingerprint {actual}); pass allow_model_mismatch=True to load it anyway"
-            )
-
+    except (VectorMismatchError, LayerError) as exc:
+        raise VectorFileError(f"{path}: {exc}") from None

@@ -17,9 +17,10 @@ probe      logistic-regression weight direction (standardised features),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -138,11 +139,16 @@ def probe(stats: LayerStats) -> Tensor:
     return (weight / weight.norm().clamp_min(1e-12) * reference.norm()).float()
 
 
-METHODS: dict[str, Method] = {
+_METHODS: dict[str, Method] = {
     "mean_diff": Method(mean_diff, doc="mean(positive) - mean(negative)"),
     "pca_diff": Method(pca_diff, needs_outer=True, doc="first principal component of pair differences"),
     "probe": Method(probe, needs_samples=True, doc="logistic-regression weight direction"),
 }
+METHODS: Mapping[str, Method] = MappingProxyType(_METHODS)
+"""The registered methods by name: a read-only view; add one with `register_method`."""
+
+PairMethod = Callable[[Tensor, Tensor], Tensor]
+"""The plain form of a method: ``(positives, negatives) -> direction``, both ``[n_pairs, hidden]``."""
 
 
 def get_method(name: str) -> Method:
@@ -153,8 +159,37 @@ def get_method(name: str) -> Method:
         raise SteeringError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
 
 
-def register_method(name: str, method: Method) -> None:
-    """Add a user-defined method to the registry (name must be new)."""
-    if name in METHODS:
+def register_method(name: str, method: Method | PairMethod) -> Method:
+    """Add a user-defined method to the registry (the name must be new); return it.
+
+    Args:
+        name: the name `extract` and configs select it by.
+        method: either the streaming form, a `Method` whose ``fn`` reads the
+            running `LayerStats` (memory does not grow with the pairs), or a
+            plain callable ``(positives, negatives) -> direction`` taking the
+            ``[n_pairs, hidden]`` float32 activations of one layer (rows are
+            pairs, in order) and returning a ``[hidden]`` direction; it keeps
+            the activations, as ``probe`` does.
+
+    Raises:
+        SteeringError: if the name is taken, or ``method`` is neither form.
+
+    Example:
+        >>> register_method("median_diff", lambda pos, neg: (pos - neg).median(0).values)  # doctest: +SKIP
+        >>> vec = extract(model, tok, pairs, layers=[12], method="median_diff")  # doctest: +SKIP
+    """
+    if name in _METHODS:
         raise SteeringError(f"method {name!r} is already registered")
-    METHODS[name] = method
+    if not isinstance(method, Method):
+        if not callable(method):
+            raise SteeringError(f"method {name!r} must be a Method or a callable (positives, negatives) -> direction, got {type(method).__name__}")
+        method = Method(_from_pairs(method), needs_samples=True, doc=(method.__doc__ or "").strip().split("\n")[0])
+    _METHODS[name] = method
+    return method
+
+
+def _from_pairs(fn: PairMethod) -> Callable[[LayerStats], Tensor]:
+    def from_stats(stats: LayerStats) -> Tensor:
+        return fn(torch.cat(stats.pos_samples), torch.cat(stats.neg_samples)).float()
+
+    return from_stats

@@ -20,14 +20,22 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from hooks import num_layers
+from hooks import LayerError, SteeringError
+from hooks import num_layers as count_layers
+from hooks.sites import site_module
 from hooks.fold import unfolded_parameters
 
 UNKNOWN = "unknown"  # a metadata field nobody recorded (model, fingerprint, method, ...)
+
+
+class VectorMismatchError(SteeringError, ValueError):
+    """Two vectors, or a vector and a model, that do not belong together."""
+
 
 FINGERPRINT_VERSION = 2
 _SAMPLES_PER_TENSOR = 64
@@ -43,6 +51,9 @@ def text_config(model: nn.Module):  # -> PretrainedConfig
 def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream."""
     return int(text_config(model).hidden_size)
+
+
+_width = hidden_size  # check_fits takes a keyword of that name
 
 
 def model_name(model: nn.Module) -> str:
@@ -74,7 +85,7 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     """
     config = text_config(model)
     digest = hashlib.sha256()
-    shape = (getattr(config, "model_type", ""), hidden_size(model), num_layers(model), getattr(config, "vocab_size", 0))
+    shape = (getattr(config, "model_type", ""), hidden_size(model), count_layers(model), getattr(config, "vocab_size", 0))
     digest.update(repr(shape).encode())
     if version == 1:
         _digest_v1(digest, model.get_input_embeddings().weight)
@@ -135,3 +146,60 @@ def same_checkpoint(a: str, b: str) -> bool | None:
         )
         return None
     return a == b
+
+
+def check_fits(
+    model: nn.Module,
+    *,
+    hidden_size: int,
+    layers: Iterable[int],
+    site: str,
+    fingerprint: str = UNKNOWN,
+    made_on: str = UNKNOWN,
+    num_layers: int | None = None,
+    check_model: bool = True,
+    override: str = "pass check_model=False to use it anyway",
+) -> None:
+    """The one "does this vector fit this model" check (`steer`, `load_vector`, `import_gguf`/`import_pt`).
+
+    Sizes are always checked: the width, that every layer exists, and that
+    the model has the site (OPT has no ``mlp_output``). With ``check_model``
+    the recorded ``fingerprint`` is compared in its own format
+    (`fingerprint_mismatch`), and a recorded layer count ``num_layers``, when
+    given, must equal the model's.
+
+    Args:
+        model: the model the vector is meant for.
+        hidden_size, layers, site, fingerprint, made_on, num_layers: what the
+            vector (or file) records.
+        check_model: also compare fingerprint and layer count (the provenance checks).
+        override: how to skip the provenance checks, for the messages.
+
+    Raises:
+        VectorMismatchError: a different width, layer count or checkpoint.
+        LayerError: a layer out of range, or a site the model lacks.
+
+    Example:
+        >>> check_fits(model, hidden_size=576, layers=[12], site="block_output")  # doctest: +SKIP
+    """
+    name = model_name(model)
+    width = _width(model)
+    if hidden_size != width:
+        raise VectorMismatchError(f"hidden size {hidden_size} does not match the model's {width} (model {name!r})")
+    depth = count_layers(model)
+    wanted = sorted(layers)
+    bad = [i for i in wanted if not 0 <= i < depth]
+    if bad:
+        raise LayerError(f"layers {bad} are out of range for a model with {depth} layers (model {name!r})")
+    if wanted:
+        site_module(model, wanted[0], site)  # an unknown site, or a block without that submodule
+    if not check_model:
+        return
+    if num_layers is not None and num_layers != depth:
+        raise VectorMismatchError(f"num_layers {num_layers} does not match model {name!r} ({depth} layers); {override}")
+    actual = fingerprint_mismatch(fingerprint, model)
+    if actual is not None:
+        raise VectorMismatchError(
+            f"the vector was made on {made_on!r} (fingerprint {fingerprint}), but the model is {name!r} "
+            f"(fingerprint {actual}): another checkpoint, whose activation space differs; {override}"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,8 @@ from torch import Tensor
 from hooks import SteeringError, normalize_layers
 
 from .io import read_vector_file, write_vector_file
-from .model_info import UNKNOWN, same_checkpoint
+from .model_info import UNKNOWN, VectorMismatchError, same_checkpoint
 
-
-
-class VectorMismatchError(SteeringError, ValueError):
-    """Two vectors, or a vector and a model, that do not belong together."""
 
 
 class VectorValueError(SteeringError, ValueError):
@@ -47,7 +44,7 @@ class SteeringVector:
         model_fingerprint: see `vectors.model_info.model_fingerprint`.
         site: hook site the activations were read at (`hooks.SITES`).
         method: extraction method name (`vectors.METHODS`).
-        position: token position read (``last`` or ``mean``).
+        read: where each text was read (``last`` or ``mean``; formerly ``position``).
         n_pairs: number of contrastive pairs used.
         dataset_sha256: hash of the pairs' content.
         extra: further string metadata, kept through save and load.
@@ -65,7 +62,7 @@ class SteeringVector:
     model_fingerprint: str = UNKNOWN
     site: str = "block_output"
     method: str = UNKNOWN
-    position: str = UNKNOWN
+    read: str = UNKNOWN
     n_pairs: int = 0
     dataset_sha256: str = UNKNOWN
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -95,6 +92,12 @@ class SteeringVector:
     def layers(self) -> list[int]:
         """Sorted layer indices."""
         return list(self.directions)
+
+    @property
+    def position(self) -> str:
+        """Deprecated name of `read`."""
+        warnings.warn("SteeringVector.position is deprecated; use .read instead", DeprecationWarning, stacklevel=2)
+        return self.read
 
     def norms(self) -> dict[int, float]:
         """L2 norm of each layer's direction."""
@@ -211,7 +214,7 @@ class SteeringVector:
         norms = ", ".join(f"{i}: {n:.3g}" for i, n in self.norms().items())
         return (
             f"SteeringVector(model={self.model!r}, site={self.site}, method={self.method}, "
-            f"position={self.position}, n_pairs={self.n_pairs}, norms={{{norms}}})"
+            f"read={self.read}, n_pairs={self.n_pairs}, norms={{{norms}}})"
         )
 
 

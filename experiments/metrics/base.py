@@ -37,7 +37,7 @@ class Cell:
         layers: the window of layers steered (empty for the baseline).
         coef: the grid coefficient, the total over the window.
         vector: the vector restricted to ``layers`` (``None`` for the baseline).
-        positions: ``all``, ``prompt`` or ``generated``.
+        apply_to: ``all``, ``prompt`` or ``generated`` (the tokens steered).
         cache: per-cell results shared between metrics (see module docs).
     """
 
@@ -45,7 +45,7 @@ class Cell:
     layers: tuple[int, ...] = ()
     coef: float = 0.0
     vector: st.SteeringVector | None = None
-    positions: str = "all"
+    apply_to: str = "all"
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,7 +68,7 @@ class Cell:
         if self.is_baseline:
             return nullcontext()
         assert self.vector is not None
-        return st.steer(model, self.vector, coef=self.layer_coef, positions=self.positions)
+        return st.steer(model, self.vector, coef=self.layer_coef, apply_to=self.apply_to)
 
 
 def window_label(layers: tuple[int, ...] | list[int]) -> str:
@@ -96,9 +96,7 @@ class Context:
         return int(self.cfg.seed)
 
 
-CellFn = Callable[[Context, Cell], Values]
 RowFn = Callable[[Context, list[Cell]], Values]
-LayerFn = Callable[[Context, list[int]], dict[int, Values]]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from .base import Cell, Context, Values
@@ -114,8 +113,3 @@ def kl(ctx: Context, cell: Cell) -> Values:
     _, total = _steered(ctx, cell)
     return {"kl": total / base.tokens}
 
-
-@torch.no_grad()
-def warm(ctx: Context) -> None:
-    """Run the unsteered pass now (so it is not charged to the first cell)."""
-    _baseline(ctx)

@@ -2,7 +2,7 @@
 
 The contrastive pairs are split (by pair, seeded, ``eval.test_fraction``
 held out) so a pair's two texts never sit on both sides. Activations at the
-read position (``method.position``) of every requested layer come from one
+read position (``method.read``) of every requested layer come from one
 pass per side; per layer a logistic-regression probe (standardised features)
 is fitted on the training texts and scored on the held-out ones:
 ``probe_accuracy`` and ``probe_auroc``.
@@ -37,7 +37,7 @@ def probe_accuracy(ctx: Context, layers: list[int]) -> dict[int, Values]:
     """Held-out probe accuracy and AUROC at each of ``layers``."""
     cfg = ctx.cfg
     train, test = split_pairs(ctx.data.pairs, float(cfg.eval.test_fraction), ctx.seed)
-    kwargs = dict(position=str(cfg.method.position), site=str(cfg.sweep.site), batch_size=int(cfg.method.batch_size), needs_samples=True)
+    kwargs = dict(read=str(cfg.method.read), site=str(cfg.sweep.site), batch_size=int(cfg.method.batch_size), needs_samples=True)
     train_stats = collect_stats(ctx.model, ctx.tokenizer, train, layers, **kwargs)
     test_stats = collect_stats(ctx.model, ctx.tokenizer, test, layers, **kwargs)
     out = {}

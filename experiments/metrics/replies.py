@@ -1,9 +1,9 @@
 """Next-token log-probabilities of replies that follow prompts, in batches.
 
 A reply is scored the way it would be generated: the (templated) prompt runs
-first and fills the KV cache, then the reply runs on that cache. Steering by
-positions therefore means the same here as in ``steering.generate``: with
-``positions="generated"`` the prompt pass is left alone and only the reply is
+first and fills the KV cache, then the reply runs on that cache. Steering with
+``apply_to`` therefore means the same here as in ``steering.generate``: with
+``apply_to="generated"`` the prompt pass is left alone and only the reply is
 steered. When every row has the same prompt (the neutral texts) the prompt
 runs once and its cache is repeated over the rows.
 

@@ -77,7 +77,7 @@ def generations(ctx: Context, cell: Cell) -> list[str]:
             None if cell.is_baseline else cell.vector,
             cell.layer_coef,
             max_new_tokens=int(ev.max_new_tokens),
-            positions=cell.positions,
+            apply_to=cell.apply_to,
             chat=ev.chat,
             batch_size=int(ev.batch_size),
             **sampling,

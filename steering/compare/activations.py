@@ -8,7 +8,7 @@ float32 matrix, and ``n`` labels, 1 = shows the behaviour):
   same text formatting and token position), so a vector is scored on the
   activations it was built from, or on held-out pairs of the same kind;
 - labelled texts: JSONL lines ``{"text": str, "label": 0 | 1}``, read at the
-  last token (``position="last"``) or averaged over all tokens (``"mean"``).
+  last token (``read="last"``) or averaged over all tokens (``"mean"``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hooks import SteeringError, capture, check_site, completion_mask, position_ids, read_indices, read_rows, resolve_layers, run_until_stopped
-from vectors import ContrastPair, DatasetError, as_pairs, collect_stats, dataset_sha256
+from hooks import (
+    Site,
+    SteeringError,
+    capture,
+    check_site,
+    completion_mask,
+    position_ids,
+    read_indices,
+    read_rows,
+    renamed,
+    resolve_layers,
+    run_until_stopped,
+)
+from vectors import READS, ContrastPair, DatasetError, Read, as_pairs, collect_stats, dataset_sha256
 from vectors.text import pad_batch, tokenize
 
 
@@ -69,9 +81,10 @@ def pair_activations(
     pairs: Sequence[ContrastPair | dict[str, Any] | tuple[str, str]],
     layers: Iterable[int] | int | None,
     *,
-    position: str = "last",
-    site: str = "block_output",
+    read: Read = "last",
+    site: Site = "block_output",
     batch_size: int = 16,
+    position: Read | None = None,
     source: str = "pairs",
 ) -> LabelledActivations:
     """Activations of both sides of each pair at ``layers`` (read as `vectors.extract` reads them).
@@ -81,8 +94,9 @@ def pair_activations(
         >>> acts.features[12].shape  # doctest: +SKIP
         (400, 576)
     """
+    read = renamed("read", read, position, "last")
     pair_list = as_pairs(pairs)
-    stats = collect_stats(model, tokenizer, pair_list, layers, position=position, site=site, batch_size=batch_size, needs_samples=True)
+    stats = collect_stats(model, tokenizer, pair_list, layers, read=read, site=site, batch_size=batch_size, needs_samples=True)
     features: dict[int, np.ndarray] = {}
     for layer, s in stats.items():
         pos, neg = torch.cat(s.pos_samples).numpy(), torch.cat(s.neg_samples).numpy()
@@ -91,7 +105,7 @@ def pair_activations(
     # collect_stats returns samples in the order of pair_list: row k (and n + k) is pair k.
     labels = np.r_[np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)]
     groups = np.r_[np.arange(n), np.arange(n)]
-    return LabelledActivations(features, labels, groups, source, dataset_sha256(pair_list), {"position": position, "site": site})
+    return LabelledActivations(features, labels, groups, source, dataset_sha256(pair_list), {"read": read, "site": site})
 
 
 def read_labelled_texts(path: str | Path) -> tuple[list[str], list[int]]:
@@ -145,19 +159,22 @@ def text_features(
     texts: Sequence[str],
     layers: Iterable[int] | int | None,
     *,
-    position: str = "last",
-    site: str = "block_output",
+    read: Read = "last",
+    site: Site = "block_output",
     batch_size: int = 16,
+    position: Read | None = None,
 ) -> dict[int, np.ndarray]:
     """Per-layer ``[n, d]`` float32 activations of plain texts (tokenised with special tokens).
 
-    ``position="last"`` reads the last token, ``"mean"`` averages all tokens.
+    ``read="last"`` reads the last token, ``"mean"`` averages all tokens
+    (``position`` is its deprecated name).
 
     Example:
         >>> feats = text_features(model, tok, ["I love it", "I hate it"], layers=[12])  # doctest: +SKIP
     """
-    if position not in ("last", "mean"):
-        raise SteeringError(f"unknown position {position!r}; choose 'last' or 'mean'")
+    position = renamed("read", read, position, "last")
+    if position not in READS:
+        raise SteeringError(f"unknown read {position!r}; choose 'last' or 'mean'")
     if tokenizer.pad_token_id is None:
         raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     if not texts:
@@ -195,9 +212,10 @@ def text_activations(
     labels: Sequence[int],
     layers: Iterable[int] | int | None,
     *,
-    position: str = "last",
-    site: str = "block_output",
+    read: Read = "last",
+    site: Site = "block_output",
     batch_size: int = 16,
+    position: Read | None = None,
     source: str = "texts",
 ) -> LabelledActivations:
     """Activations of labelled plain texts (see `text_features`).
@@ -207,6 +225,7 @@ def text_activations(
     """
     if len(texts) != len(labels):
         raise SteeringError(f"{len(texts)} texts but {len(labels)} labels")
-    features = text_features(model, tokenizer, texts, layers, position=position, site=site, batch_size=batch_size)
+    read = renamed("read", read, position, "last")
+    features = text_features(model, tokenizer, texts, layers, read=read, site=site, batch_size=batch_size)
     label_array = np.asarray(labels, dtype=np.int64)
-    return LabelledActivations(features, label_array, np.arange(len(texts)), source, None, {"position": position, "site": site})
+    return LabelledActivations(features, label_array, np.arange(len(texts)), source, None, {"read": read, "site": site})

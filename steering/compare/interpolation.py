@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hooks import SteeringError
+from hooks import ApplyTo, SteeringError, renamed
 from vectors import SteeringVector
 from vectors.text import tokenize
 
@@ -72,7 +72,7 @@ def projection_scorer(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
         out = np.full(len(texts), np.nan)
         keep = [k for k, t in enumerate(texts) if tokenize(tokenizer, t)]
         if keep:
-            feats = text_features(model, tokenizer, [texts[k] for k in keep], [layer], position="mean", batch_size=batch_size)
+            feats = text_features(model, tokenizer, [texts[k] for k in keep], [layer], read="mean", batch_size=batch_size)
             out[keep] = project(feats[layer], direction)
         return out
 
@@ -91,8 +91,9 @@ def interpolate(
     coef: float = 4.0,
     layers: Sequence[int] | None = None,
     max_new_tokens: int = 32,
-    positions: str = "all",
+    apply_to: ApplyTo = "all",
     seed: int = 0,
+    positions: ApplyTo | None = None,
     **gen_kwargs: Any,
 ) -> dict[str, Any]:
     """Generate with ``coef * ((1 - t) a + t b)`` for each ``t`` and score the texts.
@@ -106,7 +107,8 @@ def interpolate(
         coef: steering strength applied to the mixed vector.
         layers: steer only at these layers (default: every layer of either
             vector; vectors made at every layer usually want one or a few).
-        max_new_tokens, positions, **gen_kwargs: passed to `steering.generate` (greedy by default).
+        max_new_tokens, apply_to, **gen_kwargs: passed to `steering.generate` (greedy by default);
+            ``positions`` is the deprecated name of ``apply_to``.
         seed: seed of a local generator, fresh for each ``t`` (matters only
             with ``do_sample=True``; the global torch RNG is not reseeded).
 
@@ -120,6 +122,7 @@ def interpolate(
     """
     from transformers import LogitsProcessorList
 
+    apply_to = renamed("apply_to", apply_to, positions, "all")
     check_same_space({"a": a, "b": b})
     if layers is not None:
         wanted = sorted(set(layers))
@@ -141,7 +144,7 @@ def interpolate(
         kwargs = dict(gen_kwargs)
         if kwargs.get("do_sample"):
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), SeededSampler(seed)])
-        texts = generate(model, tokenizer, list(prompts), mixed, coef, max_new_tokens=max_new_tokens, positions=positions, **kwargs)
+        texts = generate(model, tokenizer, list(prompts), mixed, coef, max_new_tokens=max_new_tokens, apply_to=apply_to, **kwargs)
         result["texts"].append(texts)
         for name, scorer in scorers.items():
             values = np.asarray(scorer(texts), dtype=np.float64)

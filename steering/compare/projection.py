@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from hooks import SteeringError
-from vectors import SteeringVector
 
 from .activations import LabelledActivations
 from .similarity import Vectors
@@ -123,8 +122,3 @@ def embed_2d(features: np.ndarray, method: str = "pca", *, seed: int = 0, perple
         return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
     raise SteeringError(f"unknown embedding {method!r}; choose 'pca' or 'tsne'")
 
-
-def direction_1d(vector: SteeringVector, acts: LabelledActivations, layer: int) -> dict[str, np.ndarray]:
-    """Projections split by label at ``layer``: ``{"positive": [...], "negative": [...]}`` (for histograms)."""
-    scores = project(acts.features[layer], vector.directions[layer].numpy())
-    return {"positive": scores[acts.labels == 1], "negative": scores[acts.labels == 0]}

@@ -2,7 +2,7 @@
 
 A request's steering terms are folded, once, into `RowDeltas`: for each
 ``(site, layer)`` the vector it adds at prompt positions and the one it adds
-at generated positions (terms with ``positions="all"`` go into both). The
+at generated positions (terms with ``apply_to="all"`` go into both). The
 sums are formed exactly as `steering.apply.build_ops` forms them, so a request
 served alone adds the very tensor ``st.steer`` would. Terms with
 ``mode="ablate"`` instead contribute their direction to an orthonormal basis
@@ -45,7 +45,7 @@ Phase = Literal["prompt", "generated"]
 
 @dataclass(frozen=True)
 class Term:
-    """One resolved steering term: ``coef * vector`` at ``layers``, at ``positions``.
+    """One resolved steering term: ``coef * vector`` at ``layers``, on the tokens ``apply_to`` names.
 
     With ``mode="ablate"`` the vector's direction is projected out instead
     (``coef`` is not used).
@@ -54,7 +54,7 @@ class Term:
     vector: SteeringVector
     coef: float
     layers: tuple[int, ...]
-    positions: str = "all"
+    apply_to: str = "all"
     mode: str = "add"
 
 
@@ -107,7 +107,7 @@ def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
         items: dict[Key, list[tuple[Tensor, float]]] = {}
         ablate: dict[Key, list[Tensor]] = {}
         for term in terms:
-            if term.positions not in ("all", phase):
+            if term.apply_to not in ("all", phase):
                 continue
             for layer in term.layers:
                 key, direction = (term.vector.site, layer), term.vector.directions[layer]

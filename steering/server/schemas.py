@@ -2,7 +2,8 @@
 
 The shapes follow OpenAI's chat and legacy completions APIs, plus one field of
 our own, ``steering``: a list of terms ``{"vector", "coef", "layers",
-"positions", "mode"}`` (the ``openai`` client sends it through ``extra_body``).
+"apply_to", "mode"}`` (``positions``, the old name of ``apply_to``, is still
+accepted and marked deprecated in the OpenAPI schema) (the ``openai`` client sends it through ``extra_body``).
 
 Unknown fields are refused (``extra="forbid"``): a typo such as ``"steer"``
 would otherwise return an unsteered answer without a word. A few OpenAI
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hooks import ApplyTo
+from steering.apply import Mode
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -31,7 +35,8 @@ class SteeringTerm(_Body):
         vector: file stem of a vector in the server's vectors directory.
         coef: multiplier; negative subtracts the behaviour (not with ``ablate``).
         layers: a subset of the vector's layers (default: all of them).
-        positions: ``all`` tokens, only the ``prompt``, or only ``generated`` ones.
+        apply_to: ``all`` tokens, only the ``prompt``, or only ``generated`` ones.
+        positions: deprecated name of ``apply_to``.
         mode: ``add`` the vector, or ``ablate``: project its direction out of
             the hidden states (before any ``add`` term at the same layer).
     """
@@ -39,8 +44,18 @@ class SteeringTerm(_Body):
     vector: str
     coef: FiniteFloat = 1.0
     layers: list[int] | None = None
-    positions: Literal["all", "prompt", "generated"] = "all"
-    mode: Literal["add", "ablate"] = "add"
+    apply_to: ApplyTo = "all"
+    mode: Mode = "add"
+    positions: ApplyTo | None = Field(default=None, deprecated="use apply_to (same values)", description="Deprecated: use apply_to.")
+
+    @model_validator(mode="after")
+    def _old_positions(self) -> SteeringTerm:
+        old = self.__dict__.get("positions")  # not self.positions: pydantic warns on reading a deprecated field
+        if old is not None:
+            if "apply_to" in self.model_fields_set and self.apply_to != old:
+                raise ValueError("positions is the old name of apply_to; give only apply_to")
+            self.apply_to = old
+        return self
 
 
 class StreamOptions(_Body):

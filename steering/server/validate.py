@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hooks import LayerError, normalize_layer
 from vectors import CoefError, VectorFileError, check_coef
 
 from .config import ServerConfig
@@ -99,7 +100,10 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
                                param=f"{where}.layers", code="layer_not_in_vector")
             wanted = []
             for layer in term.layers:
-                index = layer + ctx.num_layers if layer < 0 else layer
+                try:  # the library's rule (hooks.normalize_layer): negative counts from the end
+                    index = normalize_layer(layer, ctx.num_layers, "the served model")
+                except LayerError as exc:
+                    raise APIError(422, f"{where}.layers: {exc}", param=f"{where}.layers", code="layer_not_in_vector") from None
                 if index not in vector.directions:
                     raise APIError(422, f"{where}.layers: layer {layer} is not in vector {term.vector!r} (it has layers {list(layers)})",
                                    param=f"{where}.layers", code="layer_not_in_vector")
@@ -110,7 +114,7 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
             if zero:
                 raise APIError(422, f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
                                param=f"{where}.vector", code="invalid_vector")
-        resolved.append(Term(vector, float(term.coef), layers, term.positions, term.mode))
+        resolved.append(Term(vector, float(term.coef), layers, term.apply_to, term.mode))
     return resolved
 
 

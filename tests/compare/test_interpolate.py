@@ -56,7 +56,7 @@ def test_projection_scorer_projects_mean_activation(llama) -> None:
     vec = random_vector(model, 3)
     texts = ["a happy cat", "the gloomy rain falls"]
     scores = sc.projection_scorer(model, tok, vec, 1)(texts)
-    feats = sc.text_features(model, tok, texts, [1], position="mean")
+    feats = sc.text_features(model, tok, texts, [1], read="mean")
     d = vec.directions[1].numpy().astype(np.float64)
     np.testing.assert_allclose(scores, feats[1] @ d / np.linalg.norm(d), rtol=1e-6)
     assert np.isnan(sc.projection_scorer(model, tok, vec, 1)(["", "x"])[0])

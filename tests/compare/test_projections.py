@@ -118,11 +118,11 @@ def test_pair_activation_rows_map_back_to_their_pair(llama, share_prefix_order: 
     model, tok = llama
     pairs = [(f"{p} {'and more words ' * (5 - k)}", n) for k, (p, n) in enumerate(PAIRS)]  # longest first
     position = "last" if share_prefix_order else "mean"  # the two sort orders collect_stats uses
-    acts = sc.pair_activations(model, tok, pairs, layers=[1], batch_size=2, position=position)
+    acts = sc.pair_activations(model, tok, pairs, layers=[1], batch_size=2, read=position)
     n = len(pairs)
     np.testing.assert_array_equal(acts.groups, np.r_[np.arange(n), np.arange(n)])
     for k, pair in enumerate(pairs):
-        alone = sc.pair_activations(model, tok, [pair], layers=[1], position=position)
+        alone = sc.pair_activations(model, tok, [pair], layers=[1], read=position)
         np.testing.assert_allclose(acts.features[1][k], alone.features[1][0], atol=1e-4)
         np.testing.assert_allclose(acts.features[1][n + k], alone.features[1][1], atol=1e-4)
 
@@ -135,7 +135,7 @@ def test_text_activations_match_hidden_states(llama, side: str) -> None:
     texts, labels = ["the cat sat on the mat", "a dog", "birds sing in the early morning light"], [1, 0, 1]
     # Not the last layer: HF's final hidden_states entry has the final norm applied.
     last = sc.text_activations(model, tok, texts, labels, [0, 1], batch_size=2)
-    mean = sc.text_activations(model, tok, texts, labels, [1], position="mean", batch_size=3)
+    mean = sc.text_activations(model, tok, texts, labels, [1], read="mean", batch_size=3)
     np.testing.assert_array_equal(last.labels, labels)
     for k, text in enumerate(texts):
         hidden = model(**tok(text, return_tensors="pt"), output_hidden_states=True).hidden_states

@@ -130,7 +130,7 @@ def test_convert_between_formats_and_info_reads_them(capsys, tmp_path: Path, tin
         (["convert", "input=v.safetensors", "out=v.safetensors"], "same file as input"),
         (["convert", "input=v.safetensors", "out=v.npy"], "unknown vector file type '.npy'"),
         (["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"], "layer 7 is out of range for a vector made on 'other' with 3 layers"),
-        (["convert", "input=v.safetensors", "out=w.safetensors", "model=MODEL"], "hidden_size"),
+        (["convert", "input=v.safetensors", "out=w.safetensors", "model=MODEL"], "hidden size"),
     ],
 )
 def test_convert_errors_are_one_line(capsys, monkeypatch, tmp_path: Path, tiny_folder: Path, args, message) -> None:
@@ -155,7 +155,7 @@ def test_vector_for_another_model(capsys, tmp_path: Path, tiny_folder: Path) -> 
     vec = st.SteeringVector({0: torch.ones(32)}, hidden_size=32, num_layers=3, model="other", model_fingerprint=st.model_fingerprint(other))
     path = vec.save(tmp_path / "other.safetensors")
     code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2")
-    assert code == 1 and "model_fingerprint" in err and "allow_model_mismatch" in err
+    assert code == 1 and "fingerprint" in err and "allow_model_mismatch" in err
     code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2", "allow_model_mismatch=true")
     assert code == 0, err
 

@@ -86,7 +86,7 @@ def test_bad_overrides_fail_with_hydra_errors(override: str, error: type[Excepti
     [
         (["task=train"], "task='train'"),
         (["method.name=magic"], "method.name='magic'"),
-        (["sweep.positions=middle"], "sweep.positions='middle'"),
+        (["sweep.apply_to=middle"], "sweep.apply_to='middle'"),
         (["metric.use=[generation_score,telepathy]"], "telepathy"),
         (["metric.effect=joy"], "metric.effect='joy'"),
         (["+budget.sparkle=1.0"], "budget.sparkle"),
@@ -133,3 +133,35 @@ def test_run_groups_do_not_capture_the_other_commands_keys() -> None:
 
     cfg = compose_config("extract", ["model=/some/folder", "data=sentiment", "method=pca_diff", "out=v.safetensors"])
     assert (cfg.model, cfg.data, cfg.method) == ("/some/folder", "sentiment", "pca_diff")
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [("method.position", "method.read", "mean"), ("sweep.positions", "sweep.apply_to", "prompt")])
+def test_old_run_keys_are_accepted_with_a_warning(old: str, new: str, value: str) -> None:
+    from experiments.schema import migrate_renamed
+
+    cfg = compose(f"{old}={value}")
+    with pytest.warns(DeprecationWarning, match=new):
+        migrate_renamed(cfg)
+    assert OmegaConf.select(cfg, new) == value and OmegaConf.select(cfg, old) is None
+    check(cfg)
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(_migrated(compose(f"{new}={value}")))
+
+
+def _migrated(cfg):
+    from experiments.schema import migrate_renamed
+
+    migrate_renamed(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(("command", "old", "new", "value", "more"), [
+    ("extract", "position", "read", "mean", ["out=x.safetensors"]),
+    ("compare", "position", "read", "mean", ["out=x"]),
+    ("generate", "positions", "apply_to", "generated", ["prompt=hi"]),
+])
+def test_old_command_keys_are_accepted_with_a_warning(command, old, new, value, more) -> None:
+    from experiments.config import compose_config
+
+    with pytest.warns(DeprecationWarning, match=f"use {new}="):
+        cfg = compose_config(command, [f"{old}={value}", *more])
+    assert cfg[new] == value and old not in cfg

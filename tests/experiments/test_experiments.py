@@ -10,7 +10,7 @@ import torch
 
 import steering as st
 from experiments import sweep as sweep_module
-from experiments.basic import generate_command
+from experiments.vector_commands import generate_command
 from experiments.cli import main
 from experiments.config import compose_config
 from experiments.profiles import profile_from_run
@@ -137,7 +137,7 @@ def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: p
     cfg = compose_config("generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8", "compare=true"])
     results = generate_command(cfg)
     for c in choices:
-        want = st.generate(model, tok, "Tell me about the sea", c.vector, c.coef, max_new_tokens=8, positions=c.positions)
+        want = st.generate(model, tok, "Tell me about the sea", c.vector, c.coef, max_new_tokens=8, apply_to=c.apply_to)
         assert results[c.coef] == want
     assert results[0.0] == st.generate(model, tok, "Tell me about the sea", max_new_tokens=8)
     printed = capsys.readouterr().out

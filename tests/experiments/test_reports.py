@@ -24,7 +24,7 @@ def test_compare_report_escapes_a_vector_name(tmp_path: Path) -> None:
     }
     html = write_compare_report(tmp_path, res, {}, [], config=f"name: {EVIL}").read_text()
     assert "<script>" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; / plain" in html and f"name: &lt;script&gt;" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; / plain" in html and "name: &lt;script&gt;" in html
 
 
 def test_run_report_escapes_names_prompts_and_generations(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ from steering.server.engine import Event, Finished, TextDelta
 SETTINGS: list[tuple[str, list[dict] | None, dict]] = [
     ("none", None, {}),
     ("up+", [{"vector": "up", "coef": 1.5}], {"max_tokens": 20}),
-    ("up- generated", [{"vector": "up", "coef": -2.0, "positions": "generated"}], {"max_tokens": 9}),
-    ("side+pre prompt", [{"vector": "side", "coef": 2.5, "positions": "prompt"}, {"vector": "pre", "coef": -1.0}], {"max_tokens": 14}),
+    ("up- generated", [{"vector": "up", "coef": -2.0, "apply_to": "generated"}], {"max_tokens": 9}),
+    ("side+pre prompt", [{"vector": "side", "coef": 2.5, "apply_to": "prompt"}, {"vector": "pre", "coef": -1.0}], {"max_tokens": 14}),
     ("up layer 2, sampled", [{"vector": "up", "coef": 1.0, "layers": [2]}], {"temperature": 0.9, "seed": 11, "max_tokens": 18}),
     ("ablate up, side+", [{"vector": "up", "mode": "ablate"}, {"vector": "side", "coef": 2.0}], {"max_tokens": 16}),
 ]

@@ -18,7 +18,7 @@ def _reference(reference, vecs, prompt, name=None, coef=0.0, *, layers=None, pos
     if name is not None:
         vector = st.SteeringVector.load(vecs / f"{name}.safetensors")
         vector = vector.select(layers) if layers else vector
-    return st.generate(model, tok, prompt, vector, coef, max_new_tokens=max_new_tokens, positions=positions)
+    return st.generate(model, tok, prompt, vector, coef, max_new_tokens=max_new_tokens, apply_to=positions)
 
 
 def test_unsteered_chat_matches_library_generate(client: OpenAI, reference, vecs) -> None:
@@ -49,10 +49,12 @@ def test_plus_and_minus_coef_differ_and_zero_coef_is_unsteered(client: OpenAI, r
 
 @pytest.mark.parametrize("positions", ["prompt", "generated"])
 def test_positions_and_layer_subsets_match_the_library(client: OpenAI, reference, vecs, positions: str) -> None:
-    term = {"vector": "up", "coef": 5.0, "layers": [2], "positions": positions}
+    term = {"vector": "up", "coef": 5.0, "layers": [2], "apply_to": positions}
     got = chat(client, PROMPTS[3], [term]).choices[0].message.content
     assert got == _reference(reference, vecs, PROMPTS[3], "up", 5.0, layers=[2], positions=positions)
-    assert got != chat(client, PROMPTS[3], [{**term, "positions": "all"}]).choices[0].message.content
+    assert got != chat(client, PROMPTS[3], [{**term, "apply_to": "all"}]).choices[0].message.content
+    old = {k: v for k, v in term.items() if k != "apply_to"} | {"positions": positions}  # the field's name before issue 11
+    assert chat(client, PROMPTS[3], [old]).choices[0].message.content == got
 
 
 def test_several_terms_and_sites_add_up(client: OpenAI, reference, vecs) -> None:
@@ -187,3 +189,9 @@ def test_client_that_leaves_a_stream_frees_its_row(server, client: OpenAI) -> No
             next(response.iter_lines())  # one event, then hang up
     state = server.app.state.serving
     wait_until(lambda: state.in_progress == 0 and state.engine.load == (0, 0), "the cancellation to free the row")
+
+
+def test_negative_layers_count_from_the_models_end_as_in_the_library(client: OpenAI) -> None:
+    """``layers: [-1]`` is the model's last layer, as in ``st.steer(layers=[-1])`` (hooks.normalize_layer)."""
+    last = chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [2]}]).choices[0].message.content
+    assert chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [-1]}]).choices[0].message.content == last

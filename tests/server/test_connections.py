@@ -137,8 +137,9 @@ def test_openapi_describes_the_real_request_bodies(server: BackgroundServer) -> 
     steering = components["ChatCompletionRequest"]["properties"]["steering"]
     assert "vector" in steering["description"]
     term = components["SteeringTerm"]
-    assert set(term["properties"]) == {"vector", "coef", "layers", "positions", "mode"} and term["required"] == ["vector"]
-    assert term["properties"]["positions"]["enum"] == ["all", "prompt", "generated"]
+    assert set(term["properties"]) == {"vector", "coef", "layers", "apply_to", "positions", "mode"} and term["required"] == ["vector"]
+    assert term["properties"]["apply_to"]["enum"] == ["all", "prompt", "generated"]
+    assert term["properties"]["positions"]["deprecated"] is True  # the old name, still accepted
     assert components["ChatCompletionRequest"]["required"] == ["model", "messages"]
 
 

@@ -33,7 +33,7 @@ def test_vectors_lists_layers_norms_and_metadata(server, vecs) -> None:
     assert by_name["up"]["metadata"]["model_fingerprint"] == up.model_fingerprint
     errors = {e["name"]: e["error"] for e in body["errors"]}
     assert sorted(errors) == ["broken", "wide"]
-    assert "hidden_size 64" in errors["wide"]
+    assert "hidden size 64" in errors["wide"]
     assert str(vecs) not in " ".join(errors.values())  # no server paths leak
 
 

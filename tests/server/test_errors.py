@@ -45,11 +45,12 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str, str | None, tuple[str, ...]]] =
     ({"steering": [{"vector": "/etc/passwd"}]}, 422, "invalid_vector_name", "steering[0].vector", ("/etc/passwd",)),
     ({"steering": [{"vector": "up", "coef": 1}, {"vector": "sub/up"}]}, 422, "invalid_vector_name", "steering[1].vector", ()),
     ({"steering": [{"vector": "broken"}]}, 422, "invalid_vector", "steering[0].vector", ("broken",)),
-    ({"steering": [{"vector": "wide"}]}, 422, "invalid_vector", "steering[0].vector", ("hidden_size",)),
+    ({"steering": [{"vector": "wide"}]}, 422, "invalid_vector", "steering[0].vector", ("hidden size",)),
     ({"steering": [{"vector": "up", "coef": 10.5}]}, 422, "coef_out_of_range", "steering[0].coef", ("10.5", "10")),
     ({"steering": [{"vector": "up", "coef": -11}]}, 422, "coef_out_of_range", "steering[0].coef", ("-11",)),
     ({"steering": [{"vector": "up", "coef": 1, "layers": [0]}]}, 422, "layer_not_in_vector", "steering[0].layers", ("layer 0", "[1, 2]")),
     ({"steering": [{"vector": "up", "coef": 1, "layers": []}]}, 422, "layer_not_in_vector", "steering[0].layers", ("empty",)),
+    ({"steering": [{"vector": "up", "coef": 1, "layers": [-100]}]}, 422, "layer_not_in_vector", "steering[0].layers", ("-100", "out of range")),
     ({"steering": [{"vector": "up", "coef": 1, "positions": "middle"}]}, 422, "invalid_value", "steering[0].positions", ("middle",)),
     ({"steering": [{"vector": "up", "coeff": 1}]}, 422, "unknown_parameter", "steering[0].coeff", ()),
     ({"steering": [{"vector": "up", "mode": "erase"}]}, 422, "invalid_value", "steering[0].mode", ("erase",)),
@@ -258,7 +259,7 @@ def test_bad_requests_do_not_disturb_requests_in_flight(server, client: OpenAI) 
     jobs = [
         (PROMPTS[0], None),
         (PROMPTS[1], [{"vector": "up", "coef": 1.5}]),
-        (PROMPTS[2], [{"vector": "side", "coef": -2.0, "positions": "generated"}]),
+        (PROMPTS[2], [{"vector": "side", "coef": -2.0, "apply_to": "generated"}]),
         (PROMPTS[3], [{"vector": "pre", "coef": 1.0}]),
     ]
     solo = [chat(client, p, s, max_tokens=40).choices[0].message.content for p, s in jobs]

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -281,7 +282,7 @@ def test_gguf_file_converted_once_then_cached(tmp_path, cache_env, monkeypatch):
 def test_registry_model_uses_cache_without_package(tmp_path, cache_env, monkeypatch):
     gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf")
     spec = MODEL_REGISTRY[DEFAULT_MODEL]
-    monkeypatch.setitem(MODEL_REGISTRY, DEFAULT_MODEL, dataclasses.replace(spec, gguf_path=lambda: gguf_path))
+    monkeypatch.setitem(models._MODELS, DEFAULT_MODEL, dataclasses.replace(spec, gguf_path=lambda: gguf_path))
     model, _ = load_model(DEFAULT_MODEL)
     assert model.config._name_or_path == DEFAULT_MODEL
     assert (cache_env / DEFAULT_MODEL / "steering_cache.json").is_file()
@@ -290,7 +291,7 @@ def test_registry_model_uses_cache_without_package(tmp_path, cache_env, monkeypa
     def no_package():
         raise ModelLoadError("package missing")
 
-    monkeypatch.setitem(MODEL_REGISTRY, DEFAULT_MODEL, dataclasses.replace(spec, gguf_path=no_package))
+    monkeypatch.setitem(models._MODELS, DEFAULT_MODEL, dataclasses.replace(spec, gguf_path=no_package))
     _forbid_conversion(monkeypatch)
     model, _ = load_model(DEFAULT_MODEL)
     assert model.config._name_or_path == DEFAULT_MODEL
@@ -350,3 +351,15 @@ def test_smollm2_converts_then_loads_from_cache(tmp_path, cache_env, monkeypatch
     text = _chat_generate(model, tok)
     print("smollm2 says:", repr(text))
     assert text.strip()
+
+
+def test_registry_is_read_only_and_register_model_adds(monkeypatch):
+    with pytest.raises(TypeError):
+        MODEL_REGISTRY["x"] = MODEL_REGISTRY[DEFAULT_MODEL]  # type: ignore[index]
+    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
+    monkeypatch.setattr(models, "MODEL_REGISTRY", types.MappingProxyType(models._MODELS))
+    spec = dataclasses.replace(MODEL_REGISTRY[DEFAULT_MODEL], name="my-copy")
+    models.register_model(spec)
+    assert models.MODEL_REGISTRY["my-copy"] is spec
+    with pytest.raises(ModelLoadError, match="already registered"):
+        models.register_model(spec)

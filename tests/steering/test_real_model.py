@@ -30,7 +30,7 @@ def test_cli_mean_diff_matches_hidden_states(smollm2, tmp_path: Path, capsys) ->
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative}) + "\n" for p in pairs))
     out = tmp_path / "v.safetensors"
-    assert main(["extract", f"data={data}", "layers=[12]", "method=mean_diff", "position=last", f"out={out}", "batch_size=5"]) == 0
+    assert main(["extract", f"data={data}", "layers=[12]", "method=mean_diff", "read=last", f"out={out}", "batch_size=5"]) == 0
     cli = st.SteeringVector.load(out, model).directions[12]
 
     def last_hidden(prompt: str, completion: str) -> torch.Tensor:
@@ -70,5 +70,5 @@ def test_real_model_exactness(smollm2, sentiment_vector) -> None:
     prompts = ["Describe a cup of tea.", "What is a river?"]
     plain = st.generate(model, tok, prompts, max_new_tokens=12)
     assert st.generate(model, tok, prompts, sentiment_vector, 0.0, max_new_tokens=12) == plain
-    batched = st.generate(model, tok, prompts, sentiment_vector, 4.0, max_new_tokens=12, positions="generated")
-    assert batched == [st.generate(model, tok, p, sentiment_vector, 4.0, max_new_tokens=12, positions="generated") for p in prompts]
+    batched = st.generate(model, tok, prompts, sentiment_vector, 4.0, max_new_tokens=12, apply_to="generated")
+    assert batched == [st.generate(model, tok, p, sentiment_vector, 4.0, max_new_tokens=12, apply_to="generated") for p in prompts]

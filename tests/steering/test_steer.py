@@ -101,7 +101,7 @@ def test_positions_match_full_sequence_reference(tiny, positions: str, use_cache
     model, tok = tiny
     vec = _vector(model, layers=(1,), scale=6.0)
     expected = _reference_generate(model, tok, PROMPTS[0], 1, vec.directions[1], positions)
-    with st.steer(model, vec, coef=1.0, positions=positions):
+    with st.steer(model, vec, coef=1.0, apply_to=positions):
         out = model.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=6, do_sample=False, use_cache=use_cache)
     got = out[0, -6:]
     assert torch.equal(got, expected)
@@ -113,9 +113,9 @@ def test_generated_positions_leave_prompt_logits_alone(llama) -> None:
     vec = _vector(model, layers=(0, 1), scale=10.0)
     batch = tok(PROMPTS[0], return_tensors="pt")
     plain = model(**batch).logits
-    with st.steer(model, vec, coef=1.0, positions="generated"):
+    with st.steer(model, vec, coef=1.0, apply_to="generated"):
         steered = model(**batch).logits
-    with st.steer(model, vec, coef=1.0, positions="prompt"):
+    with st.steer(model, vec, coef=1.0, apply_to="prompt"):
         prompt_steered = model(**batch).logits
     torch.testing.assert_close(steered, plain, atol=0, rtol=0)
     assert not torch.allclose(prompt_steered, plain)
@@ -126,8 +126,8 @@ def test_left_padded_batch_equals_one_by_one(tiny) -> None:
     model, tok = tiny
     vec = _vector(model, layers=(0, 2), scale=2.0)
     for positions in ("all", "generated"):
-        batched = st.generate(model, tok, PROMPTS, vec, coef=1.0, max_new_tokens=6, positions=positions)
-        alone = [st.generate(model, tok, p, vec, coef=1.0, max_new_tokens=6, positions=positions) for p in PROMPTS]
+        batched = st.generate(model, tok, PROMPTS, vec, coef=1.0, max_new_tokens=6, apply_to=positions)
+        alone = [st.generate(model, tok, p, vec, coef=1.0, max_new_tokens=6, apply_to=positions) for p in PROMPTS]
         assert batched == alone
 
 
@@ -180,7 +180,7 @@ def test_layers_subset(llama) -> None:
         ({"coef": 1e30}, r"coef=1e\+30 is out of range"),
         ({"coef": True}, "coef=True is not a number"),
         ({"mode": "scale"}, "unknown mode 'scale'"),
-        ({"positions": "middle"}, "unknown positions 'middle'"),
+        ({"apply_to": "middle"}, "unknown apply_to 'middle'"),
     ],
 )
 def test_bad_arguments_raise_and_leave_no_hooks(llama, kwargs, message) -> None:
@@ -205,8 +205,8 @@ def test_vector_for_another_model_shape(llama) -> None:
 def test_attach_handle_repr_and_idempotent_remove(llama) -> None:
     model, tok = llama
     baseline = hook_count(model)
-    group = st.attach(model, _vector(model, (0, 2)), coef=2.0, positions="generated")
-    assert "layers=[0, 2]" in repr(group) and "coef=2.0" in repr(group) and "positions=generated" in repr(group)
+    group = st.attach(model, _vector(model, (0, 2)), coef=2.0, apply_to="generated")
+    assert "layers=[0, 2]" in repr(group) and "coef=2.0" in repr(group) and "apply_to=generated" in repr(group)
     assert hook_count(model) == baseline + 3
     group.remove()
     group.remove()
@@ -217,7 +217,7 @@ def test_exception_inside_steer_removes_hooks(tiny) -> None:
     model, tok = tiny
     baseline = hook_count(model)
     with pytest.raises(ValueError, match="inside"):
-        with st.steer(model, _vector(model, (0, 1, 2)), coef=1.0, positions="prompt"):
+        with st.steer(model, _vector(model, (0, 1, 2)), coef=1.0, apply_to="prompt"):
             model(**tok(PROMPTS[:1], return_tensors="pt"))
             raise ValueError("inside")
     assert hook_count(model) == baseline
@@ -318,3 +318,25 @@ def test_generate_left_pads_without_touching_the_tokenizer(llama) -> None:
     batched = st.generate(model, frozen, PROMPTS, vec, coef=1.0, max_new_tokens=6)
     assert batched == [st.generate(model, frozen, p, vec, coef=1.0, max_new_tokens=6) for p in PROMPTS]
     assert tok.padding_side == "right"
+
+
+@torch.no_grad()
+def test_old_positions_keyword_warns_and_gives_the_same_result(llama) -> None:
+    """``positions=`` (before issue 11) still works in steer, attach and generate, naming ``apply_to``."""
+    model, tok = llama
+    vec = _vector(model, layers=(0, 1), scale=10.0)
+    batch = tok(PROMPTS[0], return_tensors="pt")
+    with st.steer(model, vec, coef=1.0, apply_to="prompt"):
+        new = model(**batch).logits
+    with pytest.warns(DeprecationWarning, match="use apply_to="), st.steer(model, vec, coef=1.0, positions="prompt"):
+        old = model(**batch).logits
+    torch.testing.assert_close(old, new, atol=0, rtol=0)
+    with pytest.warns(DeprecationWarning, match="use apply_to="):
+        group = st.attach(model, vec, coef=1.0, positions="generated")
+    assert "apply_to=generated" in repr(group)
+    group.remove()
+    with pytest.warns(DeprecationWarning, match="use apply_to="):
+        old_text = st.generate(model, tok, PROMPTS[1], vec, 1.0, max_new_tokens=5, positions="generated")
+    assert old_text == st.generate(model, tok, PROMPTS[1], vec, 1.0, max_new_tokens=5, apply_to="generated")
+    with pytest.raises(TypeError, match="give only apply_to"):
+        st.attach(model, vec, coef=1.0, apply_to="prompt", positions="generated")

@@ -9,6 +9,7 @@ last block, where transformers applies the final norm first).
 from __future__ import annotations
 
 import importlib
+import types
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from tiny_models import NUM_LAYERS, make_tiny
 
 import hooks
 from hooks import LayerError, SteeringError, decoder_layers
+import vectors.methods as methods_module
 from vectors import (
     METHODS,
     ContrastPair,
@@ -146,7 +148,7 @@ def test_mean_diff_last_parity(arch, batch_size):
     model, tok = make_tiny(arch)
     acts = manual_acts(model, tok, PAIRS, EARLY_LAYERS, "last")
     expected = manual_mean_diff(acts)
-    v = extract(model, tok, PAIRS, EARLY_LAYERS, method="mean_diff", position="last", batch_size=batch_size, progress=False)
+    v = extract(model, tok, PAIRS, EARLY_LAYERS, method="mean_diff", read="last", batch_size=batch_size, progress=False)
     assert v.layers == EARLY_LAYERS
     for i in EARLY_LAYERS:
         assert float(expected[i].norm()) > 1e-2  # a real, non-zero difference
@@ -180,8 +182,8 @@ def test_position_mean_matches_manual(llama_mod):
     model, tok = llama_mod
     acts = manual_acts(model, tok, PAIRS, EARLY_LAYERS, "mean")
     expected = manual_mean_diff(acts)
-    v = extract(model, tok, PAIRS, EARLY_LAYERS, position="mean", batch_size=3, progress=False)
-    last = extract(model, tok, PAIRS, EARLY_LAYERS, position="last", batch_size=3, progress=False)
+    v = extract(model, tok, PAIRS, EARLY_LAYERS, read="mean", batch_size=3, progress=False)
+    last = extract(model, tok, PAIRS, EARLY_LAYERS, read="last", batch_size=3, progress=False)
     for i in EARLY_LAYERS:
         torch.testing.assert_close(v.directions[i].double(), expected[i], atol=1e-5, rtol=0)
         assert cos(v.directions[i], last.directions[i]) < 0.999  # mean really differs from last
@@ -241,10 +243,10 @@ def test_padding_side_and_batch_size_do_not_matter(tiny, position):
     lengths = {len(tok(t)["input_ids"]) for p in PAIRS for t in _texts(tok, p)[:2]}
     assert len(lengths) > 4
     for method in ("mean_diff", "pca_diff"):
-        ref = extract(model, tok, PAIRS, None, method=method, position=position, batch_size=1, progress=False)
+        ref = extract(model, tok, PAIRS, None, method=method, read=position, batch_size=1, progress=False)
         for side in ("left", "right"):
             tok.padding_side = side
-            batched = extract(model, tok, PAIRS, None, method=method, position=position, batch_size=4, progress=False)
+            batched = extract(model, tok, PAIRS, None, method=method, read=position, batch_size=4, progress=False)
             # The parity tests' tolerance. Measured over every architecture: at most 2.3e-6 (gemma3,
             # pca_diff, last), the float32 rounding of a different summation order, on entries of size ~1.
             for layer in ref.layers:
@@ -456,12 +458,12 @@ def test_hooks_removed_when_method_fails(llama_mod, monkeypatch):
     def broken(stats):
         raise ArithmeticError("method failed")
 
-    monkeypatch.setitem(METHODS, "broken", Method(broken))
+    monkeypatch.setitem(methods_module._METHODS, "broken", Method(broken))
     with pytest.raises(ArithmeticError, match="method failed"):
         extract(model, tok, PAIRS[:2], [0], method="broken", progress=False)
     assert hook_count(model) == baseline
 
-    monkeypatch.setitem(METHODS, "nan", Method(lambda s: torch.full((s.hidden_size,), float("nan"))))
+    monkeypatch.setitem(methods_module._METHODS, "nan", Method(lambda s: torch.full((s.hidden_size,), float("nan"))))
     with pytest.raises(SteeringError, match=r"'nan'.*non-finite.*layer 0"):
         extract(model, tok, PAIRS[:2], [0], method="nan", progress=False)
     assert hook_count(model) == baseline
@@ -471,7 +473,7 @@ def test_hooks_removed_when_method_fails(llama_mod, monkeypatch):
     "kwargs, error, needle",
     [
         (dict(method="meandiff"), SteeringError, "'meandiff'"),
-        (dict(position="first"), SteeringError, "'first'"),
+        (dict(read="first"), SteeringError, "'first'"),
         (dict(site="residual"), LayerError, "'residual'"),
         (dict(layers=[NUM_LAYERS]), LayerError, f"layer {NUM_LAYERS}"),
         (dict(layers=[-NUM_LAYERS - 1]), LayerError, f"layer {-NUM_LAYERS - 1}"),
@@ -516,13 +518,13 @@ def test_no_pairs(llama_mod):
 def test_result_metadata(llama_mod):
     model, tok = llama_mod
     pairs = [PAIRS[0], ("yes", "no"), {"prompt": "Q", "positive": "a", "negative": "b"}]
-    v = extract(model, tok, pairs, [0, 2], method="pca_diff", position="mean", site="attn_output", progress=False)
+    v = extract(model, tok, pairs, [0, 2], method="pca_diff", read="mean", site="attn_output", progress=False)
     assert isinstance(v, SteeringVector)
     assert v.model == model_name(model) == "LlamaForCausalLM"
     assert v.model_fingerprint == model_fingerprint(model)
     assert v.hidden_size == 32 and v.num_layers == NUM_LAYERS
     assert v.n_pairs == 3
-    assert v.method == "pca_diff" and v.position == "mean" and v.site == "attn_output"
+    assert v.method == "pca_diff" and v.read == "mean" and v.site == "attn_output"
     assert v.dataset_sha256 == dataset_sha256(as_pairs(pairs))
     assert v.layers == [0, 2]
     assert all(t.dtype == torch.float32 for t in v.directions.values())
@@ -633,5 +635,43 @@ def test_position_mean_without_chat_template_keeps_first_completion_token():
         ContrastPair("Great job, thank you!", "Sorry about that.", "How did I do?"),
     ]
     expected = manual_mean_diff(manual_acts(model, tok, pairs, [0], "mean"))
-    v = extract(model, tok, pairs, [0], position="mean", batch_size=1, progress=False)
+    v = extract(model, tok, pairs, [0], read="mean", batch_size=1, progress=False)
     torch.testing.assert_close(v.directions[0].double(), expected[0], atol=1e-5, rtol=0)
+
+
+def test_register_method_takes_a_plain_pairs_callable(llama_mod, monkeypatch):
+    """``(positives, negatives) -> direction`` registers as is, and sees the pairs in order."""
+    model, tok = llama_mod
+    monkeypatch.setattr(methods_module, "_METHODS", dict(methods_module._METHODS))
+    monkeypatch.setattr(methods_module, "METHODS", types.MappingProxyType(methods_module._METHODS))
+    seen = {}
+
+    def plain_mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        seen["shape"] = tuple(pos.shape)
+        return pos.mean(0) - neg.mean(0)
+
+    methods_module.register_method("plain_mean_diff", plain_mean_diff)
+    plain = extract(model, tok, PAIRS, [0, 1], method="plain_mean_diff", progress=False)
+    streaming = extract(model, tok, PAIRS, [0, 1], method="mean_diff", progress=False)
+    assert seen["shape"] == (len(PAIRS), model.config.hidden_size)
+    for layer in (0, 1):
+        torch.testing.assert_close(plain.directions[layer], streaming.directions[layer], rtol=1e-5, atol=1e-6)
+    with pytest.raises(SteeringError, match="already registered"):
+        methods_module.register_method("plain_mean_diff", plain_mean_diff)
+
+
+def test_methods_registry_is_read_only():
+    with pytest.raises(TypeError):
+        METHODS["x"] = METHODS["mean_diff"]  # type: ignore[index]
+
+
+def test_old_position_keyword_warns_and_gives_the_same_vector(llama_mod):
+    model, tok = llama_mod
+    new = extract(model, tok, PAIRS, [0, 1], read="mean", progress=False)
+    with pytest.warns(DeprecationWarning, match="use read="):
+        old = extract(model, tok, PAIRS, [0, 1], position="mean", progress=False)
+    assert old.read == new.read == "mean"
+    for layer in (0, 1):
+        torch.testing.assert_close(old.directions[layer], new.directions[layer], atol=0, rtol=0)
+    with pytest.warns(DeprecationWarning, match="use .read"):
+        assert new.position == "mean"

@@ -20,7 +20,7 @@ D = HIDDEN_SIZE
 
 def make_vector(layers=(1, 2), seed=0, **kw) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    fields = {"hidden_size": D, "num_layers": NUM_LAYERS, "model": "tiny-llama", "model_fingerprint": "0123456789abcdef", "method": "pca_diff", "position": "last", "n_pairs": 9, "dataset_sha256": "d" * 64, "extra": {"note": "x"}}
+    fields = {"hidden_size": D, "num_layers": NUM_LAYERS, "model": "tiny-llama", "model_fingerprint": "0123456789abcdef", "method": "pca_diff", "read": "last", "n_pairs": 9, "dataset_sha256": "d" * 64, "extra": {"note": "x"}}
     fields.update(kw)
     return SteeringVector({i: torch.randn(D, generator=g) for i in layers}, **fields)
 
@@ -47,7 +47,7 @@ def test_gguf_round_trip_is_bit_exact_and_keeps_metadata(tmp_path: Path) -> None
     assert back.layers == vec.layers
     for i in vec.layers:
         assert torch.equal(back.directions[i], vec.directions[i])
-    for f in ("hidden_size", "num_layers", "model", "model_fingerprint", "site", "method", "position", "n_pairs", "dataset_sha256"):
+    for f in ("hidden_size", "num_layers", "model", "model_fingerprint", "site", "method", "read", "n_pairs", "dataset_sha256"):
         assert getattr(back, f) == getattr(vec, f), f
     assert back.extra["note"] == "x" and back.extra["source_format"] == "gguf-controlvector"
 
@@ -101,7 +101,7 @@ def test_foreign_gguf_metadata_is_unknown_or_inferred(tmp_path: Path) -> None:
     vec = import_gguf(write_foreign_gguf(tmp_path / "repeng.gguf", arrays))
     assert vec.layers == [3, 5]
     np.testing.assert_array_equal(vec.directions[3].numpy(), arrays[3])
-    assert (vec.model, vec.model_fingerprint, vec.method, vec.position, vec.dataset_sha256) == ("unknown",) * 5
+    assert (vec.model, vec.model_fingerprint, vec.method, vec.read, vec.dataset_sha256) == ("unknown",) * 5
     assert vec.site == "block_output" and vec.hidden_size == D
     assert vec.num_layers == 6 and vec.extra["num_layers_source"] == "inferred"
     assert vec.extra["model_hint"] == "llama" and vec.extra["source_file"] == "repeng.gguf"
@@ -118,7 +118,7 @@ def test_foreign_gguf_onto_a_model_fills_and_validates(tmp_path: Path, llama) ->
     assert vec.num_layers == NUM_LAYERS
 
     wide = write_foreign_gguf(tmp_path / "wide.gguf", {1: np.ones(D * 2, dtype=np.float32)})
-    with pytest.raises(VectorFileError, match=rf"wide.gguf: direction size {2 * D} does not match model .* \(hidden size {D}\)"):
+    with pytest.raises(VectorFileError, match=rf"wide.gguf: hidden size {2 * D} does not match the model\'s {D}"):
         import_gguf(wide, model)
     deep = write_foreign_gguf(tmp_path / "deep.gguf", {7: np.ones(D, dtype=np.float32)})
     with pytest.raises(VectorFileError, match=r"deep.gguf: layers \[7\] are out of range .* 3 layers"):
@@ -251,7 +251,7 @@ def test_pt_folder_with_several_models_needs_a_choice(tmp_path: Path) -> None:
 def test_pt_onto_a_model_validates_sizes(tmp_path: Path, llama) -> None:
     model, _ = llama
     torch.save({1: torch.randn(D + 8)}, tmp_path / "v.pt")
-    with pytest.raises(VectorFileError, match=f"direction size {D + 8} does not match"):
+    with pytest.raises(VectorFileError, match=f"hidden size {D + 8} does not match"):
         import_pt(tmp_path / "v.pt", model)
     torch.save({1: torch.randn(D)}, tmp_path / "ok.pt")
     vec = import_pt(tmp_path / "ok.pt", model)

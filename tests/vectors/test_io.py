@@ -28,7 +28,7 @@ def make_vector(model=None, layers=(0, 2), seed=0, **kw) -> SteeringVector:
         model_fingerprint="0123456789abcdef",
         site="block_output",
         method="mean_diff",
-        position="last",
+        read="last",
         n_pairs=7,
         dataset_sha256="d" * 64,
         extra={"note": "hello"},
@@ -49,7 +49,7 @@ def good_meta(**overrides) -> dict[str, str]:
         "num_layers": str(NUM_LAYERS),
         "site": "block_output",
         "method": "mean_diff",
-        "position": "last",
+        "read": "last",
         "n_pairs": "3",
         "dataset_sha256": "abc",
         "steering_version": "0.1.0",
@@ -91,7 +91,7 @@ def test_round_trip(tmp_path):
     for i in v.layers:
         assert torch.equal(w.directions[i], v.directions[i])
         assert w.directions[i].dtype == torch.float32
-    for field in ("hidden_size", "num_layers", "model", "model_fingerprint", "site", "method", "position", "n_pairs", "dataset_sha256"):
+    for field in ("hidden_size", "num_layers", "model", "model_fingerprint", "site", "method", "read", "n_pairs", "dataset_sha256"):
         assert getattr(w, field) == getattr(v, field), field
     assert w.extra["note"] == "hello"
     assert "steering_version" in w.extra
@@ -118,13 +118,13 @@ def test_file_metadata_fields(tmp_path):
         assert field in meta, field
     assert set(REQUIRED) >= {
         "format", "format_version", "model", "model_fingerprint", "hidden_size", "num_layers", "site",
-        "method", "position", "n_pairs", "dataset_sha256", "steering_version",
+        "method", "read", "n_pairs", "dataset_sha256", "steering_version",
     }
     assert meta["format"] == "steering-vector"
     assert meta["format_version"] == str(FORMAT_VERSION)
     assert meta["model"] == "tiny-llama" and meta["model_fingerprint"] == "0123456789abcdef"
     assert meta["hidden_size"] == str(D) and meta["num_layers"] == str(NUM_LAYERS)
-    assert meta["method"] == "mean_diff" and meta["position"] == "last" and meta["site"] == "block_output"
+    assert meta["method"] == "mean_diff" and meta["read"] == "last" and meta["site"] == "block_output"
     assert meta["n_pairs"] == "7" and meta["dataset_sha256"] == "d" * 64
     assert meta["steering_version"]
     assert meta["note"] == "hello"
@@ -338,7 +338,7 @@ def test_model_hidden_size_mismatch(tmp_path, llama):
     path = make_vector(llama[0]).save(tmp_path / "v.safetensors")
     wide = _wide_llama(48)
     message = load_error(path, wide)
-    assert "hidden_size 32" in message and "48" in message
+    assert "hidden size 32" in message and "48" in message
     # not overridable: the tensors cannot be added to that model
     load_error(path, wide, allow_model_mismatch=True)
 
@@ -368,7 +368,7 @@ def test_model_fingerprint_mismatch(tmp_path, llama):
     assert model_fingerprint(other) != model_fingerprint(model)
     path = make_vector(model).save(tmp_path / "v.safetensors")
     message = load_error(path, other)
-    assert "model_fingerprint" in message and model_fingerprint(model) in message and model_fingerprint(other) in message
+    assert "fingerprint" in message and model_fingerprint(model) in message and model_fingerprint(other) in message
     assert "allow_model_mismatch" in message
     v = load_vector(path, other, allow_model_mismatch=True)
     assert v.model_fingerprint == model_fingerprint(model)  # the file's provenance is kept
@@ -440,3 +440,20 @@ def test_every_written_file_honours_the_umask(tmp_path, umask):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
+
+
+def test_files_written_before_the_rename_load_with_position_as_read(tmp_path):
+    """Files from before issue 11 carry ``position``; they load, and are written back with ``read``."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_vector().save(tmp_path / "new.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    meta["position"] = meta.pop("read")
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
+    old = load_vector(tmp_path / "old.safetensors")
+    assert old.read == "last" and "position" not in old.extra
+    resaved = old.save(tmp_path / "again.safetensors")
+    with safe_open(str(resaved), framework="pt") as handle:
+        again = handle.metadata()
+    assert again["read"] == "last" and "position" not in again

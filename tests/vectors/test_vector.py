@@ -17,7 +17,7 @@ N = 4
 
 
 def vec(directions, **kw) -> SteeringVector:
-    base = dict(hidden_size=D, num_layers=N, model="m", model_fingerprint="fp0", site="block_output", method="mean_diff", position="last", n_pairs=3, dataset_sha256="abc")
+    base = dict(hidden_size=D, num_layers=N, model="m", model_fingerprint="fp0", site="block_output", method="mean_diff", read="last", n_pairs=3, dataset_sha256="abc")
     base.update(kw)
     return SteeringVector(directions, **base)
 
@@ -335,7 +335,7 @@ def test_metadata(a):
         "model_fingerprint": "fp0",
         "site": "block_output",
         "method": "mean_diff",
-        "position": "last",
+        "read": "last",
         "n_pairs": "3",
         "dataset_sha256": "abc",
         "note": "hi",

@@ -70,14 +70,14 @@ def test_fold_adds_no_graph_break_and_is_seen_after_compiling(arch: str, fresh_d
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("positions", ["all", "generated"])
-def test_hook_path_adds_no_graph_break(positions: str, fresh_dynamo) -> None:
+@pytest.mark.parametrize("apply_to", ["all", "generated"])
+def test_hook_path_adds_no_graph_break(apply_to: str, fresh_dynamo) -> None:
     """Hooks are traced into the graph; static-cache positions stay tensor ops."""
     model, vec, batch = _setup()
-    eager = _steered(model, batch, vec, backend="hook", positions=positions)
+    eager = _steered(model, batch, vec, backend="hook", apply_to=apply_to)
     with dynamo.config.patch(skip_nnmodule_hook_guards=False):
         model.forward = torch.compile(model.forward, backend="eager")
-        assert torch.equal(_steered(model, batch, vec, backend="hook", positions=positions), eager)
+        assert torch.equal(_steered(model, batch, vec, backend="hook", apply_to=apply_to), eager)
     assert _breaks() == 0
 
 

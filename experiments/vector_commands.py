@@ -1,4 +1,4 @@
-"""The foundation commands: ``extract``, ``generate`` and ``info``.
+"""The commands that make, use and inspect one vector: ``extract``, ``generate``, ``convert`` and ``info``.
 
 Each takes a composed config (``conf/<command>.yaml``) and prints its result;
 errors are raised and turned into one line by `experiments.cli`.
@@ -39,13 +39,13 @@ def extract_command(cfg: DictConfig) -> Path:
         pairs,
         _layers(cfg.layers),
         method=cfg.method,
-        position=cfg.position,
+        read=cfg.read,
         site=cfg.site,
         batch_size=int(cfg.batch_size),
     )
     vector.save(out)
     norms = ", ".join(f"{i}: {n:.3f}" for i, n in vector.norms().items())
-    print(f"saved {out} ({vector.method}, {vector.n_pairs} pairs, {vector.site}, position={vector.position}; norms {norms})")
+    print(f"saved {out} ({vector.method}, {vector.n_pairs} pairs, {vector.site}, read={vector.read}; norms {norms})")
     return out
 
 
@@ -54,7 +54,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
 
     With ``vector=<run folder>`` of ``steering run``, each direction the run
     chose (behaviour on, then off) is generated at its chosen layer(s), coef
-    and positions; ``coef``, ``layers`` and ``positions`` are then not used.
+    and apply_to; ``coef``, ``layers`` and ``apply_to`` are then not used.
     """
     model, tok = _load(cfg)
     if cfg.vector is not None and Path(str(cfg.vector)).is_dir():
@@ -85,10 +85,10 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
             steered,
             coef,
             max_new_tokens=int(cfg.max_new_tokens),
-            positions=cfg.positions,
+            apply_to=cfg.apply_to,
             mode=cfg.mode,
             chat=cfg.chat,
-            check_model=not cfg.allow_model_mismatch,
+            check_model=not cfg.allow_model_mismatch,  # the load above already let it through
             **gen,
         )
         results[coef] = text
@@ -110,14 +110,15 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
         gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
     runs = [("unsteered", None, 0.0, "all")] if cfg.compare else []
     for c in choices:
-        label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, positions {c.positions}"
-        runs.append((label, c.vector, c.coef, c.positions))
+        label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, apply_to {c.apply_to}"
+        runs.append((label, c.vector, c.coef, c.apply_to))
     results: dict[float, str] = {}
-    for label, vector, coef, positions in runs:
+    for label, vector, coef, apply_to in runs:
         torch.manual_seed(int(cfg.seed))
         text = st.generate(
             model, tok, str(cfg.prompt), vector, coef,
-            max_new_tokens=int(cfg.max_new_tokens), positions=positions, mode=cfg.mode, chat=cfg.chat, **gen,
+            max_new_tokens=int(cfg.max_new_tokens), apply_to=apply_to, mode=cfg.mode, chat=cfg.chat,
+            check_model=not cfg.allow_model_mismatch, **gen,
         )
         results[coef] = text
         print(f"--- {label} ---")
@@ -160,3 +161,4 @@ def info_command(path: str | Path) -> None:
     print("norms:")
     for layer, norm in vector.norms().items():
         print(f"  layer {layer:>3}: {norm:.4f}")
+
