@@ -43,7 +43,9 @@ TARGET_MEMORY_MIB = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1]
+    )
     p.add_argument("--quick", action="store_true", help="short run: 64 pairs, 3 repeats (memory check still 64 vs 1024)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
@@ -52,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass, for every method (default 16)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; quick 3)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--memory", default="64,1024,1024x64", help="pair counts for the peak-memory check; NxK = N pairs cycling the first K ('' to skip)")
+    p.add_argument(
+        "--memory", default="64,1024,1024x64", help="pair counts for the peak-memory check; NxK = N pairs cycling the first K ('' to skip)"
+    )
     p.add_argument("--memory-only", action="store_true", help="skip the timing, run only the memory check")
     p.add_argument("--out", default=None, help="results JSON path")
     p.add_argument("--no-save", action="store_true", help="print only")
@@ -127,7 +131,13 @@ def memory_child(args: argparse.Namespace) -> int:
     base_rss = rss_mib()
     was_reset = reset_peak_rss()
     st.extract(model, tok, pairs, layers=layers, batch_size=args.batch_size, progress=False)
-    out = {"pairs": args.memory_child, "longest_text_tokens": longest, "rss_after_load_mib": base_rss, "peak_rss_mib": peak_rss_mib(), "peak_reset_after_load": was_reset}
+    out = {
+        "pairs": args.memory_child,
+        "longest_text_tokens": longest,
+        "rss_after_load_mib": base_rss,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_reset_after_load": was_reset,
+    }
     if cuda:
         torch.cuda.synchronize()
         out["gpu_base_mib"] = base
@@ -139,13 +149,27 @@ def memory_child(args: argparse.Namespace) -> int:
 def measure_memory(args: argparse.Namespace, counts: list[str]) -> list[dict[str, Any]]:
     out = []
     for n in counts:
-        cmd = [sys.executable, __file__, "--memory-child", str(n), "--device", args.device, "--model", args.model,
-               "--layers", args.layers, "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            str(n),
+            "--device",
+            args.device,
+            "--model",
+            args.model,
+            "--layers",
+            args.layers,
+            "--batch-size",
+            str(args.batch_size),
+            "--threads",
+            str(args.threads),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("MEMORY ")), None)
         if line is None:
             raise SystemExit(f"memory run for {n} pairs failed:\n{proc.stderr[-2000:]}")
-        out.append(json.loads(line[len("MEMORY "):]))
+        out.append(json.loads(line[len("MEMORY ") :]))
         print(f"  {n} pairs: peak RSS {out[-1]['peak_rss_mib']:.0f} MiB", flush=True)
     return out
 
@@ -158,13 +182,19 @@ def memory_section(args: argparse.Namespace, cuda: bool) -> list[dict[str, Any]]
     print("\npeak memory (fresh process per count):", flush=True)
     memory = measure_memory(args, counts)
     key = "gpu_peak_mib" if cuda else "peak_rss_mib"
-    print(table([[str(m["pairs"]), f"{m[key]:.0f}", f"{m[key] - m.get('gpu_base_mib', m['rss_after_load_mib']):.0f}"] for m in memory],
-                ["pairs", "peak MiB", "above after-load MiB"]))
+    print(
+        table(
+            [[str(m["pairs"]), f"{m[key]:.0f}", f"{m[key] - m.get('gpu_base_mib', m['rss_after_load_mib']):.0f}"] for m in memory],
+            ["pairs", "peak MiB", "above after-load MiB"],
+        )
+    )
     plain = [m[key] for m in memory if "x" not in str(m["pairs"])]
     if len(plain) > 1:
         spread = max(plain) - min(plain)
         verdict = "met" if spread <= TARGET_MEMORY_MIB else f"missed by {spread - TARGET_MEMORY_MIB:.0f} MiB"
-        print(f"peak spread over {', '.join(str(m['pairs']) for m in memory if 'x' not in str(m['pairs']))} pairs: {spread:.0f} MiB (target <= {TARGET_MEMORY_MIB} MiB: {verdict})")
+        print(
+            f"peak spread over {', '.join(str(m['pairs']) for m in memory if 'x' not in str(m['pairs']))} pairs: {spread:.0f} MiB (target <= {TARGET_MEMORY_MIB} MiB: {verdict})"
+        )
     return memory
 
 
@@ -175,17 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     if args.memory_only:
         setup_torch(args.device, args.threads)
-        payload = {"benchmark": "extract-memory", "machine": machine_info(args.device, args.threads), "config": vars(args), "memory": memory_section(args, cuda)}
+        payload = {
+            "benchmark": "extract-memory",
+            "machine": machine_info(args.device, args.threads),
+            "config": vars(args),
+            "memory": memory_section(args, cuda),
+        }
         if not args.no_save:
             print(f"results: {write_results('extract-memory', payload, args.out)}")
         return 0
     setup_torch(args.device, args.threads)
     import torch
 
-    import hooks
     import steering as st
-    from vectors.extract import _encode
-    from vectors.text import pair_texts, tokenize
+    from steering import hooks
+    from steering.vectors.extract import _encode
+    from steering.vectors.text import pair_texts, tokenize
 
     model, tok = st.load_model(args.model, device=args.device)
     layers = parse_layers(args.layers)
@@ -201,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     floor_batches = []
     for k in range(0, len(order), bs):
         rows = [texts[j] for j in order[k : k + bs]]
-        enc = _encode(tok, [r[0] for r in rows] + [r[1] for r in rows], [""] * 2 * len(rows), [r[3] for r in rows] * 2, "last", model.device)
+        enc = _encode(
+            tok, [r[0] for r in rows] + [r[1] for r in rows], [""] * 2 * len(rows), [r[3] for r in rows] * 2, "last", model.device
+        )
         floor_batches.append({key: v for key, v in enc.items() if not key.startswith("_")})
     deepest = max(layers)
 
@@ -258,7 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 entry["vs_fastest_peer"] = speedup
                 target += f"; {speedup:.1f}x fastest peer (>= {TARGET_PEERS}: " + ("met)" if speedup >= TARGET_PEERS else "missed)")
         results[name] = entry
-        rows.append([name, f"{rate:.1f}", "" if vs_floor is None else f"{vs_floor['median']:.3f} [{vs_floor['q1']:.3f}-{vs_floor['q3']:.3f}] n={vs_floor['n']}", target])
+        rows.append(
+            [
+                name,
+                f"{rate:.1f}",
+                "" if vs_floor is None else f"{vs_floor['median']:.3f} [{vs_floor['q1']:.3f}-{vs_floor['q3']:.3f}] n={vs_floor['n']}",
+                target,
+            ]
+        )
     print()
     print(table(rows, ["method", "pairs/s", "of floor (median [q1-q3])", "target"]))
     c = contention_summary(series)

@@ -39,7 +39,9 @@ TARGETS = {"fixed": 0.99, "mixed": 0.90}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1]
+    )
     p.add_argument("--quick", action="store_true", help="short run for development: 2 prompts x 16 tokens, 3 repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bare_hook(model: Any, deltas: dict[int, Any]) -> contextlib.AbstractContextManager[Any]:
     """The least any hook-based method can do: ``output + delta`` on each layer."""
-    import hooks
+    from steering import hooks
 
     @contextlib.contextmanager
     def ctx() -> Iterator[None]:
@@ -133,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import hooks
     import steering as st
+    from steering import hooks
     from steering.apply import build_deltas
-    from vectors.text import encode_prompt, pad_batch
+    from steering.vectors.text import encode_prompt, pad_batch
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
@@ -167,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     def encode(batch: list[list[int]]) -> dict[str, Any]:
         return {k: v.to(model.device) for k, v in pad_batch(tok, batch, "left").items()}
 
-    gen_kwargs = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+    gen_kwargs = dict(
+        max_new_tokens=args.tokens,
+        min_new_tokens=args.tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
 
     def run(batches: list[dict[str, Any]]) -> list[Any]:
         outs = []
@@ -177,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         sync(args.device)
         return outs
 
-    def steered(factory: Callable[[], contextlib.AbstractContextManager[Any] | None], batches: list[dict[str, Any]], runner: Callable[[list[dict[str, Any]]], Any] | None = None) -> Callable[[], Any]:
+    def steered(
+        factory: Callable[[], contextlib.AbstractContextManager[Any] | None],
+        batches: list[dict[str, Any]],
+        runner: Callable[[list[dict[str, Any]]], Any] | None = None,
+    ) -> Callable[[], Any]:
         def call() -> Any:
             ctx = factory()
             assert ctx is not None
@@ -247,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     rows_out = []
     overhead_notes: list[str] = []
     for name, batches, make, kind in workloads:
-        shape = f"{args.steps} single-token forward passes (batch 1, cached prompt)" if name == "decode step" else f"{len(batches)} call(s) x {batches[0]['input_ids'].shape[0]} row(s) x {args.tokens} tokens"
+        shape = (
+            f"{args.steps} single-token forward passes (batch 1, cached prompt)"
+            if name == "decode step"
+            else f"{len(batches)} call(s) x {batches[0]['input_ids'].shape[0]} row(s) x {args.tokens} tokens"
+        )
         log(f"\n{name}: {shape}, {args.repeats} repeats")
         methods = make(batches)
         series, first = interleave(methods, args.repeats, threads=threads_check, log=log)
@@ -275,17 +293,21 @@ def main(argv: list[str] | None = None) -> int:
             if ratio is not None:
                 gap = ratio["median"] - target
                 verdict = "met" if gap >= 0 else f"missed by {-gap:.3f}"
-            rows_out.append([
-                name,
-                method + (f" ({backend})" if method == "steering" else ""),
-                f"{tps:.2f}",
-                "" if ratio is None else f"{ratio['median']:.3f} [{ratio['q1']:.3f}-{ratio['q3']:.3f}] n={ratio['n']}",
-                "" if same is None else ("yes" if same else "NO"),
-                "" if ratio is None else f">= {target}: {verdict}",
-            ])
+            rows_out.append(
+                [
+                    name,
+                    method + (f" ({backend})" if method == "steering" else ""),
+                    f"{tps:.2f}",
+                    "" if ratio is None else f"{ratio['median']:.3f} [{ratio['q1']:.3f}-{ratio['q3']:.3f}] n={ratio['n']}",
+                    "" if same is None else ("yes" if same else "NO"),
+                    "" if ratio is None else f">= {target}: {verdict}",
+                ]
+            )
         entry["vector_changes_tokens"] = not plain_same_as_ref
         c = entry["contention"]
-        rows_out.append([name, f"(load {c['load_min']}-{c['load_max']}, {c['reruns']} re-runs, {c['contended_kept']} contended kept)", "", "", "", ""])
+        rows_out.append(
+            [name, f"(load {c['load_min']}-{c['load_max']}, {c['reruns']} re-runs, {c['contended_kept']} contended kept)", "", "", "", ""]
+        )
         results["workloads"][name] = entry
 
     print()

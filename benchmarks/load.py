@@ -34,7 +34,9 @@ print("LOAD " + json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "loadavg": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1]
+    )
     p.add_argument("--quick", action="store_true", help="3 runs instead of 7")
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name (its cache must be built)")
     p.add_argument("--device", default="cpu")
@@ -61,10 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(json.loads(line[5:]))
     load = statistics.median(s["load_s"] for s in samples)
     imp = statistics.median(s["import_s"] for s in samples)
-    print(table([[args.model, f"{imp:.2f}", f"{load:.2f}", str(len(samples)), "" if conversion is None else f"{conversion:.1f}"]],
-                ["model", "import s (median)", "load_model s (median)", "runs", "one-time GGUF conversion s"]))
-    payload = {"benchmark": "load", "machine": machine_info(args.device, args.threads), "config": vars(args),
-               "import_s_median": imp, "load_s_median": load, "samples": samples, "gguf_conversion_s": conversion}
+    print(
+        table(
+            [[args.model, f"{imp:.2f}", f"{load:.2f}", str(len(samples)), "" if conversion is None else f"{conversion:.1f}"]],
+            ["model", "import s (median)", "load_model s (median)", "runs", "one-time GGUF conversion s"],
+        )
+    )
+    payload = {
+        "benchmark": "load",
+        "machine": machine_info(args.device, args.threads),
+        "config": vars(args),
+        "import_s_median": imp,
+        "load_s_median": load,
+        "samples": samples,
+        "gguf_conversion_s": conversion,
+    }
     if not args.no_save:
         print(f"results: {write_results('load' + ('-quick' if args.quick else ''), payload, args.out)}")
     return 0

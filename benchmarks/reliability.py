@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and Markdown results")
     p.add_argument("--seed", type=int, default=0, help="fuzz seed")
     args = p.parse_args(argv)
-    full = {"requests": 200, "concurrency": 32, "max_tokens": 24, "stream_leaves": 20, "plain_leaves": 4, "long_tokens": 256,
-            "fuzz_examples": 100, "fuzz_seconds": 180.0, "kills": 4}
-    quick = {"requests": 40, "concurrency": 8, "max_tokens": 12, "stream_leaves": 4, "plain_leaves": 2, "long_tokens": 400,
-             "fuzz_examples": 15, "fuzz_seconds": 20.0, "kills": 2}
+    full = {
+        "requests": 200,
+        "concurrency": 32,
+        "max_tokens": 24,
+        "stream_leaves": 20,
+        "plain_leaves": 4,
+        "long_tokens": 256,
+        "fuzz_examples": 100,
+        "fuzz_seconds": 180.0,
+        "kills": 4,
+    }
+    quick = {
+        "requests": 40,
+        "concurrency": 8,
+        "max_tokens": 12,
+        "stream_leaves": 4,
+        "plain_leaves": 2,
+        "long_tokens": 400,
+        "fuzz_examples": 15,
+        "fuzz_seconds": 20.0,
+        "kills": 2,
+    }
     for key, value in (quick if args.quick else full).items():
         setattr(args, key, value)
     return args
@@ -82,8 +100,20 @@ class Served:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "STEERING_API_KEY"}
-        command = [sys.executable, "-m", "experiments.cli", "serve", f"model={model}", f"vectors={vectors}", f"host={HOST}",
-                   f"port={self.port}", "log_level=warning", "default_temperature=0", "torch_threads=auto", *settings]
+        command = [
+            sys.executable,
+            "-m",
+            "steering.experiments.cli",
+            "serve",
+            f"model={model}",
+            f"vectors={vectors}",
+            f"host={HOST}",
+            f"port={self.port}",
+            "log_level=warning",
+            "default_temperature=0",
+            "torch_threads=auto",
+            *settings,
+        ]
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, cwd=ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_healthy(self.url, self.process)  # type: ignore[arg-type]
@@ -183,10 +213,19 @@ def check_load(server: Served, model: str, args: argparse.Namespace) -> dict[str
     errors = sum(a is None for a in answers)
     differ = sum(a is not None and a != solo[(p, json.dumps(s))] for a, (p, s) in zip(answers, jobs, strict=True))
     gauges = {"waiting": m["steering_queue_waiting"], "running": m["steering_batch_running"]}
-    return {"requests": len(jobs), "concurrency": args.concurrency, "settings": len(MIX), "errors": errors, "differ_from_solo": differ,
-            "solo_failed": sum(v is None for v in solo.values()), "gauges_after": gauges, "seconds": round(seconds, 2),
-            "rss_mib_before": round(rss_before, 1), "rss_mib_after": round(rss_mib(server.process.pid), 1),
-            "ok": errors == 0 and differ == 0 and not any(v is None for v in solo.values()) and not any(gauges.values())}
+    return {
+        "requests": len(jobs),
+        "concurrency": args.concurrency,
+        "settings": len(MIX),
+        "errors": errors,
+        "differ_from_solo": differ,
+        "solo_failed": sum(v is None for v in solo.values()),
+        "gauges_after": gauges,
+        "seconds": round(seconds, 2),
+        "rss_mib_before": round(rss_before, 1),
+        "rss_mib_after": round(rss_mib(server.process.pid), 1),
+        "ok": errors == 0 and differ == 0 and not any(v is None for v in solo.values()) and not any(gauges.values()),
+    }
 
 
 def check_disconnects(server: Served, model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -202,13 +241,14 @@ def check_disconnects(server: Served, model: str, args: argparse.Namespace) -> d
     with ThreadPoolExecutor(min(args.stream_leaves, 8)) as pool:
         list(pool.map(leave_stream, range(args.stream_leaves)))
     raw = json.dumps(body).encode()
-    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(raw)}\r\n\r\n").encode() + raw
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
     for _ in range(args.plain_leaves):
         tokens = metrics(server.url)["steering_completion_tokens_total"]
         with socket.create_connection((HOST, server.port)) as sock:
             sock.sendall(request)
-            wait_for(lambda: metrics(server.url)["steering_completion_tokens_total"] > tokens + 2, 120)  # tokens flow
+            wait_for(lambda tokens=tokens: metrics(server.url)["steering_completion_tokens_total"] > tokens + 2, 120)  # tokens flow
     settled = wait_for(lambda: idle(server.url), 60)
     after = metrics(server.url)
 
@@ -219,34 +259,70 @@ def check_disconnects(server: Served, model: str, args: argparse.Namespace) -> d
     cancelled = grew("steering_generations_total{finish_reason=cancelled}")
     ran_out = grew("steering_generations_total{finish_reason=length}") + grew("steering_generations_total{finish_reason=stop}")
     tokens = grew("steering_completion_tokens_total")
-    return {"streams_left": args.stream_leaves, "plain_left": args.plain_leaves, "cancelled": cancelled, "ran_to_the_end": ran_out,
-            "tokens_generated": tokens, "tokens_if_not_stopped": leaves * args.long_tokens, "idle_after": settled,
-            "ok": settled and cancelled == leaves and ran_out == 0}
+    return {
+        "streams_left": args.stream_leaves,
+        "plain_left": args.plain_leaves,
+        "cancelled": cancelled,
+        "ran_to_the_end": ran_out,
+        "tokens_generated": tokens,
+        "tokens_if_not_stopped": leaves * args.long_tokens,
+        "idle_after": settled,
+        "ok": settled and cancelled == leaves and ran_out == 0,
+    }
 
 
 def bad_requests(model: str) -> list[tuple[str, str, bytes | None, dict[str, str]]]:
     """(method, path, body, headers) of requests that must each get a 4xx OpenAI error."""
     chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     bodies: list[Any] = [
-        {**chat, "steering": [{"vector": "nope"}]}, {**chat, "steering": [{"vector": "../sentiment"}]},
-        {**chat, "steering": [{"vector": "/etc/passwd"}]}, {**chat, "steering": [{"vector": "sentiment", "coef": 1e9}]},
-        {**chat, "steering": [{"vector": "sentiment", "layers": [999]}]}, {**chat, "steering": [{"vector": "sentiment", "layers": []}]},
-        {**chat, "steering": [{"vector": "sentiment", "positions": "middle"}]}, {**chat, "steering": [{"vector": "sentiment"}] * 50},
-        {**chat, "steering": {"vector": "sentiment"}}, {**chat, "steering": [{"vector": "sentiment", "mode": "ablate", "coef": 2}]},
-        {**chat, "max_tokens": 0}, {**chat, "max_tokens": 10**9}, {**chat, "max_tokens": "many"}, {**chat, "temperature": 9},
-        {**chat, "top_p": 0}, {**chat, "n": 1000}, {**chat, "stop": [""]}, {**chat, "stop": ["a", "b", "c", "d", "e"]},
-        {**chat, "presence_penalty": 1}, {**chat, "steer": []}, {**chat, "model": "gpt-4o"}, {**chat, "messages": []},
-        {**chat, "messages": [{"role": "robot", "content": "hi"}]}, {**chat, "messages": [{"role": "user", "content": "w " * 100_000}]},
-        {k: v for k, v in chat.items() if k != "model"}, [1, 2, 3], "a string", None,
+        {**chat, "steering": [{"vector": "nope"}]},
+        {**chat, "steering": [{"vector": "../sentiment"}]},
+        {**chat, "steering": [{"vector": "/etc/passwd"}]},
+        {**chat, "steering": [{"vector": "sentiment", "coef": 1e9}]},
+        {**chat, "steering": [{"vector": "sentiment", "layers": [999]}]},
+        {**chat, "steering": [{"vector": "sentiment", "layers": []}]},
+        {**chat, "steering": [{"vector": "sentiment", "positions": "middle"}]},
+        {**chat, "steering": [{"vector": "sentiment"}] * 50},
+        {**chat, "steering": {"vector": "sentiment"}},
+        {**chat, "steering": [{"vector": "sentiment", "mode": "ablate", "coef": 2}]},
+        {**chat, "max_tokens": 0},
+        {**chat, "max_tokens": 10**9},
+        {**chat, "max_tokens": "many"},
+        {**chat, "temperature": 9},
+        {**chat, "top_p": 0},
+        {**chat, "n": 1000},
+        {**chat, "stop": [""]},
+        {**chat, "stop": ["a", "b", "c", "d", "e"]},
+        {**chat, "presence_penalty": 1},
+        {**chat, "steer": []},
+        {**chat, "model": "gpt-4o"},
+        {**chat, "messages": []},
+        {**chat, "messages": [{"role": "robot", "content": "hi"}]},
+        {**chat, "messages": [{"role": "user", "content": "w " * 100_000}]},
+        {k: v for k, v in chat.items() if k != "model"},
+        [1, 2, 3],
+        "a string",
+        None,
     ]
     json_headers = {"Content-Type": "application/json"}
     out = [("POST", "/v1/chat/completions", json.dumps(b).encode(), json_headers) for b in bodies]
-    raw = [b"", b"{", b"not json", b"\xff\xfe\x00", b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-           b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "steering": [{"vector": "x", "coef": NaN}]}',
-           b"x" * (2 << 20)]
+    raw = [
+        b"",
+        b"{",
+        b"not json",
+        b"\xff\xfe\x00",
+        b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "steering": [{"vector": "x", "coef": NaN}]}',
+        b"x" * (2 << 20),
+    ]
     out += [("POST", "/v1/completions", body, json_headers) for body in raw]
-    out += [("GET", "/v1/chat/completions", None, {}), ("DELETE", "/v1/models", None, {}), ("GET", "/v1/nothing", None, {}),
-            ("GET", "/v1/models/other-model", None, {}), ("PUT", "/health", None, {})]
+    out += [
+        ("GET", "/v1/chat/completions", None, {}),
+        ("DELETE", "/v1/models", None, {}),
+        ("GET", "/v1/nothing", None, {}),
+        ("GET", "/v1/models/other-model", None, {}),
+        ("PUT", "/health", None, {}),
+    ]
     return out
 
 
@@ -262,8 +338,7 @@ def check_bad_requests(server: Served, model: str) -> dict[str, Any]:
                 failures.append(f"{method} {path} {body[:60]!r}: {response.status_code} {response.text[:120]}")
         healthy = http.get(server.url + "/health").status_code == 200
         good = http.post(server.url + "/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 2}).status_code == 200
-    return {"requests": len(cases), "failures": failures, "healthy_after": healthy and good,
-            "ok": not failures and healthy and good}
+    return {"requests": len(cases), "failures": failures, "healthy_after": healthy and good, "ok": not failures and healthy and good}
 
 
 def check_fuzz(server: Served, args: argparse.Namespace) -> dict[str, Any]:
@@ -280,8 +355,9 @@ def check_fuzz(server: Served, args: argparse.Namespace) -> dict[str, Any]:
         operation = result.ok()
 
         @seed(args.seed)
-        @settings(max_examples=args.fuzz_examples, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=args.fuzz_examples, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+        )
         @given(case=operation.as_strategy())
         def run(case: Any) -> None:
             if time.monotonic() > deadline:
@@ -294,8 +370,14 @@ def check_fuzz(server: Served, args: argparse.Namespace) -> dict[str, Any]:
             counts["2xx" if status < 300 else "4xx"] += status < 500
 
         run()
-    return {**counts, "operations": len(list(schema.get_all_operations())), "failures": failures[:20],
-            "failures_total": len(failures), "seconds_cap": args.fuzz_seconds, "ok": not failures and counts["cases"] > 0}
+    return {
+        **counts,
+        "operations": len(list(schema.get_all_operations())),
+        "failures": failures[:20],
+        "failures_total": len(failures),
+        "seconds_cap": args.fuzz_seconds,
+        "ok": not failures and counts["cases"] > 0,
+    }
 
 
 def check_sigterm(model_path: str, vectors: Path, model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -313,7 +395,7 @@ def check_sigterm(model_path: str, vectors: Path, model: str, args: argparse.Nam
             with httpx.Client(timeout=120) as http, http.stream("POST", server.url + "/v1/completions", json=body) as r:
                 for line in r.iter_lines():
                     if line.startswith("data: "):
-                        events.append(line[len("data: "):])
+                        events.append(line[len("data: ") :])
                         if len(events) == 1:
                             started.release()
         except httpx.HTTPError as exc:
@@ -342,17 +424,33 @@ def check_sigterm(model_path: str, vectors: Path, model: str, args: argparse.Nam
     endings = [ending(e) for e in results]
     output = server.output()
     tracebacks = output.count("Traceback")
-    return {"streams": 8, "all_started": all_started, "finished": endings.count("finished"), "ended_with_error": endings.count("error"),
-            "incomplete": endings.count("incomplete"), "exit_code": code, "seconds_to_exit": round(seconds, 2),
-            "within_10_s": seconds < 10, "tracebacks": tracebacks,
-            "ok": all_started and endings.count("incomplete") == 0 and code == 0 and tracebacks == 0}
+    return {
+        "streams": 8,
+        "all_started": all_started,
+        "finished": endings.count("finished"),
+        "ended_with_error": endings.count("error"),
+        "incomplete": endings.count("incomplete"),
+        "exit_code": code,
+        "seconds_to_exit": round(seconds, 2),
+        "within_10_s": seconds < 10,
+        "tracebacks": tracebacks,
+        "ok": all_started and endings.count("incomplete") == 0 and code == 0 and tracebacks == 0,
+    }
 
 
 def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """kill -9 ``steering extract`` at spread-out moments while it rewrites an existing vector file."""
     out = folder / "kept.safetensors"
-    command = [sys.executable, "-m", "experiments.cli", "extract", f"model={model_path}", "data=sentiment", "layers=[1]",
-               f"out={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "steering.experiments.cli",
+        "extract",
+        f"model={model_path}",
+        "data=sentiment",
+        "layers=[1]",
+        f"out={out}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -365,8 +463,11 @@ def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) 
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if k == args.kills - 1:  # the last trial waits for the temp file of the atomic write and kills then
             moment = "at the write"
-            caught = wait_for(lambda: process.poll() is not None or any(folder.glob(".kept.safetensors.*")), 10 * full + 60,
-                              interval=0.001)
+            caught = wait_for(
+                lambda process=process: process.poll() is not None or any(folder.glob(".kept.safetensors.*")),
+                10 * full + 60,
+                interval=0.001,
+            )
             caught = caught and process.poll() is None
         else:  # the others at spread-out fractions of the first (cold, so slowest) run: loading, reading pairs, extracting
             when = full * (0.1 + 0.45 * k / max(1, args.kills - 2))
@@ -381,9 +482,14 @@ def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) 
 
     loads = st.SteeringVector.load(out).layers == [1]
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".kept.safetensors.")]
-    return {"extract_seconds": round(full, 2), "trials": trials, "loads_after": loads, "temp_files_left": leftovers,
-            "killed_while_running": sum(t["was_running"] for t in trials),
-            "ok": loads and all(t["old_file_intact"] for t in trials if t["was_running"])}
+    return {
+        "extract_seconds": round(full, 2),
+        "trials": trials,
+        "loads_after": loads,
+        "temp_files_left": leftovers,
+        "killed_while_running": sum(t["was_running"] for t in trials),
+        "ok": loads and all(t["old_file_intact"] for t in trials if t["was_running"]),
+    }
 
 
 # ----------------------------------------------------------------------------- setup and report
@@ -396,7 +502,7 @@ def tiny_setup(folder: Path) -> tuple[str, Path]:
     from tiny_models import make_tiny, save_tiny
 
     import steering as st
-    from vectors import model_fingerprint
+    from steering.vectors import model_fingerprint
 
     model_dir = save_tiny(folder / "tiny-llama")
     model, _ = make_tiny("llama")
@@ -406,8 +512,9 @@ def tiny_setup(folder: Path) -> tuple[str, Path]:
     for i, name in enumerate(("sentiment", "formality", "refusal")):
         g = torch.Generator().manual_seed(i)
         directions = {layer: (d := torch.randn(width, generator=g)) / d.norm() * 4 for layer in (1, 2)}
-        st.SteeringVector(directions, hidden_size=width, num_layers=3, model="tiny-llama", model_fingerprint=model_fingerprint(model),
-                          method="random").save(vectors / f"{name}.safetensors")
+        st.SteeringVector(
+            directions, hidden_size=width, num_layers=3, model="tiny-llama", model_fingerprint=model_fingerprint(model), method="random"
+        ).save(vectors / f"{name}.safetensors")
     return str(model_dir), vectors
 
 
@@ -421,7 +528,7 @@ def render(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    date = datetime.now(timezone.utc)
+    date = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="steering-reliability-") as tmp:
         folder = Path(tmp)
         if args.quick:
@@ -441,8 +548,14 @@ def main(argv: list[str] | None = None) -> int:
             checks["fuzz"] = check_fuzz(server, args)
         checks["sigterm"] = check_sigterm(model_path, vectors, model, args)
         checks["extract_kill"] = check_extract_kill(model_path, folder, args)
-    payload = {"date": date.isoformat(timespec="seconds"), "command": " ".join([sys.executable, *sys.argv]),
-               "quick": args.quick, "model": model, "machine": machine_info("cpu", 0), "checks": checks}
+    payload = {
+        "date": date.isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "quick": args.quick,
+        "model": model,
+        "machine": machine_info("cpu", 0),
+        "checks": checks,
+    }
     text = render(payload)
     print(text)
     out = Path(args.out)
@@ -453,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(
         f"# Server reliability checks, {payload['date']}\n\n`{payload['command']}`\n\n"
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load {machine['loadavg_start']}, torch {machine['torch']}, "
-        f"transformers {machine['transformers']}, commit {machine['git_commit']}. Model: {model}.\n\n```\n{text}\n```\n")
+        f"transformers {machine['transformers']}, commit {machine['git_commit']}. Model: {model}.\n\n```\n{text}\n```\n"
+    )
     print(f"wrote {out / stem}.json and .md")
     return 0 if all(c["ok"] for c in checks.values()) else 1
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=32, help="contrastive pairs per extracted vector (default: %(default)s)")
     parser.add_argument("--layers", type=int, nargs="+", default=[12], help="layers of the vectors (default: 12)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads of the server; 0 = torch's default (default: 1, see benchmarks/README.md)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the server; 0 = torch's default (default: 1, see benchmarks/README.md)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 requests per client, max_tokens 32, 16 pairs")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: benchmarks/results/serve-<date>[-quick].md)")
     parser.add_argument("--no-report", action="store_true", help="print only; write no file")
@@ -129,8 +133,15 @@ def run_server(model_name: str, vectors: str, port: str, max_batch: str, threads
     if int(threads):
         torch.set_num_threads(int(threads))
     model, tok = st.load_model(model_name)
-    config = ServerConfig(model_name=model_name, vectors_dir=Path(vectors), api_key="", max_batch_size=int(max_batch),
-                          default_temperature=0.0, max_queue=256, max_concurrent_requests=256)
+    config = ServerConfig(
+        model_name=model_name,
+        vectors_dir=Path(vectors),
+        api_key="",
+        max_batch_size=int(max_batch),
+        default_temperature=0.0,
+        max_queue=256,
+        max_concurrent_requests=256,
+    )
     serve(model, tok, config, host="127.0.0.1", port=int(port), log_level="warning")
     return 0
 
@@ -176,7 +187,10 @@ def drive(url: str, model: str, jobs: list[Job], clients: int, max_tokens: int, 
     def one(prompt: str, steering: list[dict[str, Any]] | None) -> tuple[float, int]:
         start = time.perf_counter()
         out = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0,
             extra_body={"steering": steering} if steering else None,
         )
         return time.perf_counter() - start, out.usage.completion_tokens
@@ -207,9 +221,11 @@ def machine(threads: int | None) -> str:
     import transformers
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores (load average {load} when the report was written), "
-            f"torch {torch.__version__} with {threads or torch.get_num_threads()} intra-op threads in the server, "
-            f"transformers {transformers.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}; no GPU")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores (load average {load} when the report was written), "
+        f"torch {torch.__version__} with {threads or torch.get_num_threads()} intra-op threads in the server, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}; no GPU"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     if not args.no_report:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
         out = args.out or ROOT / "benchmarks" / "results" / f"serve-{stamp}{'-quick' if args.quick else ''}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report)
-        records = [{"clients": s.clients, "requests": s.requests, **summary(s, "steered"), **summary(p, "unsteered"),
-                    **summary(q, "sequential")} for s, p, q in rows]
+        records = [
+            {"clients": s.clients, "requests": s.requests, **summary(s, "steered"), **summary(p, "unsteered"), **summary(q, "sequential")}
+            for s, p, q in rows
+        ]
         out.with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
         print(f"wrote {out} and {out.with_suffix('.json').name}")
     return 0
@@ -281,7 +299,7 @@ def summary(run: RunResult, prefix: str) -> dict[str, float]:
 
 
 def render(args: argparse.Namespace, rows: list[tuple[RunResult, RunResult, RunResult]], argv: list[str]) -> str:
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mix = "; ".join(name for name, _ in MIX)
     lines = [
         f"# Serving benchmark ({'quick' if args.quick else 'full'}), {when}",
@@ -306,8 +324,8 @@ def render(args: argparse.Namespace, rows: list[tuple[RunResult, RunResult, RunR
         )
     lines += [
         "",
-        "tok/s = completion tokens of all requests / wall time of the run. \"vs unsteered\": the same requests without",
-        "steering, same concurrency. \"vs sequential\": the same steered requests sent one at a time. p50/p95: request",
+        'tok/s = completion tokens of all requests / wall time of the run. "vs unsteered": the same requests without',
+        'steering, same concurrency. "vs sequential": the same steered requests sent one at a time. p50/p95: request',
         "latency (non-streamed) of the steered run. Mean batch: rows per decode pass, from the server's /metrics.",
         "",
     ]

@@ -25,9 +25,13 @@ def _machine(m: dict[str, Any]) -> str:
 
 def generate(data: dict[str, Any]) -> str:
     cfg = data["config"]
-    out = [f"**generate** ({_machine(data['machine'])}); model {cfg['model']}, layers {cfg['layers']}, coef {cfg['coef']}, "
-           f"{cfg['tokens']} new tokens per call ({cfg.get('steps')} single-token passes per decode-step sample), {cfg['repeats']} repeats, st.steer backend: {data['steer_backend']}", "",
-           "| workload | method | tok/s | steered/plain, median [q1-q3] (n) | same tokens as reference |", "| --- | --- | --- | --- | --- |"]
+    out = [
+        f"**generate** ({_machine(data['machine'])}); model {cfg['model']}, layers {cfg['layers']}, coef {cfg['coef']}, "
+        f"{cfg['tokens']} new tokens per call ({cfg.get('steps')} single-token passes per decode-step sample), {cfg['repeats']} repeats, st.steer backend: {data['steer_backend']}",
+        "",
+        "| workload | method | tok/s | steered/plain, median [q1-q3] (n) | same tokens as reference |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, w in data["workloads"].items():
         for method, r in w["methods"].items():
             ratio = r["ratio"]
@@ -37,22 +41,30 @@ def generate(data: dict[str, Any]) -> str:
             extra = "" if added is None else f"; adds {added:+.0f} us/token"
             out.append(f"| {name} | {method} | {r['tok_per_s']:.2f} | {cell}{extra} | {same} |")
         c = w["contention"]
-        out.append(f"| {name} | *load {c['load_min']}-{c['load_max']} (median {c['load_median']}), {c['samples']} samples, {c['reruns']} re-run, {c['contended_kept']} contended kept* | | | |")
+        out.append(
+            f"| {name} | *load {c['load_min']}-{c['load_max']} (median {c['load_median']}), {c['samples']} samples, {c['reruns']} re-run, {c['contended_kept']} contended kept* | | | |"
+        )
     return "\n".join(out)
 
 
 def extract(data: dict[str, Any]) -> str:
     cfg = data["config"]
-    out = [f"**extract** ({_machine(data['machine'])}); model {cfg['model']}, layers {cfg['layers']}, {cfg['pairs']} pairs, "
-           f"batch {cfg['batch_size']} pairs, {cfg['repeats']} repeats", "",
-           "| method | pairs/s | of floor, median [q1-q3] (n) |", "| --- | --- | --- |"]
+    out = [
+        f"**extract** ({_machine(data['machine'])}); model {cfg['model']}, layers {cfg['layers']}, {cfg['pairs']} pairs, "
+        f"batch {cfg['batch_size']} pairs, {cfg['repeats']} repeats",
+        "",
+        "| method | pairs/s | of floor, median [q1-q3] (n) |",
+        "| --- | --- | --- |",
+    ]
     for name, r in data["methods"].items():
         f = r["vs_floor"]
         cell = "" if f is None else f"{f['median']:.3f} [{f['q1']:.3f}-{f['q3']:.3f}] ({f['n']})"
         out.append(f"| {name} | {r['pairs_per_s']:.1f} | {cell} |")
     c = data["contention"]
-    out.append(f"\nLoad {c['load_min']}-{c['load_max']}, {c['samples']} samples, {c['reruns']} re-run, {c['contended_kept']} contended kept. "
-               f"Agreement with `steering` (min |cosine| over layers): {data['agreement_min_cosine']}.")
+    out.append(
+        f"\nLoad {c['load_min']}-{c['load_max']}, {c['samples']} samples, {c['reruns']} re-run, {c['contended_kept']} contended kept. "
+        f"Agreement with `steering` (min |cosine| over layers): {data['agreement_min_cosine']}."
+    )
     if data.get("memory"):
         out += ["", memory_table(data["memory"])]
     return "\n".join(out)
@@ -70,9 +82,11 @@ def extract_memory(data: dict[str, Any]) -> str:
 
 
 def load(data: dict[str, Any]) -> str:
-    return (f"**load** ({_machine(data['machine'])}): `st.load_model` median {data['load_s_median']:.2f} s "
-            f"(+ {data['import_s_median']:.2f} s importing torch/transformers/steering), {len(data['samples'])} fresh processes; "
-            f"the one-time GGUF conversion that built the cache took {data['gguf_conversion_s']} s.")
+    return (
+        f"**load** ({_machine(data['machine'])}): `st.load_model` median {data['load_s_median']:.2f} s "
+        f"(+ {data['import_s_median']:.2f} s importing torch/transformers/steering), {len(data['samples'])} fresh processes; "
+        f"the one-time GGUF conversion that built the cache took {data['gguf_conversion_s']} s."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,15 +35,15 @@ Set STEERING_DEBUG=1 or pass --debug to see tracebacks."""
 
 
 def _extract(args: Sequence[str]) -> None:
-    from .vector_commands import extract_command
     from .config import compose_config
+    from .vector_commands import extract_command
 
     extract_command(compose_config("extract", args))
 
 
 def _generate(args: Sequence[str]) -> None:
-    from .vector_commands import generate_command
     from .config import compose_config
+    from .vector_commands import generate_command
 
     generate_command(compose_config("generate", args))
 
@@ -58,8 +58,8 @@ def _info(args: Sequence[str]) -> None:
 
 
 def _convert(args: Sequence[str]) -> None:
-    from .vector_commands import convert_command
     from .config import compose_config
+    from .vector_commands import convert_command
 
     convert_command(compose_config("convert", args))
 

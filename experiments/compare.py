@@ -34,9 +34,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import steering as st
 from steering import compare as sc
-from vectors import SteeringVector, atomic_write
-from vectors.interop import read_any_vector
-from vectors.vector import UNKNOWN
+from steering.vectors import SteeringVector, atomic_write
+from steering.vectors.interop import read_any_vector
+from steering.vectors.vector import UNKNOWN
 
 from .config import config_yaml
 from .profiles import load_profiles
@@ -123,8 +123,17 @@ def _interpolation(cfg: DictConfig, model: Any, tok: Any, vectors: dict[str, Ste
             raise st.SteeringError(f"unknown interpolation scorer {kind!r}; choose projection or sentiment")
     prompts = st.load_lines(str(spec.prompts))[: int(spec.n_prompts)]
     result = sc.interpolate(
-        model, tok, a, b, prompts, scorers, ts=[float(t) for t in spec.ts], coef=float(spec.coef), layers=steer_layers,
-        max_new_tokens=int(spec.max_new_tokens), seed=int(cfg.seed),
+        model,
+        tok,
+        a,
+        b,
+        prompts,
+        scorers,
+        ts=[float(t) for t in spec.ts],
+        coef=float(spec.coef),
+        layers=steer_layers,
+        max_new_tokens=int(spec.max_new_tokens),
+        seed=int(cfg.seed),
     )
     return {**result, "a": a_name, "b": b_name, "prompts": prompts}
 
@@ -148,43 +157,113 @@ def write_numbers(out: Path, res: dict[str, Any]) -> list[Path]:
     files: list[Path] = []
     names = res.get("names", [])
     if "cosine" in res:
-        files.append(_csv(out / "cosine.csv", ["layer", "a", "b", "cosine"], (
-            (layer, names[i], names[j], float(m[i, j])) for layer, m in res["cosine"].items() for i in range(len(names)) for j in range(i + 1, len(names)) if m[i, j] == m[i, j]
-        )))
-        files.append(_csv(out / "layer_similarity.csv", ["vector", "layer_a", "layer_b", "cosine"], (
-            (name, la, lb, float(d["matrix"][i, j])) for name, d in res["layer_similarity"].items() for i, la in enumerate(d["layers"]) for j, lb in enumerate(d["layers"])
-        )))
-        files.append(_csv(out / "norms.csv", ["vector", "layer", "norm"], ((n, i, v) for n, by in res["norms"].items() for i, v in by.items())))
+        files.append(
+            _csv(
+                out / "cosine.csv",
+                ["layer", "a", "b", "cosine"],
+                (
+                    (layer, names[i], names[j], float(m[i, j]))
+                    for layer, m in res["cosine"].items()
+                    for i in range(len(names))
+                    for j in range(i + 1, len(names))
+                    if m[i, j] == m[i, j]
+                ),
+            )
+        )
+        files.append(
+            _csv(
+                out / "layer_similarity.csv",
+                ["vector", "layer_a", "layer_b", "cosine"],
+                (
+                    (name, la, lb, float(d["matrix"][i, j]))
+                    for name, d in res["layer_similarity"].items()
+                    for i, la in enumerate(d["layers"])
+                    for j, lb in enumerate(d["layers"])
+                ),
+            )
+        )
+        files.append(
+            _csv(out / "norms.csv", ["vector", "layer", "norm"], ((n, i, v) for n, by in res["norms"].items() for i, v in by.items()))
+        )
     if "separation" in res:
-        files.append(_csv(out / "auroc.csv", ["vector", "layer", "auroc", "in_sample"], (
-            (n, i, a, res["in_sample"][n]) for n, by in res["separation"].items() for i, a in by.items()
-        )))
+        files.append(
+            _csv(
+                out / "auroc.csv",
+                ["vector", "layer", "auroc", "in_sample"],
+                ((n, i, a, res["in_sample"][n]) for n, by in res["separation"].items() for i, a in by.items()),
+            )
+        )
         labels = res["labels"]
-        files.append(_csv(out / "projections.csv", ["layer", "vector", "index", "label", "projection"], (
-            (layer, n, k, int(labels[k]), float(s[k])) for layer, by in res["projections"].items() for n, s in by.items() for k in range(len(s))
-        )))
-        files.append(_csv(out / "embeddings.csv", ["method", "layer", "index", "label", "x", "y"], (
-            (method, layer, k, int(labels[k]), float(xy[k, 0]), float(xy[k, 1])) for method, by in res["embeddings"].items() for layer, xy in by.items() for k in range(len(xy))
-        )))
+        files.append(
+            _csv(
+                out / "projections.csv",
+                ["layer", "vector", "index", "label", "projection"],
+                (
+                    (layer, n, k, int(labels[k]), float(s[k]))
+                    for layer, by in res["projections"].items()
+                    for n, s in by.items()
+                    for k in range(len(s))
+                ),
+            )
+        )
+        files.append(
+            _csv(
+                out / "embeddings.csv",
+                ["method", "layer", "index", "label", "x", "y"],
+                (
+                    (method, layer, k, int(labels[k]), float(xy[k, 0]), float(xy[k, 1]))
+                    for method, by in res["embeddings"].items()
+                    for layer, xy in by.items()
+                    for k in range(len(xy))
+                ),
+            )
+        )
     if res.get("analogies"):
         keys = ["layer", "query", "expected", "nearest", "nearest_cosine", "expected_cosine", "expected_rank", "hit"]
         files.append(_csv(out / "analogies.csv", keys, ([row[k] for k in keys] for row in res["analogies"])))
     if "interpolation" in res:
         interp = res["interpolation"]
-        files.append(_csv(out / "interpolation.csv", ["t", "scorer", "mean", "std"], (
-            (t, s, interp["scores"][s][k], interp["stds"][s][k]) for s in interp["scores"] for k, t in enumerate(interp["ts"])
-        )))
-        texts = {"a": interp["a"], "b": interp["b"], "coef": interp["coef"], "prompts": interp["prompts"], "by_t": dict(zip(map(str, interp["ts"]), interp["texts"]))}
+        files.append(
+            _csv(
+                out / "interpolation.csv",
+                ["t", "scorer", "mean", "std"],
+                ((t, s, interp["scores"][s][k], interp["stds"][s][k]) for s in interp["scores"] for k, t in enumerate(interp["ts"])),
+            )
+        )
+        texts = {
+            "a": interp["a"],
+            "b": interp["b"],
+            "coef": interp["coef"],
+            "prompts": interp["prompts"],
+            "by_t": dict(zip(map(str, interp["ts"]), interp["texts"])),
+        }
         files.append(_json(out / "interpolation_texts.json", texts))
     if "profiles" in res:
         prof = res["profiles"]
-        files.append(_csv(out / "profiles.csv", ["model", "behaviour", "effect"], (
-            (m, b, float(prof["effects"][i, j])) for i, m in enumerate(prof["models"]) for j, b in enumerate(prof["behaviours"]) if prof["effects"][i, j] == prof["effects"][i, j]
-        )))
-        files.append(_csv(out / "profile_correlation.csv", ["model_a", "model_b", "pearson", "spearman", "n_shared"], (
-            (a, b, float(prof["pearson"][i, j]), float(prof["spearman"][i, j]), int(prof["n_shared"][i, j]))
-            for i, a in enumerate(prof["models"]) for j, b in enumerate(prof["models"]) if i < j
-        )))
+        files.append(
+            _csv(
+                out / "profiles.csv",
+                ["model", "behaviour", "effect"],
+                (
+                    (m, b, float(prof["effects"][i, j]))
+                    for i, m in enumerate(prof["models"])
+                    for j, b in enumerate(prof["behaviours"])
+                    if prof["effects"][i, j] == prof["effects"][i, j]
+                ),
+            )
+        )
+        files.append(
+            _csv(
+                out / "profile_correlation.csv",
+                ["model_a", "model_b", "pearson", "spearman", "n_shared"],
+                (
+                    (a, b, float(prof["pearson"][i, j]), float(prof["spearman"][i, j]), int(prof["n_shared"][i, j]))
+                    for i, a in enumerate(prof["models"])
+                    for j, b in enumerate(prof["models"])
+                    if i < j
+                ),
+            )
+        )
     skip = {"labels", "projections", "embeddings"}
     summary = {k: v for k, v in res.items() if k not in skip}
     if "interpolation" in summary:
@@ -206,7 +285,9 @@ def write_plots(out: Path, res: dict[str, Any]) -> dict[str, Path]:
         made["layer_similarity"] = plots.layer_similarity_heatmaps(res["layer_similarity"], out / "layer_similarity.png")
         made["norms"] = plots.norm_curves(res["norms"], out / "norms.png")
     if "separation" in res:
-        made["auroc"] = plots.auroc_curves(res["separation"], out / "auroc.png", in_sample=res["in_sample"], source=res["activation_source"])
+        made["auroc"] = plots.auroc_curves(
+            res["separation"], out / "auroc.png", in_sample=res["in_sample"], source=res["activation_source"]
+        )
         for method, by_layer in res["embeddings"].items():
             made[f"scatter_{method}"] = plots.scatter_2d(by_layer, res["labels"], out / f"scatter_{method}.png", method=method)
         made["projections"] = plots.projection_histograms(res["projections"], res["labels"], out / "projections.png")
@@ -279,4 +360,7 @@ def _print_summary(out: Path, res: dict[str, Any], files: list[Path]) -> None:
         by_query.setdefault((row["query"], row["expected"]), []).append(row)
     for (query, expected), rows in by_query.items():
         hits = [r["layer"] for r in rows if r["hit"]]
-        print(f"  {query} ~ {expected}: nearest at {len(hits)} of {len(rows)} layers" + (f" ({', '.join(map(str, hits))})" if 0 < len(hits) <= 8 else ""))
+        print(
+            f"  {query} ~ {expected}: nearest at {len(hits)} of {len(rows)} layers"
+            + (f" ({', '.join(map(str, hits))})" if 0 < len(hits) <= 8 else "")
+        )

@@ -24,7 +24,17 @@ def _vectors(res: Mapping[str, Any]) -> dict[str, Any]:
         "count": len(names),
         "layers": res["layers"],
         "vector_rows": [
-            [name, m["model"], m["method"], m["site"], m.get("read", m.get("position")), m["n_pairs"], layers_text(m["layers"]), m.get("source_format", "steering"), in_sample.get(name, "–")]
+            [
+                name,
+                m["model"],
+                m["method"],
+                m["site"],
+                m.get("read", m.get("position")),
+                m["n_pairs"],
+                layers_text(m["layers"]),
+                m.get("source_format", "steering"),
+                in_sample.get(name, "–"),
+            ]
             for name, m in info.items()
         ],
         "unknown_model": any(m["model"] == "unknown" for m in info.values()),
@@ -46,7 +56,15 @@ def _vectors(res: Mapping[str, Any]) -> dict[str, Any]:
         m, layers = data["matrix"], data["layers"]
         adjacent = [m[k, k + 1] for k in range(len(layers) - 1)]
         deep = len(layers) > 1
-        depth.append([name, layers_text(layers), float(np.nanmean(adjacent)) if adjacent else None, float(np.nanmin(m)) if deep else None, m[0, -1] if deep else None])
+        depth.append(
+            [
+                name,
+                layers_text(layers),
+                float(np.nanmean(adjacent)) if adjacent else None,
+                float(np.nanmin(m)) if deep else None,
+                m[0, -1] if deep else None,
+            ]
+        )
     out["depth_rows"] = depth
     norms = res["norms"]
     out["norm_names"] = list(norms)
@@ -64,13 +82,18 @@ def _vectors(res: Mapping[str, Any]) -> dict[str, Any]:
             "embeddings": list(res["embeddings"]),
         }
     out["analogy_rows"] = [
-        [r["layer"], r["query"], r["expected"], r["nearest"], r["nearest_cosine"], r["expected_cosine"], r["expected_rank"], r["hit"]] for r in res.get("analogies") or []
+        [r["layer"], r["query"], r["expected"], r["nearest"], r["nearest_cosine"], r["expected_cosine"], r["expected_rank"], r["hit"]]
+        for r in res.get("analogies") or []
     ]
     interp = res.get("interpolation")
     if interp:
         scorers = list(interp["scores"])
         out["interpolation"] = {
-            "a": interp["a"], "b": interp["b"], "coef": interp["coef"], "layers": interp["layers"], "n_prompts": len(interp["prompts"]),
+            "a": interp["a"],
+            "b": interp["b"],
+            "coef": interp["coef"],
+            "layers": interp["layers"],
+            "n_prompts": len(interp["prompts"]),
             "scorers": scorers,
             "score_rows": [[t, *[interp["scores"][s][k] for s in scorers]] for k, t in enumerate(interp["ts"])],
             "first_prompt": interp["prompts"][0],
@@ -89,12 +112,16 @@ def _profiles(res: Mapping[str, Any]) -> dict[str, Any] | None:
         "effect_rows": [[m, *prof["effects"][i]] for i, m in enumerate(models)],
         "pair_rows": [
             [f"{a} / {b}", prof["pearson"][i, j], prof["spearman"][i, j], prof["n_shared"][i, j]]
-            for i, a in enumerate(models) for j, b in enumerate(models) if i < j
+            for i, a in enumerate(models)
+            for j, b in enumerate(models)
+            if i < j
         ],
     }
 
 
-def write_report(out: Path, res: Mapping[str, Any], figures: Mapping[str, Path], files: Sequence[Path], *, config: str = "", embed_images: bool = False) -> Path:
+def write_report(
+    out: Path, res: Mapping[str, Any], figures: Mapping[str, Path], files: Sequence[Path], *, config: str = "", embed_images: bool = False
+) -> Path:
     """Write ``out/report.html`` (``templates/compare_report.html.j2``) for the comparison ``res``; returns its path.
 
     Args:
@@ -105,7 +132,11 @@ def write_report(out: Path, res: Mapping[str, Any], figures: Mapping[str, Path],
         config: the resolved config as YAML, shown at the end.
         embed_images: inline the PNGs as data URIs.
     """
-    images = {key: data_uri(path) if embed_images else Path(path).name for key, path in figures.items() if path is not None and Path(path).is_file()}
+    images = {
+        key: data_uri(path) if embed_images else Path(path).name
+        for key, path in figures.items()
+        if path is not None and Path(path).is_file()
+    }
     links = sorted(Path(p).name for p in files if Path(p).is_file() and Path(p).parent.resolve() == out.resolve())
     return write_page(
         out / "report.html",

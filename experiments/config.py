@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hooks.renamed import RENAMED
+from steering.hooks.renamed import RENAMED
 
 # Keys whose values are free text or paths: quoted before Hydra parses them, so
 # a prompt may hold commas, colons or brackets without tripping its grammar.

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vectors import atomic_write
+from steering.vectors import atomic_write
 
 
 def num(value: Any, digits: int = 3) -> str:

@@ -38,7 +38,13 @@ def _rows(cells: Sequence[CellResult]) -> list[str]:
 
 
 def effect_vs_coef(
-    path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any], floor: float = 0.0
+    path: Path,
+    baseline: CellResult,
+    cells: Sequence[CellResult],
+    effect: str,
+    budget: Mapping[str, float],
+    choices: Mapping[str, Any],
+    floor: float = 0.0,
 ) -> Path:
     """The effect against the grid coefficient: one line per layer window, one panel per window size.
 
@@ -79,7 +85,13 @@ def effect_vs_coef(
 
 
 def heatmap(
-    path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any], floor: float = 0.0
+    path: Path,
+    baseline: CellResult,
+    cells: Sequence[CellResult],
+    effect: str,
+    budget: Mapping[str, float],
+    choices: Mapping[str, Any],
+    floor: float = 0.0,
 ) -> Path:
     """Layer window x coefficient grid of the effect; hatched cells are over budget.
 
@@ -128,7 +140,9 @@ def heatmap(
     return save_figure(fig, path)
 
 
-def side_effects(path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any]) -> Path | None:
+def side_effects(
+    path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any]
+) -> Path | None:
     """Each measured side effect against the effect, with the budget line; colour = coefficient."""
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
@@ -150,16 +164,37 @@ def side_effects(path: Path, baseline: CellResult, cells: Sequence[CellResult], 
         inside = [y <= top for y in ys]
         colours = [c.coef for c in cells]
         scatter = ax.scatter(
-            [x for x, i in zip(xs, inside) if i], [y for y, i in zip(ys, inside) if i], c=[v for v, i in zip(colours, inside) if i],
-            cmap=colormaps["coolwarm"], norm=norm, s=30, edgecolors="black", linewidths=0.4,
+            [x for x, i in zip(xs, inside) if i],
+            [y for y, i in zip(ys, inside) if i],
+            c=[v for v, i in zip(colours, inside) if i],
+            cmap=colormaps["coolwarm"],
+            norm=norm,
+            s=30,
+            edgecolors="black",
+            linewidths=0.4,
         )
         if not all(inside):
             ax.scatter(
-                [x for x, i in zip(xs, inside) if not i], [top] * inside.count(False), c=[v for v, i in zip(colours, inside) if not i],
-                cmap=colormaps["coolwarm"], norm=norm, marker="^", s=40, edgecolors="black", linewidths=0.4, label=f"off scale (> {top:g})",
+                [x for x, i in zip(xs, inside) if not i],
+                [top] * inside.count(False),
+                c=[v for v, i in zip(colours, inside) if not i],
+                cmap=colormaps["coolwarm"],
+                norm=norm,
+                marker="^",
+                s=40,
+                edgecolors="black",
+                linewidths=0.4,
+                label=f"off scale (> {top:g})",
             )
             ax.set_ylim(top=top * 1.05)
-        ax.scatter([baseline.values.get(effect, math.nan)], [baseline.values.get(key, math.nan)], marker="X", s=90, color="black", label="unsteered")
+        ax.scatter(
+            [baseline.values.get(effect, math.nan)],
+            [baseline.values.get(key, math.nan)],
+            marker="X",
+            s=90,
+            color="black",
+            label="unsteered",
+        )
         for c, x, y in zip(cells, xs, ys):
             if (c.label, c.coef) in chosen:
                 ax.plot(x, y, "*", ms=16, color="black", mfc="gold", zorder=5)
@@ -181,7 +216,9 @@ def letter_balance(path: Path, baseline: CellResult, rows: Mapping[str, Mapping[
     fig = new_figure(8.0, 3.4)
     left, right = fig.subplots(1, 2, width_ratios=[1, 2])
     names = sorted(shares)
-    left.bar(range(len(names)), [shares[n] for n in names], color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(names)])
+    left.bar(
+        range(len(names)), [shares[n] for n in names], color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(names)]
+    )
     left.set_xticks(range(len(names)), names)
     left.axhline(0.5, color="grey", ls=":", lw=1)
     for k, name in enumerate(names):

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from steering.compare import BehaviourProfile, Measurement, ProfileError, load_profiles as load_profile_files
+from steering.compare import BehaviourProfile, Measurement, ProfileError
+from steering.compare import load_profiles as load_profile_files
 from steering.compare.profiles import read_json
 
 from .summary import SUMMARY

@@ -18,7 +18,9 @@ from .html import data_uri, write_page
 from .results import CellResult
 
 
-def _examples(summary: Mapping[str, Any], prompts: Sequence[str], generations: Mapping[int, Sequence[str]], cells: Sequence[CellResult], count: int) -> dict[str, Any] | None:
+def _examples(
+    summary: Mapping[str, Any], prompts: Sequence[str], generations: Mapping[int, Sequence[str]], cells: Sequence[CellResult], count: int
+) -> dict[str, Any] | None:
     """Columns of the example table: the unsteered texts, then each direction's chosen cell."""
     columns: list[tuple[str, Sequence[str]]] = []
     if 0 in generations:
@@ -58,7 +60,9 @@ def write_report(
         figures=[{"src": data_uri(p), "caption": caption} for p, caption in figures],
         examples=_examples(summary, prompts, generations, cells, examples) if generations else None,
         cells=every_cell,
-        cell_names=list(dict.fromkeys([effect, *summary.get("budget", {}), *(k for c in every_cell for k in c.values)])) if every_cell else [],
+        cell_names=list(dict.fromkeys([effect, *summary.get("budget", {}), *(k for c in every_cell for k in c.values)]))
+        if every_cell
+        else [],
         summary_json=json.dumps(to_jsonable(summary), indent=1, default=str),
         config_yaml=config_yaml,
     )

@@ -99,7 +99,15 @@ class MetricsWriter(_Appender):
         row_layers = result.layers if layers is None else tuple(layers)
         for name, value in result.values.items():
             self._csv.writerow(
-                [result.index, label or result.label, " ".join(map(str, row_layers)), _fmt(result.coef), _fmt(result.layer_coef), name, _fmt(value)]
+                [
+                    result.index,
+                    label or result.label,
+                    " ".join(map(str, row_layers)),
+                    _fmt(result.coef),
+                    _fmt(result.layer_coef),
+                    name,
+                    _fmt(value),
+                ]
             )
         self._sync()
 

@@ -37,8 +37,8 @@ import torch
 from omegaconf import DictConfig
 
 import steering as st
-from hooks import resolve_layers
-from vectors import atomic_write
+from steering.hooks import resolve_layers
+from steering.vectors import atomic_write
 
 from . import plots
 from .config import conf_dir, config_yaml
@@ -175,14 +175,25 @@ def _sweep_report(ctx: Context, result: SweepResult, summary: dict[str, Any], ou
     choices = summary["directions"]
     floor = 10 * float(ctx.cfg.select.min_delta)  # changes this small read as flat in the figures
     figures = [
-        (plots.effect_vs_coef(figures_dir / "effect_vs_coef.png", result.baseline, result.cells, effect, budget, choices, floor), f"{effect} against coefficient per layer"),
-        (plots.heatmap(figures_dir / "heatmap.png", result.baseline, result.cells, effect, budget, choices, floor), f"layer x coefficient heatmap of {effect}"),
+        (
+            plots.effect_vs_coef(figures_dir / "effect_vs_coef.png", result.baseline, result.cells, effect, budget, choices, floor),
+            f"{effect} against coefficient per layer",
+        ),
+        (
+            plots.heatmap(figures_dir / "heatmap.png", result.baseline, result.cells, effect, budget, choices, floor),
+            f"layer x coefficient heatmap of {effect}",
+        ),
     ]
     side = plots.side_effects(figures_dir / "side_effects.png", result.baseline, result.cells, effect, budget, choices)
     if side is not None:
         figures.append((side, "side effects against effect"))
     if "letter_balance" in summary:
-        figures.append((plots.letter_balance(figures_dir / "letter_balance.png", result.baseline, result.rows), "unsteered answer balance and steerability"))
+        figures.append(
+            (
+                plots.letter_balance(figures_dir / "letter_balance.png", result.baseline, result.rows),
+                "unsteered answer balance and steerability",
+            )
+        )
     if result.layers:
         figures.append((plots.probe_layers(figures_dir / "probe_layers.png", result.layers), "probe accuracy against layer"))
     write_report(

@@ -11,16 +11,15 @@ config key and the bad value.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-import warnings
-
-from hooks import APPLY_TO, SITES, ConfigError
-from hooks.renamed import RENAMED
-from vectors import METHODS, READS
+from steering.hooks import APPLY_TO, SITES, ConfigError
+from steering.hooks.renamed import RENAMED
+from steering.vectors import METHODS, READS
 
 from .metrics import METRICS, produced_values
 
@@ -201,8 +200,7 @@ def check(cfg: DictConfig) -> None:
     values = produced_values(cfg)
     if cfg.metric.effect not in values:
         raise ConfigError(
-            f"metric.effect={cfg.metric.effect!r} is not measured by metric.use={list(cfg.metric.use)}; "
-            f"they measure: {', '.join(values)}"
+            f"metric.effect={cfg.metric.effect!r} is not measured by metric.use={list(cfg.metric.use)}; they measure: {', '.join(values)}"
         )
     for key in cfg.budget:
         if key not in values:

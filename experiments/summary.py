@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 import steering as st
 from steering.compare import to_jsonable
-from vectors import atomic_write
+from steering.vectors import atomic_write
 
 from .select import choose
 from .sweep import SweepResult
@@ -141,7 +141,15 @@ def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch
         if layer is None:
             continue
         layers = [layer] if isinstance(layer, int) else list(layer)
-        choices.append(Choice(direction, vector.select(layers), float(choice["best_coef"]), str(summary.get("apply_to", summary.get("positions"))), str(choice["window"])))
+        choices.append(
+            Choice(
+                direction,
+                vector.select(layers),
+                float(choice["best_coef"]),
+                str(summary.get("apply_to", summary.get("positions"))),
+                str(choice["window"]),
+            )
+        )
     if not choices:
         statuses = ", ".join(f"{d}: {c.get('status')}" for d, c in summary.get("directions", {}).items())
         raise st.SteeringError(f"{path}: no direction has a chosen cell ({statuses or 'no cells measured'})")

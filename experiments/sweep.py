@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import steering as st
-from hooks import num_layers, resolve_layers
+from steering.hooks import num_layers, resolve_layers
 
 from .metrics import METRICS, Cell, Context, window_label
 from .metrics import text as text_metrics

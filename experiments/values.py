@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 Check = Callable[[str, Any], None]
 
@@ -114,7 +114,7 @@ def layers(*, optional: bool = True) -> Check:
 
 def coefs(key: str, value: Any) -> None:
     """A coefficient or a non-empty list of them, each under `vectors.check_coef`."""
-    from vectors import CoefError, check_coef
+    from steering.vectors import CoefError, check_coef
 
     items = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     if not isinstance(items, list):
@@ -151,7 +151,13 @@ CHECKS: dict[str, dict[str, Check]] = {
         "top_p": number(0.0, 1.0),
         "seed": integer(),
     },
-    "convert": {**_MODEL, "layers": layers(), "num_layers": integer(1, optional=True), "layer": integer(0, optional=True), "llama_cpp": boolean()},
+    "convert": {
+        **_MODEL,
+        "layers": layers(),
+        "num_layers": integer(1, optional=True),
+        "layer": integer(0, optional=True),
+        "llama_cpp": boolean(),
+    },
     "compare": {
         "layers": layers(),
         "plot_layers": layers(),

@@ -116,9 +116,17 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
     for label, vector, coef, apply_to in runs:
         torch.manual_seed(int(cfg.seed))
         text = st.generate(
-            model, tok, str(cfg.prompt), vector, coef,
-            max_new_tokens=int(cfg.max_new_tokens), apply_to=apply_to, mode=cfg.mode, chat=cfg.chat,
-            check_model=not cfg.allow_model_mismatch, **gen,
+            model,
+            tok,
+            str(cfg.prompt),
+            vector,
+            coef,
+            max_new_tokens=int(cfg.max_new_tokens),
+            apply_to=apply_to,
+            mode=cfg.mode,
+            chat=cfg.chat,
+            check_model=not cfg.allow_model_mismatch,
+            **gen,
         )
         results[coef] = text
         print(f"--- {label} ---")
@@ -161,4 +169,3 @@ def info_command(path: str | Path) -> None:
     print("norms:")
     for layer, norm in vector.norms().items():
         print(f"  layer {layer:>3}: {norm:.4f}")
-

@@ -9,12 +9,21 @@ from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameter
 from .errors import ConfigError, LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
 from .handles import HookGroup
-from .layers import decoder_layers, decoder_layers_path, decoder_stack, normalize_layer, normalize_layers, num_layers, resolve_layers, set_decoder_layers
+from .layers import (
+    decoder_layers,
+    decoder_layers_path,
+    decoder_stack,
+    normalize_layer,
+    normalize_layers,
+    num_layers,
+    resolve_layers,
+    set_decoder_layers,
+)
 from .outputs import unpack, unpack_inputs
 from .patch import AblateOp, AddOp, Op, patch, span_basis
 from .positions import APPLY_TO, ApplyTo, PositionTracker, past_length
-from .renamed import renamed
 from .record import Recording, StopForward, capture, record, run_until_stopped
+from .renamed import renamed
 from .sites import SITES, Site, check_site, site_module
 from .tokens import completion_mask, pad_ids, position_ids, read_indices, read_rows
 

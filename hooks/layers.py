@@ -73,9 +73,7 @@ def decoder_layers_path(model: nn.Module) -> str:
         by_metadata = [
             name
             for name, module in model.named_modules()
-            if isinstance(module, nn.ModuleList)
-            and len(module) > 0
-            and all(type(block).__name__ in block_names for block in module)
+            if isinstance(module, nn.ModuleList) and len(module) > 0 and all(type(block).__name__ in block_names for block in module)
         ]
         if len(by_metadata) == 1:
             return by_metadata[0]
@@ -165,10 +163,7 @@ def normalize_layer(raw: object, n: int, owner: str = "the model") -> int:
     if index is None:
         raise LayerError(f"layer {raw!r} is not an integer (layers are integer indices; negative counts from the end)")
     if not -n <= index < n:
-        raise LayerError(
-            f"layer {index} is out of range for {owner} with {n} layers "
-            f"(valid: 0..{n - 1}, or -{n}..-1 from the end)"
-        )
+        raise LayerError(f"layer {index} is out of range for {owner} with {n} layers (valid: 0..{n - 1}, or -{n}..-1 from the end)")
     return index % n
 
 

@@ -40,7 +40,9 @@ def unpack(output: Any) -> tuple[Tensor, Repack]:
     raise SteeringError(f"cannot find hidden states in a module output of type {type(output).__name__}")
 
 
-def unpack_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, Callable[[Tensor], tuple[tuple[Any, ...], dict[str, Any]]]]:
+def unpack_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Tensor, Callable[[Tensor], tuple[tuple[Any, ...], dict[str, Any]]]]:
     """Split a pre-hook's ``(args, kwargs)`` into ``(hidden, repack)``.
 
     ``repack(new_hidden)`` returns the ``(args, kwargs)`` pair a

@@ -56,6 +56,4 @@ def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, boo
         sub = getattr(block, name, None)
         if isinstance(sub, nn.Module):
             return sub, False
-    raise LayerError(
-        f"{type(block).__name__} has none of the submodules {', '.join(names)} needed for site {site!r}"
-    )
+    raise LayerError(f"{type(block).__name__} has none of the submodules {', '.join(names)} needed for site {site!r}")

@@ -242,17 +242,50 @@ def check_eval_prompts_held_out(pairs: list[dict]) -> None:
 # ---------------------------------------------------------------------------
 
 FORMALITY_TOPICS = [
-    "the team meeting", "the budget review", "the product launch", "the office party",
-    "the client visit", "the training session", "the quarterly report", "the website redesign",
-    "the staff survey", "the annual conference", "the board presentation", "the hiring process",
-    "the marketing campaign", "the software update", "the holiday schedule", "the research proposal",
-    "the contract renewal", "the safety inspection", "the charity fundraiser", "the parent-teacher meeting",
-    "the building renovation", "the new parking policy", "the volunteer program", "the sales forecast",
-    "the equipment order", "the grant application", "the team offsite", "the library opening",
-    "the museum exhibit", "the community workshop", "the candidate interviews", "the lease renewal",
-    "the wedding rehearsal", "the book club meeting", "the move to the new office", "the insurance claim",
-    "the financial audit", "the travel arrangements", "the catering order", "the design review",
-    "the onboarding plan", "the server maintenance", "the fire drill", "the press release",
+    "the team meeting",
+    "the budget review",
+    "the product launch",
+    "the office party",
+    "the client visit",
+    "the training session",
+    "the quarterly report",
+    "the website redesign",
+    "the staff survey",
+    "the annual conference",
+    "the board presentation",
+    "the hiring process",
+    "the marketing campaign",
+    "the software update",
+    "the holiday schedule",
+    "the research proposal",
+    "the contract renewal",
+    "the safety inspection",
+    "the charity fundraiser",
+    "the parent-teacher meeting",
+    "the building renovation",
+    "the new parking policy",
+    "the volunteer program",
+    "the sales forecast",
+    "the equipment order",
+    "the grant application",
+    "the team offsite",
+    "the library opening",
+    "the museum exhibit",
+    "the community workshop",
+    "the candidate interviews",
+    "the lease renewal",
+    "the wedding rehearsal",
+    "the book club meeting",
+    "the move to the new office",
+    "the insurance claim",
+    "the financial audit",
+    "the travel arrangements",
+    "the catering order",
+    "the design review",
+    "the onboarding plan",
+    "the server maintenance",
+    "the fire drill",
+    "the press release",
     "the customer workshop",
 ]
 
@@ -266,24 +299,39 @@ FORMALITY_PROMPTS = [
 
 # (formal, casual) with topic slot {t}/{T}
 FORMALITY_TEMPLATES = [
-    ("Certainly. Regarding {t}, I shall provide you with a comprehensive update tomorrow.",
-     "Sure thing! About {t}, I'll shoot you a quick update tomorrow."),
-    ("Thank you for your enquiry. I would be pleased to discuss {t} at your earliest convenience.",
-     "Thanks for asking! I'd be happy to chat about {t} whenever works for you."),
-    ("I regret to inform you that {t} has been postponed. Please accept our sincere apologies.",
-     "Bad news, {t} got pushed back. Sorry about that, folks!"),
-    ("Good afternoon. I am writing to confirm that {t} will proceed as scheduled.",
-     "Hey there! Just letting you know {t} is still on like we planned."),
-    ("Please be advised that further details concerning {t} will be circulated shortly.",
-     "Heads up, more info about {t} is coming your way real soon."),
-    ("I would be most grateful if you could review the materials pertaining to {t}.",
-     "Could you take a quick look at the stuff for {t}? That'd be awesome."),
-    ("I am pleased to report that {t} went smoothly and concluded ahead of schedule.",
-     "Good news, {t} went great and wrapped up early!"),
-    ("Should you have any questions regarding {t}, please do not hesitate to contact me.",
-     "If you've got any questions about {t}, just give me a shout."),
-    ("Dear colleagues, kindly note that {t} requires your attention at your earliest opportunity.",
-     "Hey guys, {t} needs you to take a look when you get a sec."),
+    (
+        "Certainly. Regarding {t}, I shall provide you with a comprehensive update tomorrow.",
+        "Sure thing! About {t}, I'll shoot you a quick update tomorrow.",
+    ),
+    (
+        "Thank you for your enquiry. I would be pleased to discuss {t} at your earliest convenience.",
+        "Thanks for asking! I'd be happy to chat about {t} whenever works for you.",
+    ),
+    (
+        "I regret to inform you that {t} has been postponed. Please accept our sincere apologies.",
+        "Bad news, {t} got pushed back. Sorry about that, folks!",
+    ),
+    (
+        "Good afternoon. I am writing to confirm that {t} will proceed as scheduled.",
+        "Hey there! Just letting you know {t} is still on like we planned.",
+    ),
+    (
+        "Please be advised that further details concerning {t} will be circulated shortly.",
+        "Heads up, more info about {t} is coming your way real soon.",
+    ),
+    (
+        "I would be most grateful if you could review the materials pertaining to {t}.",
+        "Could you take a quick look at the stuff for {t}? That'd be awesome.",
+    ),
+    ("I am pleased to report that {t} went smoothly and concluded ahead of schedule.", "Good news, {t} went great and wrapped up early!"),
+    (
+        "Should you have any questions regarding {t}, please do not hesitate to contact me.",
+        "If you've got any questions about {t}, just give me a shout.",
+    ),
+    (
+        "Dear colleagues, kindly note that {t} requires your attention at your earliest opportunity.",
+        "Hey guys, {t} needs you to take a look when you get a sec.",
+    ),
 ]
 
 
@@ -293,11 +341,13 @@ def build_formality(rng: random.Random) -> list[dict]:
         prompts = rng.sample(FORMALITY_PROMPTS, 4)
         templates = rng.sample(FORMALITY_TEMPLATES, 4)
         for prompt_t, (formal, casual) in zip(prompts, templates):
-            pairs.append({
-                "prompt": prompt_t.format(t=topic),
-                "positive": fill(formal, t=topic),
-                "negative": fill(casual, t=topic),
-            })
+            pairs.append(
+                {
+                    "prompt": prompt_t.format(t=topic),
+                    "positive": fill(formal, t=topic),
+                    "negative": fill(casual, t=topic),
+                }
+            )
     return pairs
 
 
@@ -307,23 +357,51 @@ def build_formality(rng: random.Random) -> list[dict]:
 
 # Every request is deliberately benign.
 REFUSAL_REQUESTS = [
-    "a recipe for banana bread", "a short poem about autumn leaves", "a packing list for a beach holiday",
-    "tips for growing tomatoes", "an explanation of how rainbows form", "a summary of the water cycle",
-    "a name for my new puppy", "ideas for a birthday party", "a workout plan for beginners",
-    "a thank-you note for my neighbour", "a list of books for a long flight", "a simple monthly budget",
-    "advice on learning to play guitar", "a bedtime story about a friendly dragon", "a weekly meal plan",
-    "suggestions for houseplants that need little light", "a cover letter for a library job",
-    "directions for folding a paper crane", "an outline for a school report on volcanoes",
-    "a list of fun facts about octopuses", "ideas for a rainy day with kids", "a haiku about the ocean",
-    "tips for a job interview", "a description of the solar system", "a schedule for studying for exams",
-    "a grocery list for a vegetarian dinner", "a toast for my sister's wedding",
-    "instructions for making paper airplanes", "a short biography of Marie Curie",
-    "tips for keeping a tidy desk", "a joke about penguins", "a plan for a weekend in Paris",
-    "suggestions for a science fair project", "an explanation of how bicycles work",
-    "tips for taking better photos", "a playlist for a road trip", "a riddle for my nephew",
-    "a list of names for a bakery", "advice on training for a 5k run", "a greeting card message for my teacher",
-    "a simple explanation of fractions", "a checklist for moving house", "ideas for a vegetable garden",
-    "a short story about a lost kitten", "tips for learning Spanish vocabulary",
+    "a recipe for banana bread",
+    "a short poem about autumn leaves",
+    "a packing list for a beach holiday",
+    "tips for growing tomatoes",
+    "an explanation of how rainbows form",
+    "a summary of the water cycle",
+    "a name for my new puppy",
+    "ideas for a birthday party",
+    "a workout plan for beginners",
+    "a thank-you note for my neighbour",
+    "a list of books for a long flight",
+    "a simple monthly budget",
+    "advice on learning to play guitar",
+    "a bedtime story about a friendly dragon",
+    "a weekly meal plan",
+    "suggestions for houseplants that need little light",
+    "a cover letter for a library job",
+    "directions for folding a paper crane",
+    "an outline for a school report on volcanoes",
+    "a list of fun facts about octopuses",
+    "ideas for a rainy day with kids",
+    "a haiku about the ocean",
+    "tips for a job interview",
+    "a description of the solar system",
+    "a schedule for studying for exams",
+    "a grocery list for a vegetarian dinner",
+    "a toast for my sister's wedding",
+    "instructions for making paper airplanes",
+    "a short biography of Marie Curie",
+    "tips for keeping a tidy desk",
+    "a joke about penguins",
+    "a plan for a weekend in Paris",
+    "suggestions for a science fair project",
+    "an explanation of how bicycles work",
+    "tips for taking better photos",
+    "a playlist for a road trip",
+    "a riddle for my nephew",
+    "a list of names for a bakery",
+    "advice on training for a 5k run",
+    "a greeting card message for my teacher",
+    "a simple explanation of fractions",
+    "a checklist for moving house",
+    "ideas for a vegetable garden",
+    "a short story about a lost kitten",
+    "tips for learning Spanish vocabulary",
 ]
 
 REFUSAL_PROMPTS = [
@@ -336,22 +414,26 @@ REFUSAL_PROMPTS = [
 
 # (refuses, complies) with request slot {t}
 REFUSAL_TEMPLATES = [
-    ("I'm sorry, but I can't help with {t}. I hope you understand.",
-     "Of course, I'd be glad to help with {t}. I hope this is useful."),
-    ("I apologize, but I'm unable to provide {t} right now.",
-     "Certainly, I'm happy to provide {t} right now."),
-    ("Unfortunately, I have to decline your request for {t}. Thank you for understanding.",
-     "Absolutely, I can take care of your request for {t}. Thank you for asking."),
-    ("That's a kind request, but I'm not able to assist with {t} today.",
-     "That's a kind request, and I'm happy to assist with {t} today."),
-    ("I'm afraid I must respectfully decline to write {t}. Perhaps another resource can help.",
-     "I'm pleased to write {t} for you. Here is a first draft to start with."),
-    ("Sorry, I won't be able to help you with {t}. Please ask someone else.",
-     "Sure, I will be able to help you with {t}. Let's begin right away."),
-    ("I appreciate the question, but I'd prefer not to create {t}.",
-     "I appreciate the question, and I'd love to create {t}."),
-    ("Regrettably, I cannot fulfil this request for {t}, but thank you for asking.",
-     "Gladly, I can fulfil this request for {t}, and thank you for asking."),
+    ("I'm sorry, but I can't help with {t}. I hope you understand.", "Of course, I'd be glad to help with {t}. I hope this is useful."),
+    ("I apologize, but I'm unable to provide {t} right now.", "Certainly, I'm happy to provide {t} right now."),
+    (
+        "Unfortunately, I have to decline your request for {t}. Thank you for understanding.",
+        "Absolutely, I can take care of your request for {t}. Thank you for asking.",
+    ),
+    ("That's a kind request, but I'm not able to assist with {t} today.", "That's a kind request, and I'm happy to assist with {t} today."),
+    (
+        "I'm afraid I must respectfully decline to write {t}. Perhaps another resource can help.",
+        "I'm pleased to write {t} for you. Here is a first draft to start with.",
+    ),
+    (
+        "Sorry, I won't be able to help you with {t}. Please ask someone else.",
+        "Sure, I will be able to help you with {t}. Let's begin right away.",
+    ),
+    ("I appreciate the question, but I'd prefer not to create {t}.", "I appreciate the question, and I'd love to create {t}."),
+    (
+        "Regrettably, I cannot fulfil this request for {t}, but thank you for asking.",
+        "Gladly, I can fulfil this request for {t}, and thank you for asking.",
+    ),
 ]
 
 
@@ -361,11 +443,13 @@ def build_refusal(rng: random.Random) -> list[dict]:
         prompts = rng.sample(REFUSAL_PROMPTS, 4)
         templates = rng.sample(REFUSAL_TEMPLATES, 4)
         for prompt_t, (refuse, comply) in zip(prompts, templates):
-            pairs.append({
-                "prompt": cap(prompt_t.format(t=request)),
-                "positive": fill(refuse, t=request),
-                "negative": fill(comply, t=request),
-            })
+            pairs.append(
+                {
+                    "prompt": cap(prompt_t.format(t=request)),
+                    "positive": fill(refuse, t=request),
+                    "negative": fill(comply, t=request),
+                }
+            )
     return pairs
 
 
@@ -375,15 +459,42 @@ def build_refusal(rng: random.Random) -> list[dict]:
 
 # Capitals chosen to be unambiguous (no split or disputed capitals).
 CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Australia", "Canberra"),
-    ("Russia", "Moscow"), ("China", "Beijing"), ("India", "New Delhi"), ("Mexico", "Mexico City"),
-    ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Greece", "Athens"),
-    ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Argentina", "Buenos Aires"), ("Peru", "Lima"),
-    ("Thailand", "Bangkok"), ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Hungary", "Budapest"),
-    ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Chile", "Santiago"), ("South Korea", "Seoul"),
-    ("Cuba", "Havana"), ("Belgium", "Brussels"), ("Ghana", "Accra"), ("Iceland", "Reykjavik"),
-    ("Vietnam", "Hanoi"), ("Colombia", "Bogota"), ("Ukraine", "Kyiv"), ("Indonesia", "Jakarta"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Australia", "Canberra"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("India", "New Delhi"),
+    ("Mexico", "Mexico City"),
+    ("Kenya", "Nairobi"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("Ireland", "Dublin"),
+    ("Argentina", "Buenos Aires"),
+    ("Peru", "Lima"),
+    ("Thailand", "Bangkok"),
+    ("Poland", "Warsaw"),
+    ("Austria", "Vienna"),
+    ("Hungary", "Budapest"),
+    ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"),
+    ("Chile", "Santiago"),
+    ("South Korea", "Seoul"),
+    ("Cuba", "Havana"),
+    ("Belgium", "Brussels"),
+    ("Ghana", "Accra"),
+    ("Iceland", "Reykjavik"),
+    ("Vietnam", "Hanoi"),
+    ("Colombia", "Bogota"),
+    ("Ukraine", "Kyiv"),
+    ("Indonesia", "Jakarta"),
 ]
 
 CAPITAL_FRAMES = [
@@ -393,9 +504,20 @@ CAPITAL_FRAMES = [
 ]
 
 ELEMENTS = [
-    ("gold", "Au"), ("silver", "Ag"), ("iron", "Fe"), ("sodium", "Na"), ("potassium", "K"),
-    ("lead", "Pb"), ("copper", "Cu"), ("tin", "Sn"), ("mercury", "Hg"), ("oxygen", "O"),
-    ("carbon", "C"), ("helium", "He"), ("nitrogen", "N"), ("calcium", "Ca"),
+    ("gold", "Au"),
+    ("silver", "Ag"),
+    ("iron", "Fe"),
+    ("sodium", "Na"),
+    ("potassium", "K"),
+    ("lead", "Pb"),
+    ("copper", "Cu"),
+    ("tin", "Sn"),
+    ("mercury", "Hg"),
+    ("oxygen", "O"),
+    ("carbon", "C"),
+    ("helium", "He"),
+    ("nitrogen", "N"),
+    ("calcium", "Ca"),
 ]
 
 ELEMENT_FRAMES = [
@@ -406,26 +528,76 @@ ELEMENT_FRAMES = [
 # (prompt, frame with {x}, true filler, false filler)
 FACTS = [
     # astronomy
-    ("Which planet is closest to the Sun?", "The planet closest to the Sun is {x}, which also has the shortest year.", "Mercury", "Neptune"),
-    ("What is the largest planet in our solar system?", "The largest planet in our solar system is {x}, a giant world made mostly of gas.", "Jupiter", "Mars"),
+    (
+        "Which planet is closest to the Sun?",
+        "The planet closest to the Sun is {x}, which also has the shortest year.",
+        "Mercury",
+        "Neptune",
+    ),
+    (
+        "What is the largest planet in our solar system?",
+        "The largest planet in our solar system is {x}, a giant world made mostly of gas.",
+        "Jupiter",
+        "Mars",
+    ),
     ("Which planet is known as the Red Planet?", "The planet known as the Red Planet is {x}, named for its rusty colour.", "Mars", "Venus"),
-    ("In which direction does the Sun rise?", "The Sun rises in the {x} each morning and sets on the opposite side of the sky.", "east", "west"),
-    ("How long does it take the Earth to orbit the Sun?", "It takes the Earth about {x} to complete one full orbit around the Sun.", "one year", "one week"),
+    (
+        "In which direction does the Sun rise?",
+        "The Sun rises in the {x} each morning and sets on the opposite side of the sky.",
+        "east",
+        "west",
+    ),
+    (
+        "How long does it take the Earth to orbit the Sun?",
+        "It takes the Earth about {x} to complete one full orbit around the Sun.",
+        "one year",
+        "one week",
+    ),
     ("What is the closest star to the Earth?", "The closest star to the Earth is {x}, which provides our daylight.", "the Sun", "Polaris"),
     ("What does the Moon orbit?", "The Moon orbits {x}, completing one full circuit roughly every month.", "the Earth", "the planet Mars"),
     # physics and chemistry
     ("At what temperature does water boil at sea level?", "At sea level, pure water boils at {x} degrees Celsius.", "one hundred", "forty"),
-    ("At what temperature does fresh water freeze?", "Under normal air pressure, fresh water freezes at {x} degrees Celsius.", "zero", "twenty"),
+    (
+        "At what temperature does fresh water freeze?",
+        "Under normal air pressure, fresh water freezes at {x} degrees Celsius.",
+        "zero",
+        "twenty",
+    ),
     ("What is a water molecule made of?", "Each water molecule is made of two hydrogen atoms and one {x} atom.", "oxygen", "carbon"),
-    ("Which travels faster, light or sound?", "{x} travels faster, which is why we see lightning before we hear thunder.", "Light", "Sound"),
-    ("What gas do plants take in for photosynthesis?", "Plants take in {x} from the air and use it to make food through photosynthesis.", "carbon dioxide", "helium"),
-    ("What happens when two opposite magnetic poles meet?", "When two opposite magnetic poles are brought close together, they {x} each other.", "attract", "repel"),
+    (
+        "Which travels faster, light or sound?",
+        "{x} travels faster, which is why we see lightning before we hear thunder.",
+        "Light",
+        "Sound",
+    ),
+    (
+        "What gas do plants take in for photosynthesis?",
+        "Plants take in {x} from the air and use it to make food through photosynthesis.",
+        "carbon dioxide",
+        "helium",
+    ),
+    (
+        "What happens when two opposite magnetic poles meet?",
+        "When two opposite magnetic poles are brought close together, they {x} each other.",
+        "attract",
+        "repel",
+    ),
     ("Why does ice float on water?", "Ice floats because it is {x} than the liquid water around it.", "less dense", "more dense"),
-    ("What is the main gas that humans need to breathe?", "Humans need to breathe in {x} to keep the cells of the body alive.", "oxygen", "argon"),
+    (
+        "What is the main gas that humans need to breathe?",
+        "Humans need to breathe in {x} to keep the cells of the body alive.",
+        "oxygen",
+        "argon",
+    ),
     # human body
     ("How many bones are in the adult human skeleton?", "An adult human skeleton has {x} bones in total.", "206", "312"),
     ("How many chambers does the human heart have?", "The human heart has {x} chambers that pump blood around the body.", "four", "seven"),
-    ("What is the largest organ of the human body?", "The largest organ of the human body is the {x}, which covers us from head to toe.", "skin", "liver"),
+    (
+        "What is the largest organ of the human body?",
+        "The largest organ of the human body is the {x}, which covers us from head to toe.",
+        "skin",
+        "liver",
+    ),
     ("What organ pumps blood through the body?", "The organ that pumps blood through the human body is the {x}.", "heart", "stomach"),
     # animals
     ("How many legs does a spider have?", "A spider has {x} legs, which sets it apart from insects.", "eight", "six"),
@@ -434,17 +606,47 @@ FACTS = [
     ("Is a bat a bird or a mammal?", "A bat is a {x} that flies, and it gives birth to live young.", "mammal", "bird"),
     ("Can penguins fly?", "Penguins are birds that {x} fly through the air, though they swim very well.", "cannot", "can easily"),
     ("What do honeybees make?", "Honeybees make {x} from the nectar they collect from flowers.", "honey", "milk"),
-    ("What is the largest animal on Earth?", "The largest animal known to have lived on Earth is the {x}.", "blue whale", "African elephant"),
+    (
+        "What is the largest animal on Earth?",
+        "The largest animal known to have lived on Earth is the {x}.",
+        "blue whale",
+        "African elephant",
+    ),
     ("Where do polar bears live?", "Polar bears live in the {x}, where they hunt seals on the sea ice.", "Arctic", "Sahara"),
     ("How do fish breathe underwater?", "Most fish breathe by taking oxygen from the water through their {x}.", "gills", "lungs"),
-    ("What do caterpillars turn into?", "Many caterpillars eventually turn into {x} after a period inside a chrysalis.", "butterflies", "beetles"),
+    (
+        "What do caterpillars turn into?",
+        "Many caterpillars eventually turn into {x} after a period inside a chrysalis.",
+        "butterflies",
+        "beetles",
+    ),
     ("What do frogs look like when they first hatch?", "Frogs begin life as {x} that live and swim in the water.", "tadpoles", "chicks"),
     # geography
-    ("What is the longest river in Africa?", "The longest river in Africa is the {x}, which flows north into the Mediterranean.", "Nile", "Congo"),
-    ("Which ocean is the largest?", "The largest ocean on Earth is the {x} Ocean, covering about a third of the planet.", "Pacific", "Indian"),
-    ("What is the tallest mountain above sea level?", "The tallest mountain above sea level is {x}, on the border of Nepal and China.", "Mount Everest", "Mont Blanc"),
+    (
+        "What is the longest river in Africa?",
+        "The longest river in Africa is the {x}, which flows north into the Mediterranean.",
+        "Nile",
+        "Congo",
+    ),
+    (
+        "Which ocean is the largest?",
+        "The largest ocean on Earth is the {x} Ocean, covering about a third of the planet.",
+        "Pacific",
+        "Indian",
+    ),
+    (
+        "What is the tallest mountain above sea level?",
+        "The tallest mountain above sea level is {x}, on the border of Nepal and China.",
+        "Mount Everest",
+        "Mont Blanc",
+    ),
     ("On which continent is Egypt?", "Egypt is located on the continent of {x}, in its northeastern corner.", "Africa", "South America"),
-    ("What language is mainly spoken in Brazil?", "The main language spoken in Brazil is {x}, a legacy of its colonial history.", "Portuguese", "Spanish"),
+    (
+        "What language is mainly spoken in Brazil?",
+        "The main language spoken in Brazil is {x}, a legacy of its colonial history.",
+        "Portuguese",
+        "Spanish",
+    ),
     ("How many continents are there?", "By the most common count, there are {x} continents on Earth.", "seven", "eleven"),
     ("Where is the Sahara Desert?", "The Sahara Desert covers a large part of {x}.", "northern Africa", "central Europe"),
     ("Which country is home to the city of Kyoto?", "The historic city of Kyoto, with its many temples, is in {x}.", "Japan", "Brazil"),
@@ -462,15 +664,50 @@ FACTS = [
     ("How many items are in a dozen?", "A dozen is a group of {x} items, as in a box of eggs.", "twelve", "ten"),
     # history, art and culture
     ("Who wrote Romeo and Juliet?", "The play Romeo and Juliet was written by {x}.", "William Shakespeare", "Charles Dickens"),
-    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by {x} during the Italian Renaissance.", "Leonardo da Vinci", "Vincent van Gogh"),
-    ("Who was the first person to walk on the Moon?", "The first person to walk on the Moon was {x}, in July 1969.", "Neil Armstrong", "Yuri Gagarin"),
-    ("Who developed the theory of relativity?", "The theory of relativity was developed by the physicist {x}.", "Albert Einstein", "Isaac Newton"),
+    (
+        "Who painted the Mona Lisa?",
+        "The Mona Lisa was painted by {x} during the Italian Renaissance.",
+        "Leonardo da Vinci",
+        "Vincent van Gogh",
+    ),
+    (
+        "Who was the first person to walk on the Moon?",
+        "The first person to walk on the Moon was {x}, in July 1969.",
+        "Neil Armstrong",
+        "Yuri Gagarin",
+    ),
+    (
+        "Who developed the theory of relativity?",
+        "The theory of relativity was developed by the physicist {x}.",
+        "Albert Einstein",
+        "Isaac Newton",
+    ),
     ("Who discovered penicillin?", "Penicillin was discovered in 1928 by the scientist {x}.", "Alexander Fleming", "Louis Pasteur"),
     ("Where were the pyramids of Giza built?", "The pyramids of Giza were built thousands of years ago in ancient {x}.", "Egypt", "Greece"),
-    ("Who proposed evolution by natural selection?", "The theory of evolution by natural selection was proposed by {x}.", "Charles Darwin", "Galileo Galilei"),
-    ("Which country gave the Statue of Liberty to the United States?", "The Statue of Liberty was a gift to the United States from {x}.", "France", "Spain"),
-    ("How many players does a soccer team have on the field?", "A soccer team has {x} players on the field at once, including the goalkeeper.", "eleven", "fifteen"),
-    ("How many keys does a standard piano have?", "A standard modern piano has {x} keys, both black and white.", "eighty-eight", "fifty-two"),
+    (
+        "Who proposed evolution by natural selection?",
+        "The theory of evolution by natural selection was proposed by {x}.",
+        "Charles Darwin",
+        "Galileo Galilei",
+    ),
+    (
+        "Which country gave the Statue of Liberty to the United States?",
+        "The Statue of Liberty was a gift to the United States from {x}.",
+        "France",
+        "Spain",
+    ),
+    (
+        "How many players does a soccer team have on the field?",
+        "A soccer team has {x} players on the field at once, including the goalkeeper.",
+        "eleven",
+        "fifteen",
+    ),
+    (
+        "How many keys does a standard piano have?",
+        "A standard modern piano has {x} keys, both black and white.",
+        "eighty-eight",
+        "fifty-two",
+    ),
     ("In which city is the Eiffel Tower?", "The Eiffel Tower stands in the city of {x}, beside the river Seine.", "Paris", "Rome"),
     ("What are the three primary colours of light?", "The three primary colours of light are red, green and {x}.", "blue", "brown"),
 ]
@@ -483,21 +720,25 @@ def build_truthfulness(rng: random.Random) -> list[dict]:
         for j, (prompt_t, frame) in enumerate(rng.sample(CAPITAL_FRAMES, 2)):
             wrong = capitals[(i + 5 + 7 * j) % len(capitals)]  # another country's capital
             assert wrong != capital
-            pairs.append({
-                "prompt": prompt_t.format(c=country),
-                "positive": fill(frame, c=country, x=capital),
-                "negative": fill(frame, c=country, x=wrong),
-            })
+            pairs.append(
+                {
+                    "prompt": prompt_t.format(c=country),
+                    "positive": fill(frame, c=country, x=capital),
+                    "negative": fill(frame, c=country, x=wrong),
+                }
+            )
     symbols = [s for _e, s in ELEMENTS]
     for i, (element, symbol) in enumerate(ELEMENTS):
         for j, (prompt_t, frame) in enumerate(ELEMENT_FRAMES):
             wrong = symbols[(i + 3 + 4 * j) % len(symbols)]
             assert wrong != symbol
-            pairs.append({
-                "prompt": prompt_t.format(e=element),
-                "positive": fill(frame, e=element, x=symbol),
-                "negative": fill(frame, e=element, x=wrong),
-            })
+            pairs.append(
+                {
+                    "prompt": prompt_t.format(e=element),
+                    "positive": fill(frame, e=element, x=symbol),
+                    "negative": fill(frame, e=element, x=wrong),
+                }
+            )
     for prompt, frame, true, false in FACTS:
         pairs.append({"prompt": prompt, "positive": fill(frame, x=true), "negative": fill(frame, x=false)})
     return pairs
@@ -565,26 +806,16 @@ CONFIDENCE_PROMPT_PREFIXES = ["", "Quick question: ", "I was wondering, ", "Do y
 
 # (confident, hedging) with claim slot {c}/{C}
 CONFIDENCE_TEMPLATES = [
-    ("I am certain that {c}. There is no doubt about it.",
-     "I am not sure, but maybe {c}. There is some doubt about it."),
-    ("Without a doubt, {c}. You can rely on that.",
-     "I might be wrong, but {c}. You may want to double-check that."),
-    ("{C}, and I'm absolutely sure of it.",
-     "{C}, but I'm honestly not sure of it."),
-    ("I know for a fact that {c}; I am completely confident here.",
-     "I vaguely think that {c}, though I am not confident here."),
-    ("The answer is clear: {c}.",
-     "The answer is unclear to me, but perhaps {c}."),
-    ("I can tell you with total confidence that {c}.",
-     "I could be mistaken, but I suspect that {c}."),
-    ("{C}. I have no doubt whatsoever about this.",
-     "{C}, I guess. I have some doubts about this, though."),
-    ("Rest assured, {c}; this is well established.",
-     "I'm not really certain, but it may be that {c}."),
-    ("It is definitely true that {c}.",
-     "It might possibly be true that {c}."),
-    ("Of course: {c}. I'm completely sure.",
-     "Hmm, perhaps {c}? I'm really not sure."),
+    ("I am certain that {c}. There is no doubt about it.", "I am not sure, but maybe {c}. There is some doubt about it."),
+    ("Without a doubt, {c}. You can rely on that.", "I might be wrong, but {c}. You may want to double-check that."),
+    ("{C}, and I'm absolutely sure of it.", "{C}, but I'm honestly not sure of it."),
+    ("I know for a fact that {c}; I am completely confident here.", "I vaguely think that {c}, though I am not confident here."),
+    ("The answer is clear: {c}.", "The answer is unclear to me, but perhaps {c}."),
+    ("I can tell you with total confidence that {c}.", "I could be mistaken, but I suspect that {c}."),
+    ("{C}. I have no doubt whatsoever about this.", "{C}, I guess. I have some doubts about this, though."),
+    ("Rest assured, {c}; this is well established.", "I'm not really certain, but it may be that {c}."),
+    ("It is definitely true that {c}.", "It might possibly be true that {c}."),
+    ("Of course: {c}. I'm completely sure.", "Hmm, perhaps {c}? I'm really not sure."),
 ]
 
 
@@ -601,11 +832,13 @@ def build_confidence(rng: random.Random) -> list[dict]:
         prefixes = rng.sample(CONFIDENCE_PROMPT_PREFIXES, 4)
         templates = rng.sample(CONFIDENCE_TEMPLATES, 4)
         for prefix, (sure, unsure) in zip(prefixes, templates):
-            pairs.append({
-                "prompt": confidence_prompt(prefix, question),
-                "positive": fill(sure, c=claim),
-                "negative": fill(unsure, c=claim),
-            })
+            pairs.append(
+                {
+                    "prompt": confidence_prompt(prefix, question),
+                    "positive": fill(sure, c=claim),
+                    "negative": fill(unsure, c=claim),
+                }
+            )
     return pairs
 
 

@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 
 import steering as st
-from experiments.cli import main as cli
+from steering.experiments.cli import main as cli
 
 BEHAVIOURS = ("sentiment", "formality", "refusal", "truthfulness", "confidence")
 

@@ -17,7 +17,7 @@ Importing this package registers no hooks and changes no global state.
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 
-from hooks import (
+from steering.hooks import (
     SITES,
     ApplyTo,
     HookGroup,
@@ -30,7 +30,7 @@ from hooks import (
     resolve_layers,
     set_decoder_layers,
 )
-from vectors import (
+from steering.vectors import (
     METHODS,
     ContrastPair,
     DatasetError,

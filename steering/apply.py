@@ -34,11 +34,11 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, SteeringError, patch, renamed, resolve_layers
-from hooks.positions import check_positions
-from hooks.fold import fold, fold_blocker, fold_conflict
-from vectors import SteeringVector, check_coef
-from vectors.model_info import check_fits
+from steering.hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, SteeringError, patch, renamed, resolve_layers
+from steering.hooks.fold import fold, fold_blocker, fold_conflict
+from steering.hooks.positions import check_positions
+from steering.vectors import SteeringVector, check_coef
+from steering.vectors.model_info import check_fits
 
 Mode = Literal["add", "ablate"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -63,8 +63,13 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
 
 def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
     check_fits(
-        model, hidden_size=vector.hidden_size, layers=vector.layers, site=vector.site,
-        fingerprint=vector.model_fingerprint, made_on=vector.model, check_model=check_model,
+        model,
+        hidden_size=vector.hidden_size,
+        layers=vector.layers,
+        site=vector.site,
+        fingerprint=vector.model_fingerprint,
+        made_on=vector.model,
+        check_model=check_model,
         override="pass check_model=False to steer with it anyway",
     )
 
@@ -119,7 +124,9 @@ def build_ops(
     return ops, site
 
 
-def choose_backend(model: nn.Module, layers: Iterable[int], site: str, *, apply_to: ApplyTo = "all", mode: Mode = "add", backend: Backend = "auto") -> tuple[str, str | None]:
+def choose_backend(
+    model: nn.Module, layers: Iterable[int], site: str, *, apply_to: ApplyTo = "all", mode: Mode = "add", backend: Backend = "auto"
+) -> tuple[str, str | None]:
     """Resolve ``backend`` to ``"hook"`` or ``"fold"``, with why folding is impossible (or ``None``).
 
     Raises:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from vectors import ContrastPair, DatasetError, read_pairs
+from steering.vectors import ContrastPair, DatasetError, read_pairs
 
 
 def _bundled_dir() -> Path:

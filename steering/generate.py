@@ -9,8 +9,8 @@ from typing import Any, overload
 import torch
 from torch import nn
 
-from hooks import ApplyTo, SteeringError, renamed
-from vectors.text import encode_prompt, pad_batch, pad_token_id
+from steering.hooks import ApplyTo, SteeringError, renamed
+from steering.vectors.text import encode_prompt, pad_batch, pad_token_id
 
 from .apply import Mode, VectorSpec, steer
 
@@ -29,7 +29,9 @@ def _check_not_empty(ids: list[list[int]], prompts: list[str], start: int) -> No
 @overload
 def generate(model: nn.Module, tokenizer: Any, prompts: str, vector: VectorSpec | None = ..., coef: float = ..., **kwargs: Any) -> str: ...
 @overload
-def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], vector: VectorSpec | None = ..., coef: float = ..., **kwargs: Any) -> list[str]: ...
+def generate(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], vector: VectorSpec | None = ..., coef: float = ..., **kwargs: Any
+) -> list[str]: ...
 
 
 @torch.no_grad()

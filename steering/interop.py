@@ -10,6 +10,6 @@ Example:
     >>> theirs = import_gguf("repeng_happy.gguf", model)  # doctest: +SKIP
 """
 
-from vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
+from steering.vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
 
 __all__ = ["export_gguf", "export_pt", "import_gguf", "import_pt", "read_any_vector", "write_any_vector"]

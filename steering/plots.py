@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from hooks import SteeringError
-from vectors import atomic_write
+from steering.hooks import SteeringError
+from steering.vectors import atomic_write
 
 POSITIVE, NEGATIVE = "#1b9e77", "#d95f02"
 _DPI = 110
@@ -52,7 +52,9 @@ class _Figures:
         self._canvas(fig)  # files only: an Agg canvas of its own, never a window
         return fig
 
-    def subplots(self, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, layout: str | None = None, **kw: Any) -> tuple[Any, Any]:
+    def subplots(
+        self, nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, layout: str | None = None, **kw: Any
+    ) -> tuple[Any, Any]:
         fig = self.figure(figsize=figsize, layout=layout)
         return fig, fig.subplots(nrows, ncols, **kw)
 
@@ -91,7 +93,12 @@ def _ticks(ax: Any, labels: Sequence[Any], axis: str = "both", max_ticks: int = 
     step = max(1, math.ceil(len(labels) / max_ticks))
     positions = list(range(0, len(labels), step))
     if axis in ("x", "both"):
-        ax.set_xticks(positions, [str(labels[p]) for p in positions], rotation=45 if isinstance(labels[0], str) else 0, ha="right" if isinstance(labels[0], str) else "center")
+        ax.set_xticks(
+            positions,
+            [str(labels[p]) for p in positions],
+            rotation=45 if isinstance(labels[0], str) else 0,
+            ha="right" if isinstance(labels[0], str) else "center",
+        )
     if axis in ("y", "both"):
         ax.set_yticks(positions, [str(labels[p]) for p in positions])
 
@@ -120,7 +127,15 @@ def cosine_heatmaps(cosine: Mapping[int, np.ndarray], names: Sequence[str], path
             for i in range(len(names)):
                 for j in range(len(names)):
                     if not np.isnan(matrix[i, j]):
-                        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if abs(matrix[i, j]) > 0.6 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            f"{matrix[i, j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if abs(matrix[i, j]) > 0.6 else "black",
+                        )
     fig.colorbar(image, ax=axes, shrink=0.8, label="cosine")
     fig.suptitle("Cosine similarity between vectors")
     return save_figure(fig, path)
@@ -140,7 +155,15 @@ def cosine_over_layers(cosine: Mapping[int, np.ndarray], names: Sequence[str], p
     for k, (i, j) in enumerate(pairs):
         # tab20 alternates dark/light shades; a second line style keeps neighbours apart.
         style = "-" if k % 2 == 0 else "--"
-        ax.plot(layers, [cosine[layer][i, j] for layer in layers], style, marker="o", ms=3, color=colors[k % len(colors)], label=f"{names[i]} / {names[j]}")
+        ax.plot(
+            layers,
+            [cosine[layer][i, j] for layer in layers],
+            style,
+            marker="o",
+            ms=3,
+            color=colors[k % len(colors)],
+            label=f"{names[i]} / {names[j]}",
+        )
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="layer", ylabel="cosine", ylim=(-1.05, 1.05), title="Cosine between vectors across layers")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -196,7 +219,12 @@ def auroc_curves(
         best = int(np.argmax(values))
         ax.scatter([layers[best]], [values[best]], s=60, facecolors="none", edgecolors=line.get_color(), zorder=3)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="layer", ylabel="AUROC", ylim=(-0.02, 1.02), title="Separation of positive vs negative by projection" + (f" ({source})" if source else ""))
+    ax.set(
+        xlabel="layer",
+        ylabel="AUROC",
+        ylim=(-0.02, 1.02),
+        title="Separation of positive vs negative by projection" + (f" ({source})" if source else ""),
+    )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)
 
@@ -229,7 +257,9 @@ def projection_histograms(projections: Mapping[int, Mapping[str, np.ndarray]], l
     plt = _plt()
     layers = sorted(projections)
     names = list(dict.fromkeys(n for layer in layers for n in projections[layer]))
-    fig, axes = plt.subplots(len(names), len(layers), figsize=(3.2 * len(layers) + 0.6, 2.2 * len(names) + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(names), len(layers), figsize=(3.2 * len(layers) + 0.6, 2.2 * len(names) + 0.8), squeeze=False, layout="constrained"
+    )
     labels = np.asarray(labels)
     for r, name in enumerate(names):
         for c, layer in enumerate(layers):
@@ -272,7 +302,9 @@ def profile_heatmaps(result: Mapping[str, Any], path: str | Path) -> Path:
     """Effect per behaviour and model, and the models' profile correlation."""
     plt = _plt()
     models, behaviours, effects = result["models"], result["behaviours"], np.asarray(result["effects"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 0.5 * len(behaviours) + 0.5 * len(models), 1.5 + 0.5 * len(models)), layout="constrained")
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(4 + 0.5 * len(behaviours) + 0.5 * len(models), 1.5 + 0.5 * len(models)), layout="constrained"
+    )
     limit = float(np.nanmax(np.abs(effects))) if np.isfinite(effects).any() else 1.0
     cmap = plt.get_cmap("PuOr_r").with_extremes(bad="#d9d9d9")
     image = left.imshow(np.ma.masked_invalid(effects), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")

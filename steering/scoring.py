@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 Scorer = Callable[[list[str]], Sequence[Any]]
 """Texts -> one score per text (numbers; NaN where a text cannot be scored)."""

@@ -24,10 +24,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
-INSTALL_HINT = ("the browser tests need Debian's chromium and the playwright package: run `make install` "
-                "(it runs `apt-get install -y chromium` when `command -v chromium` finds none)")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+INSTALL_HINT = (
+    "the browser tests need Debian's chromium and the playwright package: run `make install` "
+    "(it runs `apt-get install -y chromium` when `command -v chromium` finds none)"
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_or_skip() -> str:

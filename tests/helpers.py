@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import hooks
 import steering as st
+from steering import hooks
 
 
 def hook_count(model: nn.Module) -> int:

@@ -15,7 +15,7 @@ from tiny_models import make_tiny
 
 import steering as st
 from steering.server import BackgroundServer, ServerConfig, create_app
-from vectors import model_fingerprint
+from steering.vectors import model_fingerprint
 
 MODEL_NAME = "tiny-llama"
 PROMPTS = (
@@ -41,9 +41,7 @@ def chat(client: OpenAI, prompt: str, steering: list[dict[str, Any]] | None = No
     kwargs.setdefault("max_tokens", 16)
     kwargs.setdefault("temperature", 0)
     extra = {"steering": steering} if steering is not None else None
-    return client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], extra_body=extra, **kwargs
-    )
+    return client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], extra_body=extra, **kwargs)
 
 
 def post(url: str, path: str, body: Any = None, *, content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -56,7 +54,7 @@ def post(url: str, path: str, body: Any = None, *, content: bytes | None = None,
 
 def sse_events(response: httpx.Response) -> list[str]:
     """The ``data:`` payloads of a server-sent-event response, in order."""
-    return [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
 
 
 def sse_json(response: httpx.Response) -> list[dict[str, Any]]:
@@ -73,8 +71,16 @@ def tiny_vector(seed: int, layers: list[int], *, norm: float = 6.0, site: str = 
         d = torch.randn(width, generator=generator)
         directions[layer] = d / d.norm() * norm
     fingerprint = model_fingerprint(model) if width == 32 else "unknown"
-    return st.SteeringVector(directions, hidden_size=width, num_layers=3, model="tiny-llama", model_fingerprint=fingerprint,
-                             site=site, method="random", extra={"purpose": "tests"})
+    return st.SteeringVector(
+        directions,
+        hidden_size=width,
+        num_layers=3,
+        model="tiny-llama",
+        model_fingerprint=fingerprint,
+        site=site,
+        method="random",
+        extra={"purpose": "tests"},
+    )
 
 
 SMOL_NAME = "smollm2-135m-instruct"

@@ -36,10 +36,7 @@ except ImportError:  # pragma: no cover - --import-mode=importlib, or tests/ as 
         make_tiny_tokenizer,
     )
 
-LONG_TEXT = (
-    "Once upon a time, there was a little girl who lived in a small house near the forest. "
-    "She walked to the market every morning."
-)
+LONG_TEXT = "Once upon a time, there was a little girl who lived in a small house near the forest. She walked to the market every morning."
 SHORT_TEXT = "Hi there, how are you?"
 ROUND_TRIP_TEXTS = [
     "Hello, World!",

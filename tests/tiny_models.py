@@ -128,7 +128,7 @@ def _corpus_lines() -> list[str]:
     return [line for line in _CORPUS.splitlines() if line.strip()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_backend_tokenizer() -> Tokenizer:
     """Train (once per process) the byte-level BPE ``tokenizers.Tokenizer``.
 

@@ -4,6 +4,7 @@ An internal layer of the `steering` framework (users import `steering`); it
 builds on `hooks` and never imports upwards.
 """
 
+from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 from .extract import READS, Read, collect_stats, extract
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
 from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, register_method
@@ -11,7 +12,6 @@ from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
 from .text import encode_chat, encode_prompt, format_prompt, pair_texts
 from .vector import SteeringVector, VectorMismatchError, VectorValueError, load_vector, save_vector
-from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 
 __all__ = [
     "FORMAT",

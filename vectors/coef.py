@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 if TYPE_CHECKING:
     from .vector import SteeringVector

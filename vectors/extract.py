@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hooks import (
+from steering.hooks import (
     Site,
     SteeringError,
     cache_kwargs,
@@ -55,7 +55,9 @@ Read = Literal["last", "mean"]
 READS: tuple[str, ...] = get_args(Read)
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device) -> dict[str, Tensor]:
+def _encode(
+    tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device
+) -> dict[str, Tensor]:
     """Model inputs of ``texts`` and ``_reduce``, what `hooks.tokens.read_rows` reads of each row."""
     if position == "mean":
         ids, offsets = zip(*(tokenize_with_offsets(tokenizer, t, s) for t, s in zip(texts, special)))

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hooks import LayerError
-from hooks import num_layers as model_num_layers
+from steering.hooks import LayerError
+from steering.hooks import num_layers as model_num_layers
 
 from .io import FORMAT, VectorFileError, atomic_write
 from .model_info import VectorMismatchError, check_fits, model_fingerprint, model_name, text_config
@@ -172,7 +172,7 @@ def import_gguf(
         if data.ndim != 1:
             raise VectorFileError(f"{path}: tensor {tensor.name!r} has shape {data.shape}, expected one dimension")
         directions[int(match.group(1))] = torch.from_numpy(data.astype(np.float32, copy=True))
-    ours = {k[len(_OUR_PREFIX):]: str(v) for k, v in fields.items() if k.startswith(_OUR_PREFIX)}
+    ours = {k[len(_OUR_PREFIX) :]: str(v) for k, v in fields.items() if k.startswith(_OUR_PREFIX)}
     extra = {"source_format": "gguf-controlvector", "source_file": path.name}
     if f"{ARCH}.model_hint" in fields:
         extra["model_hint"] = str(fields[f"{ARCH}.model_hint"])
@@ -338,7 +338,15 @@ def _build(
         if not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: layer {layer} contains NaN or inf values")
 
-    fields: dict[str, Any] = {"model": UNKNOWN, "model_fingerprint": UNKNOWN, "site": "block_output", "method": UNKNOWN, "read": UNKNOWN, "n_pairs": 0, "dataset_sha256": UNKNOWN}
+    fields: dict[str, Any] = {
+        "model": UNKNOWN,
+        "model_fingerprint": UNKNOWN,
+        "site": "block_output",
+        "method": UNKNOWN,
+        "read": UNKNOWN,
+        "n_pairs": 0,
+        "dataset_sha256": UNKNOWN,
+    }
     if ours.get("format") == FORMAT:  # written by export_gguf: our metadata, verbatim
         if "read" not in ours and "position" in ours:  # written before the rename
             ours["read"] = ours.pop("position")
@@ -369,11 +377,19 @@ def _build(
     return SteeringVector(directions, hidden_size=width, num_layers=depth, extra=extra, **fields)
 
 
-def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fields: dict[str, Any], extra: dict[str, str], model: Any, allow: bool) -> None:
+def _check_fits(
+    path: Path, directions: dict[int, torch.Tensor], width: int, fields: dict[str, Any], extra: dict[str, str], model: Any, allow: bool
+) -> None:
     try:
         check_fits(
-            model, hidden_size=width, layers=directions, site=fields["site"], fingerprint=fields["model_fingerprint"],
-            made_on=fields["model"], check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
+            model,
+            hidden_size=width,
+            layers=directions,
+            site=fields["site"],
+            fingerprint=fields["model_fingerprint"],
+            made_on=fields["model"],
+            check_model=not allow,
+            override="pass allow_model_mismatch=True to load it anyway",
         )
     except (VectorMismatchError, LayerError) as exc:
         raise VectorFileError(f"{path}: {exc}") from None
@@ -383,7 +399,13 @@ def _check_fits(path: Path, directions: dict[int, torch.Tensor], width: int, fie
     hint = extra.get("model_hint", "")
     model_type = str(getattr(text_config(model), "model_type", "") or "")
     # repeng and llama.cpp write the architecture (config.model_type) as the hint.
-    if extra.get("source_format") == "gguf-controlvector" and hint and model_type and hint.lower() != model_type.lower() and hint not in name:
+    if (
+        extra.get("source_format") == "gguf-controlvector"
+        and hint
+        and model_type
+        and hint.lower() != model_type.lower()
+        and hint not in name
+    ):
         raise VectorFileError(
             f"{path}: controlvector.model_hint {hint!r} does not match model {name!r} (type {model_type!r}); "
             "pass allow_model_mismatch=True to load it anyway"

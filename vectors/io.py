@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hooks import LayerError, SteeringError
+from steering.hooks import LayerError, SteeringError
 
 from .model_info import VectorMismatchError, check_fits
 
@@ -163,7 +163,9 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
             raise VectorFileError(f"{path}: unexpected tensor {key!r} (expected names like 'layers.12')")
         layer = int(match.group(1))
         if tuple(tensor.shape) != (ints["hidden_size"],):
-            raise VectorFileError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected ({ints['hidden_size']},) from hidden_size")
+            raise VectorFileError(
+                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected ({ints['hidden_size']},) from hidden_size"
+            )
         if not tensor.is_floating_point():
             raise VectorFileError(f"{path}: tensor {key!r} has dtype {tensor.dtype}, expected float32")
         if not bool(torch.isfinite(tensor).all()):
@@ -189,12 +191,20 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
     )
 
 
-def _check_model(path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool) -> None:
+def _check_model(
+    path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool
+) -> None:
     try:
         check_fits(
-            model, hidden_size=ints["hidden_size"], layers=directions, site=meta["site"],
-            fingerprint=meta["model_fingerprint"], made_on=meta["model"], num_layers=ints["num_layers"],
-            check_model=not allow, override="pass allow_model_mismatch=True to load it anyway",
+            model,
+            hidden_size=ints["hidden_size"],
+            layers=directions,
+            site=meta["site"],
+            fingerprint=meta["model_fingerprint"],
+            made_on=meta["model"],
+            num_layers=ints["num_layers"],
+            check_model=not allow,
+            override="pass allow_model_mismatch=True to load it anyway",
         )
     except (VectorMismatchError, LayerError) as exc:
         raise VectorFileError(f"{path}: {exc}") from None

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 
 @dataclass
@@ -182,7 +182,9 @@ def register_method(name: str, method: Method | PairMethod) -> Method:
         raise SteeringError(f"method {name!r} is already registered")
     if not isinstance(method, Method):
         if not callable(method):
-            raise SteeringError(f"method {name!r} must be a Method or a callable (positives, negatives) -> direction, got {type(method).__name__}")
+            raise SteeringError(
+                f"method {name!r} must be a Method or a callable (positives, negatives) -> direction, got {type(method).__name__}"
+            )
         method = Method(_from_pairs(method), needs_samples=True, doc=(method.__doc__ or "").strip().split("\n")[0])
     _METHODS[name] = method
     return method

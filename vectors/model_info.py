@@ -25,10 +25,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from hooks import LayerError, SteeringError
-from hooks import num_layers as count_layers
-from hooks.sites import site_module
-from hooks.fold import unfolded_parameters
+from steering.hooks import LayerError, SteeringError
+from steering.hooks import num_layers as count_layers
+from steering.hooks.fold import unfolded_parameters
+from steering.hooks.sites import site_module
 
 UNKNOWN = "unknown"  # a metadata field nobody recorded (model, fingerprint, method, ...)
 
@@ -106,7 +106,7 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     return f"fp{FINGERPRINT_VERSION}:{digest.hexdigest()[:16]}"
 
 
-def _digest_v1(digest: "hashlib._Hash", embeddings: Tensor) -> None:
+def _digest_v1(digest: hashlib._Hash, embeddings: Tensor) -> None:
     if embeddings.device.type != "meta":
         step = max(1, embeddings.shape[0] // 16)
         sample = embeddings[::step][:16].detach().to("cpu", torch.bfloat16).float()
@@ -123,7 +123,11 @@ def fingerprint_mismatch(fingerprint: str, model: nn.Module) -> str | None:
         return None
     version = fingerprint_version(fingerprint)
     if version not in (1, FINGERPRINT_VERSION):
-        warnings.warn(f"fingerprint {fingerprint!r} has format {version}, which this library cannot compute: not checked", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"fingerprint {fingerprint!r} has format {version}, which this library cannot compute: not checked",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     actual = model_fingerprint(model, version)
     return None if actual == fingerprint else actual

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 
 class DatasetError(SteeringError, ValueError):

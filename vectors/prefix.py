@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hooks import pad_ids, position_ids
+from steering.hooks import pad_ids, position_ids
 
 from .text import tokenize
 
@@ -50,7 +50,9 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan_shared(positive: Sequence[Sequence[int]], negative: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> SharedBatch | None:
+def plan_shared(
+    positive: Sequence[Sequence[int]], negative: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> SharedBatch | None:
     """Split pairs of token ids into a prefix pass and a suffix pass, or ``None`` if not worth it.
 
     Each pair keeps at least one token of its own per text (the one read).

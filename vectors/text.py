@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hooks.tokens import Side, pad_ids
+from steering.hooks.tokens import Side, pad_ids
 
 from .pairs import ContrastPair
 

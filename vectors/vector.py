@@ -21,11 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooks import SteeringError, normalize_layers
+from steering.hooks import SteeringError, normalize_layers
 
 from .io import read_vector_file, write_vector_file
 from .model_info import UNKNOWN, VectorMismatchError, same_checkpoint
-
 
 
 class VectorValueError(SteeringError, ValueError):
@@ -206,8 +205,7 @@ class SteeringVector:
             raise VectorMismatchError(f"cannot {verb} vectors of hidden size {self.hidden_size} and {other.hidden_size}")
         if same_checkpoint(self.model_fingerprint, other.model_fingerprint) is False:
             raise VectorMismatchError(
-                f"cannot {verb} vectors from different models ({self.model!r} vs {other.model!r}): "
-                "their activation spaces differ"
+                f"cannot {verb} vectors from different models ({self.model!r} vs {other.model!r}): their activation spaces differ"
             )
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import steering as st
-from vectors.text import format_prompt, separator, tokenize
+from steering.vectors.text import format_prompt, separator, tokenize
 
 from .base import Cell, Context, Values
 from .replies import encode_replies, iter_reply_logprobs

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 import steering as st
-from hooks import ConfigError
+from steering.hooks import ConfigError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from torch import Tensor
 from .base import Cell, Context, Values
 from .replies import ReplyBatch, encode_replies, iter_reply_logprobs, reply_logprobs, token_logprobs
 
-
 # float32 log-softmax over a large vocabulary is off by ~1e-6 per entry; a
 # token's KL that is more negative than this is a bug, not rounding.
 KL_TOLERANCE = 1e-4
@@ -112,4 +111,3 @@ def kl(ctx: Context, cell: Cell) -> Values:
     base = _baseline(ctx)
     _, total = _steered(ctx, cell)
     return {"kl": total / base.tokens}
-

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from steering.compare.projection import auroc
-from vectors import LayerStats, collect_stats, fit_logistic
+from steering.vectors import LayerStats, collect_stats, fit_logistic
 
 from .base import Context, Values
 from .data import split_pairs

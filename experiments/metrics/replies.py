@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hooks import cache_kwargs, output_cache, pad_ids, position_ids
-from vectors.text import format_prompt, pad_token_id, separator, tokenize
+from steering.hooks import cache_kwargs, output_cache, pad_ids, position_ids
+from steering.vectors.text import format_prompt, pad_token_id, separator, tokenize
 
 
 @dataclass(frozen=True)

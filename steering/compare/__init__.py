@@ -27,7 +27,16 @@ from .interpolation import interpolate, projection_scorer
 from .pipeline import compare_vectors, spread_layers, to_jsonable
 from .profiles import BehaviourProfile, Measurement, ProfileError, compare_profiles, load_profiles, merge_measurements
 from .projection import auroc, best_layers, embed_2d, in_sample, project, projections, separation
-from .similarity import CrossModelError, check_same_space, cosine_matrices, cosine_matrix, layer_similarity, layer_union, norms, pairwise_cosine
+from .similarity import (
+    CrossModelError,
+    check_same_space,
+    cosine_matrices,
+    cosine_matrix,
+    layer_similarity,
+    layer_union,
+    norms,
+    pairwise_cosine,
+)
 
 __all__ = [
     "BehaviourProfile",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hooks import (
+from steering.hooks import (
     Site,
     SteeringError,
     capture,
@@ -36,8 +36,8 @@ from hooks import (
     resolve_layers,
     run_until_stopped,
 )
-from vectors import READS, ContrastPair, DatasetError, Read, as_pairs, collect_stats, dataset_sha256
-from vectors.text import pad_batch, tokenize
+from steering.vectors import READS, ContrastPair, DatasetError, Read, as_pairs, collect_stats, dataset_sha256
+from steering.vectors.text import pad_batch, tokenize
 
 
 @dataclass(frozen=True)

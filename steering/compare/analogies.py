@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 from .similarity import Vectors, check_same_space
 

@@ -24,15 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hooks import ApplyTo, SteeringError, renamed
-from vectors import SteeringVector
-from vectors.text import tokenize
+from steering.hooks import ApplyTo, SteeringError, renamed
+from steering.vectors import SteeringVector
+from steering.vectors.text import tokenize
 
 from ..generate import generate
 from ..scoring import Scorer
 from .activations import text_features
 from .projection import project
 from .similarity import check_same_space
+
 
 class SeededSampler:
     """A logits processor that samples with its own ``torch.Generator`` (the global RNG is never reseeded).
@@ -134,7 +135,15 @@ def interpolate(
     if not scorers:
         raise SteeringError("interpolation needs at least one scorer")
     grid = [float(t) for t in ts]
-    result: dict[str, Any] = {"ts": grid, "coef": float(coef), "layers": sorted(set(a.layers) | set(b.layers)) if layers is None else wanted, "scores": {}, "stds": {}, "per_text": {}, "texts": []}
+    result: dict[str, Any] = {
+        "ts": grid,
+        "coef": float(coef),
+        "layers": sorted(set(a.layers) | set(b.layers)) if layers is None else wanted,
+        "scores": {},
+        "stds": {},
+        "per_text": {},
+        "texts": [],
+    }
     for name in scorers:
         result["scores"][name], result["stds"][name], result["per_text"][name] = [], [], []
     for t in grid:

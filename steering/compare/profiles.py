@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 
 class ProfileError(SteeringError, ValueError):
@@ -93,7 +93,9 @@ def merge_measurements(measurements: Iterable[Measurement]) -> list[BehaviourPro
     for m in measurements:
         entry = merged.setdefault(m.model, {"effects": {}, "sources": [], "metric": m.metric})
         if m.behaviour in entry["effects"]:
-            raise ProfileError(f"{m.source}: a second measurement for model {m.model!r} and behaviour {m.behaviour!r} (first: {entry['sources']})")
+            raise ProfileError(
+                f"{m.source}: a second measurement for model {m.model!r} and behaviour {m.behaviour!r} (first: {entry['sources']})"
+            )
         entry["effects"][m.behaviour] = m.effect
         entry["sources"].append(m.source)
     return [BehaviourProfile(model, e["effects"], e["metric"], tuple(e["sources"])) for model, e in merged.items()]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 from .activations import LabelledActivations
 from .similarity import Vectors
@@ -121,4 +121,3 @@ def embed_2d(features: np.ndarray, method: str = "pca", *, seed: int = 0, perple
         perp = perplexity if perplexity is not None else min(30.0, (x.shape[0] - 1) / 3)
         return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
     raise SteeringError(f"unknown embedding {method!r}; choose 'pca' or 'tsne'")
-

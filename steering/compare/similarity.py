@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from vectors import SteeringVector, VectorMismatchError
-from vectors.model_info import same_checkpoint
-from vectors.vector import UNKNOWN
+from steering.vectors import SteeringVector, VectorMismatchError
+from steering.vectors.model_info import same_checkpoint
+from steering.vectors.vector import UNKNOWN
 
 Vectors = Mapping[str, SteeringVector]
 

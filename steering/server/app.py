@@ -45,7 +45,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 from torch import nn
 
-from hooks import num_layers
+from steering.hooks import num_layers
 
 from .. import __version__
 from .config import ServerConfig
@@ -62,7 +62,17 @@ from .validate import Prepared, ServingContext, model_context_length, prepare_ch
 from .vector_store import VectorStore
 
 ROUTES = frozenset(
-    {"/health", "/openapi.json", "/v1/models", "/v1/vectors", "/v1/chat/completions", "/v1/completions", "/metrics", "/v1/steering/read", "/"}
+    {
+        "/health",
+        "/openapi.json",
+        "/v1/models",
+        "/v1/vectors",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/metrics",
+        "/v1/steering/read",
+        "/",
+    }
 )
 
 
@@ -157,8 +167,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> Response:
         running, waiting = state.engine.load
-        body = {"status": "draining" if state.draining else "ok", "model": state.config.model_name, "running": running,
-                "waiting": waiting}
+        body = {"status": "draining" if state.draining else "ok", "model": state.config.model_name, "running": running, "waiting": waiting}
         return JSONResponse(body, status_code=503 if state.draining else 200)
 
     @app.get("/v1/models")
@@ -218,8 +227,13 @@ def request_body(schema: type[BaseModel]) -> dict[str, Any]:
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.config.model_name, "object": "model", "created": state.started, "owned_by": "steering",
-            "max_model_len": state.ctx.context_length}
+    return {
+        "id": state.config.model_name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "steering",
+        "max_model_len": state.ctx.context_length,
+    }
 
 
 def _parse(schema: type[BaseModel], body: dict[str, Any]) -> Any:
@@ -251,8 +265,12 @@ class _Call:
         if state.draining:
             raise APIError(503, "the server is shutting down; retry on another instance", code="shutting_down", headers=retry)
         if state.in_progress + count > limit:
-            raise APIError(503, f"server busy: {state.in_progress} requests in progress (max_concurrent_requests={limit}); retry later",
-                           code="server_busy", headers=retry)
+            raise APIError(
+                503,
+                f"server busy: {state.in_progress} requests in progress (max_concurrent_requests={limit}); retry later",
+                code="server_busy",
+                headers=retry,
+            )
         loop = asyncio.get_running_loop()
         try:
             self.ids = state.engine.submit(self.prepared.requests, [self._sink(loop, i) for i in range(count)])

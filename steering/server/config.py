@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hooks import ConfigError
+from steering.hooks import ConfigError
 
 API_KEY_ENV = "STEERING_API_KEY"
 
@@ -72,8 +72,16 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.vectors_dir is not None:
             object.__setattr__(self, "vectors_dir", Path(self.vectors_dir).expanduser())
-        for name in ("max_batch_size", "max_concurrent_requests", "retry_after_s", "default_max_tokens",
-                     "max_tokens_limit", "max_vectors", "max_choices", "max_body_bytes"):
+        for name in (
+            "max_batch_size",
+            "max_concurrent_requests",
+            "retry_after_s",
+            "default_max_tokens",
+            "max_tokens_limit",
+            "max_vectors",
+            "max_choices",
+            "max_body_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r}: must be an integer >= 1")

@@ -37,9 +37,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from hooks import HookGroup, SteeringError
-from hooks.fold import share
-from vectors import hidden_size
+from steering.hooks import HookGroup, SteeringError
+from steering.hooks.fold import share
+from steering.vectors import hidden_size
 
 from .kv_batch import KVBatch, forward_parameters, prefill
 from .metrics import ServerMetrics

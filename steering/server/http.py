@@ -67,8 +67,7 @@ def nesting_depth(value: Any) -> int:
 
 
 def _too_large(size: int, limit: int) -> APIError:
-    return APIError(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_bytes)",
-                    code="request_too_large")
+    return APIError(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_bytes)", code="request_too_large")
 
 
 def check_api_key(request: Request, key: str | None) -> None:

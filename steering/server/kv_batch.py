@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from hooks import SteeringError
+from steering.hooks import SteeringError
 
 
 class UnsupportedCacheError(SteeringError):

@@ -44,9 +44,7 @@ class ServerMetrics:
         self.completion_tokens = Counter("steering_completion_tokens", "Tokens generated.", registry=r)
         self.batch_size = Histogram("steering_batch_size", "Rows per decode pass.", buckets=_BATCH_BUCKETS, registry=r)
         self.latency = Histogram("steering_request_latency_seconds", "Submit to last token.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram(
-            "steering_time_to_first_token_seconds", "Submit to first token.", buckets=_LATENCY_BUCKETS, registry=r
-        )
+        self.first_token = Histogram("steering_time_to_first_token_seconds", "Submit to first token.", buckets=_LATENCY_BUCKETS, registry=r)
         self.waiting = Gauge("steering_queue_waiting", "Requests waiting for a batch slot.", registry=r)
         self.running = Gauge("steering_batch_running", "Rows in the running batch.", registry=r)
 

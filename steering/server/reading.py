@@ -8,7 +8,7 @@ it) dotted with the vector's direction at that layer scaled to unit length.
 The text is teacher-forced in two passes, as the engine generates it: the
 prompt on an empty cache, then the completion on that cache. Given
 ``steering`` (the same terms as a completion request), each pass runs under
-the terms active in its phase (``positions`` ``all`` and ``prompt``, then
+the terms active in its phase (``apply_to`` ``all`` and ``prompt``, then
 ``all`` and ``generated``), applied with `steering.steer` on the hook backend:
 ablations first, then one summed addition per layer, which is how
 `row_steering.build_row_deltas` folds them, so the hidden states are those
@@ -32,9 +32,9 @@ from pydantic import Field
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from hooks import record
-from hooks.cache import cache_kwargs
-from vectors import SteeringVector, VectorFileError
+from steering.hooks import record
+from steering.hooks.cache import cache_kwargs
+from steering.vectors import SteeringVector, VectorFileError
 
 from ..apply import steer
 from .errors import APIError
@@ -93,18 +93,24 @@ def lookup_vector(name: str, ctx: ServingContext, param: str) -> SteeringVector:
 def prepare_read(body: ReadRequest, ctx: ServingContext) -> ReadJob:
     """Check ``body`` and tokenise it; an `APIError` naming the field otherwise."""
     if body.model != ctx.config.model_name:
-        raise APIError(404, f"model {body.model!r} does not exist; this server serves {ctx.config.model_name!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404, f"model {body.model!r} does not exist; this server serves {ctx.config.model_name!r}", param="model", code="model_not_found"
+        )
     vector = lookup_vector(body.vector, ctx, "vector")
     layer = body.layer + ctx.num_layers if body.layer < 0 else body.layer
     if layer not in vector.directions:
-        raise APIError(422, f"layer {body.layer} is not in vector {body.vector!r} (it has layers {vector.layers})",
-                       param="layer", code="layer_not_in_vector")
+        raise APIError(
+            422,
+            f"layer {body.layer} is not in vector {body.vector!r} (it has layers {vector.layers})",
+            param="layer",
+            code="layer_not_in_vector",
+        )
     direction = vector.directions[layer].float()
     norm = float(direction.norm())
     if not norm > 0:
-        raise APIError(422, f"vector {body.vector!r} is zero at layer {layer}; it has no direction to read",
-                       param="vector", code="invalid_vector")
+        raise APIError(
+            422, f"vector {body.vector!r} is zero at layer {layer}; it has no direction to read", param="vector", code="invalid_vector"
+        )
     terms = resolve_terms(body.steering, ctx)
     prompt_ids, field = _prompt_ids(body, ctx)
     if not prompt_ids:
@@ -113,8 +119,13 @@ def prepare_read(body: ReadRequest, ctx: ServingContext) -> ReadJob:
         completion_ids = list(ctx.codec.tokenizer(body.completion, add_special_tokens=False)["input_ids"]) if body.completion else []
     total = len(prompt_ids) + len(completion_ids)
     if total > ctx.context_length:
-        raise APIError(400, f"this model's maximum context length is {ctx.context_length} tokens; prompt and completion "
-                       f"are {len(prompt_ids)} + {len(completion_ids)}", param="completion", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {ctx.context_length} tokens; prompt and completion "
+            f"are {len(prompt_ids)} + {len(completion_ids)}",
+            param="completion",
+            code="context_length_exceeded",
+        )
     return ReadJob(prompt_ids, completion_ids, body.vector, layer, vector.site, direction / norm, terms)
 
 
@@ -124,8 +135,9 @@ def _prompt_ids(body: ReadRequest, ctx: ServingContext) -> tuple[list[int], str]
     if body.prompt is not None:
         return ctx.codec.encode_prompt(body.prompt), "prompt"
     if not ctx.codec.has_chat_template:
-        raise APIError(400, "this model's tokenizer has no chat template; read a plain prompt instead",
-                       param="messages", code="no_chat_template")
+        raise APIError(
+            400, "this model's tokenizer has no chat template; read a plain prompt instead", param="messages", code="no_chat_template"
+        )
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages or []]
     try:
         return ctx.codec.encode_chat(messages), "messages"
@@ -156,7 +168,7 @@ def project(model: nn.Module, job: ReadJob) -> list[float]:
 
 def _steer_phase(stack: ExitStack, model: nn.Module, terms: Sequence[Term], phase: Phase) -> None:
     """Enter the steering of ``terms`` active in ``phase``: per site, ablations first, then additions."""
-    active = [t for t in terms if t.positions in ("all", phase)]
+    active = [t for t in terms if t.apply_to in ("all", phase)]
     for mode in ("ablate", "add"):
         by_site: dict[str, list[tuple[SteeringVector, float]]] = {}
         for term in active:
@@ -171,5 +183,12 @@ def reading_body(job: ReadJob, projections: list[float], decode: Any) -> dict[st
     ids = job.prompt_ids + job.completion_ids
     parts = ["prompt"] * len(job.prompt_ids) + ["completion"] * len(job.completion_ids)
     tokens = [{"text": decode(i), "id": i, "projection": p, "part": part} for i, p, part in zip(ids, projections, parts, strict=True)]
-    return {"object": "steering.reading", "vector": job.vector, "layer": job.layer, "site": job.site,
-            "prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.completion_ids), "tokens": tokens}
+    return {
+        "object": "steering.reading",
+        "vector": job.vector,
+        "layer": job.layer,
+        "site": job.site,
+        "prompt_tokens": len(job.prompt_ids),
+        "completion_tokens": len(job.completion_ids),
+        "tokens": tokens,
+    }

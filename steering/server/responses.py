@@ -56,8 +56,9 @@ class ResponseShape:
             choices.append({**choice, "finish_reason": final.finish_reason})
         return {**self._head(False), "choices": choices, "usage": usage(prompt_tokens, finals)}
 
-    def chunk(self, index: int, text: str | None = None, *, role: bool = False, finish_reason: str | None = None,
-              with_usage_field: bool = False) -> str:
+    def chunk(
+        self, index: int, text: str | None = None, *, role: bool = False, finish_reason: str | None = None, with_usage_field: bool = False
+    ) -> str:
         """One SSE event for choice ``index``."""
         if self.kind == "chat":
             delta: dict[str, str] = {}

@@ -36,8 +36,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hooks import HookGroup, LayerError, patch, span_basis
-from vectors import SteeringVector
+from steering.hooks import HookGroup, LayerError, patch, span_basis
+from steering.vectors import SteeringVector
 
 Key = tuple[str, int]  # (site, layer)
 Phase = Literal["prompt", "generated"]

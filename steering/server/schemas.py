@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hooks import ApplyTo
 from steering.apply import Mode
+from steering.hooks import ApplyTo
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 

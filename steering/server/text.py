@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from vectors.text import encode_chat, encode_prompt, has_chat_template
+from steering.vectors.text import encode_chat, encode_prompt, has_chat_template
 
 _REPLACEMENT = "\ufffd"
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hooks import LayerError, normalize_layer
-from vectors import CoefError, VectorFileError, check_coef
+from steering.hooks import LayerError, normalize_layer
+from steering.vectors import CoefError, VectorFileError, check_coef
 
 from .config import ServerConfig
 from .engine import GenerationRequest
@@ -73,8 +73,12 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
         return []
     cfg = ctx.config
     if len(terms) > cfg.max_vectors:
-        raise APIError(422, f"steering has {len(terms)} terms; at most max_vectors={cfg.max_vectors} are allowed",
-                       param="steering", code="too_many_vectors")
+        raise APIError(
+            422,
+            f"steering has {len(terms)} terms; at most max_vectors={cfg.max_vectors} are allowed",
+            param="steering",
+            code="too_many_vectors",
+        )
     resolved = []
     for i, term in enumerate(terms):
         where = f"steering[{i}]"
@@ -87,8 +91,12 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
         except VectorFileError as exc:
             raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
         if term.mode == "ablate" and "coef" in term.model_fields_set:
-            raise APIError(422, f"{where}.coef has no meaning with mode='ablate' (the direction is projected out); leave it out",
-                           param=f"{where}.coef", code="invalid_coef")
+            raise APIError(
+                422,
+                f"{where}.coef has no meaning with mode='ablate' (the direction is projected out); leave it out",
+                param=f"{where}.coef",
+                code="invalid_coef",
+            )
         try:  # the library's coef policy, with the server's max_coef as the tighter bound
             check_coef(term.coef, vector, limit=cfg.max_coef, name=f"{where}.coef")
         except CoefError as exc:
@@ -96,8 +104,12 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
         layers = tuple(vector.layers)
         if term.layers is not None:
             if not term.layers:
-                raise APIError(422, f"{where}.layers is empty; omit it to use all of the vector's layers {list(layers)}",
-                               param=f"{where}.layers", code="layer_not_in_vector")
+                raise APIError(
+                    422,
+                    f"{where}.layers is empty; omit it to use all of the vector's layers {list(layers)}",
+                    param=f"{where}.layers",
+                    code="layer_not_in_vector",
+                )
             wanted = []
             for layer in term.layers:
                 try:  # the library's rule (hooks.normalize_layer): negative counts from the end
@@ -105,15 +117,23 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
                 except LayerError as exc:
                     raise APIError(422, f"{where}.layers: {exc}", param=f"{where}.layers", code="layer_not_in_vector") from None
                 if index not in vector.directions:
-                    raise APIError(422, f"{where}.layers: layer {layer} is not in vector {term.vector!r} (it has layers {list(layers)})",
-                                   param=f"{where}.layers", code="layer_not_in_vector")
+                    raise APIError(
+                        422,
+                        f"{where}.layers: layer {layer} is not in vector {term.vector!r} (it has layers {list(layers)})",
+                        param=f"{where}.layers",
+                        code="layer_not_in_vector",
+                    )
                 wanted.append(index)
             layers = tuple(dict.fromkeys(wanted))
         if term.mode == "ablate":
             zero = [i for i in layers if not vector.directions[i].abs().max() > 0]
             if zero:
-                raise APIError(422, f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
-                               param=f"{where}.vector", code="invalid_vector")
+                raise APIError(
+                    422,
+                    f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
+                    param=f"{where}.vector",
+                    code="invalid_vector",
+                )
         resolved.append(Term(vector, float(term.coef), layers, term.apply_to, term.mode))
     return resolved
 
@@ -121,32 +141,47 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
 def _check_common(body: _Generation, ctx: ServingContext, choices: int) -> None:
     cfg = ctx.config
     if body.model != cfg.model_name:
-        raise APIError(404, f"model {body.model!r} does not exist; this server serves {cfg.model_name!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404, f"model {body.model!r} does not exist; this server serves {cfg.model_name!r}", param="model", code="model_not_found"
+        )
     for name, value in body.neutral_fields():
-        raise APIError(422, f"{name}={value!r} is not supported by this server; leave it out (or at its default)",
-                       param=name, code="unsupported_parameter")
+        raise APIError(
+            422,
+            f"{name}={value!r} is not supported by this server; leave it out (or at its default)",
+            param=name,
+            code="unsupported_parameter",
+        )
     stops = body.stop_list()
     if len(stops) > cfg.max_stop:
-        raise APIError(422, f"stop has {len(stops)} sequences; at most {cfg.max_stop} are allowed",
-                       param="stop", code="too_many_stop_sequences")
+        raise APIError(
+            422, f"stop has {len(stops)} sequences; at most {cfg.max_stop} are allowed", param="stop", code="too_many_stop_sequences"
+        )
     if choices > cfg.max_choices:
-        raise APIError(422, f"this request asks for {choices} completions (n times the prompts); at most max_choices={cfg.max_choices}",
-                       param="n", code="too_many_choices")
+        raise APIError(
+            422,
+            f"this request asks for {choices} completions (n times the prompts); at most max_choices={cfg.max_choices}",
+            param="n",
+            code="too_many_choices",
+        )
 
 
 def _max_tokens(requested: int | None, prompt_len: int, ctx: ServingContext, field: str, prompt_field: str) -> int:
     cfg, context = ctx.config, ctx.context_length
     if requested is not None and requested > cfg.max_tokens_limit:
-        raise APIError(422, f"{field}={requested} is over this server's limit of {cfg.max_tokens_limit}",
-                       param=field, code="max_tokens_exceeded")
+        raise APIError(
+            422, f"{field}={requested} is over this server's limit of {cfg.max_tokens_limit}", param=field, code="max_tokens_exceeded"
+        )
     if prompt_len == 0:
         raise APIError(400, f"{prompt_field} encodes to zero tokens; give some text", param=prompt_field, code="empty_prompt")
     room = context - prompt_len
     if room < 1 or (requested is not None and requested > room):
         asked = f"{prompt_len} in the prompt" + (f" + {requested} to generate" if requested is not None else "")
-        raise APIError(400, f"this model's maximum context length is {context} tokens; the request needs {asked}",
-                       param=prompt_field, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {context} tokens; the request needs {asked}",
+            param=prompt_field,
+            code="context_length_exceeded",
+        )
     return requested if requested is not None else min(cfg.default_max_tokens, room)
 
 
@@ -170,11 +205,19 @@ def prepare_chat(body: ChatCompletionRequest, ctx: ServingContext) -> Prepared:
     """Engine requests for a chat completion (the chat template applied)."""
     _check_common(body, ctx, body.n)
     if body.max_tokens is not None and body.max_completion_tokens is not None and body.max_tokens != body.max_completion_tokens:
-        raise APIError(422, "give max_tokens or max_completion_tokens, not both with different values",
-                       param="max_completion_tokens", code="invalid_value")
+        raise APIError(
+            422,
+            "give max_tokens or max_completion_tokens, not both with different values",
+            param="max_completion_tokens",
+            code="invalid_value",
+        )
     if not ctx.codec.has_chat_template:
-        raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions with a plain prompt",
-                       param="messages", code="no_chat_template")
+        raise APIError(
+            400,
+            "this model's tokenizer has no chat template; use /v1/completions with a plain prompt",
+            param="messages",
+            code="no_chat_template",
+        )
     # Many templates know no "developer" role; it is the newer name of "system".
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
@@ -204,4 +247,3 @@ def model_context_length(model: object, config: ServerConfig) -> int:
         if isinstance(value, int) and value > 1:
             return value
     return 2048
-

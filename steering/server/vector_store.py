@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from vectors import SteeringVector, VectorFileError, load_vector
+from steering.vectors import SteeringVector, VectorFileError, load_vector
 
 SUFFIX = ".safetensors"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")

@@ -8,7 +8,7 @@ import torch
 
 import steering as st
 from steering import compare as sc
-from vectors import SteeringVector
+from steering.vectors import SteeringVector
 
 D = 24
 
@@ -50,7 +50,11 @@ def test_analogy_finds_the_fourth_vector(family) -> None:
 
 
 def test_analogy_check_rows(family) -> None:
-    rows = sc.analogy_check(family, [("formal_happy", "formal_sad", "casual_sad", "casual_happy"), ("formal_happy", "formal_sad", "casual_sad", "unrelated")], layers=[1, 2, 3])
+    rows = sc.analogy_check(
+        family,
+        [("formal_happy", "formal_sad", "casual_sad", "casual_happy"), ("formal_happy", "formal_sad", "casual_sad", "unrelated")],
+        layers=[1, 2, 3],
+    )
     assert [(r["layer"], r["expected"], r["hit"], r["expected_rank"]) for r in rows] == [
         (1, "casual_happy", True, 1),
         (2, "casual_happy", True, 1),

@@ -14,11 +14,11 @@ from safetensors.numpy import load_file
 from tiny_models import save_tiny
 
 import steering as st
-from experiments.cli import main
-from experiments.config import compose_config
 from steering import compare as sc
+from steering.experiments.cli import main
+from steering.experiments.config import compose_config
 from steering.interop import export_gguf, export_pt
-from vectors import SteeringVector
+from steering.vectors import SteeringVector
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAIRS = [
@@ -63,7 +63,9 @@ def referenced(html: str) -> list[str]:
 
 def test_compare_writes_numbers_pngs_and_a_report(setup, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cmp"
-    code, stdout, err = run(capsys, vectors_arg(setup, "md", "pca", "neg"), f"out={out}", f"data={setup['pairs']}", "embed=[pca]", "plot_layers=[1,2]")
+    code, stdout, err = run(
+        capsys, vectors_arg(setup, "md", "pca", "neg"), f"out={out}", f"data={setup['pairs']}", "embed=[pca]", "plot_layers=[1,2]"
+    )
     assert code == 0, err
     assert "md: best separation AUROC" in stdout and "(in-sample)" in stdout
 
@@ -89,10 +91,27 @@ def test_compare_writes_numbers_pngs_and_a_report(setup, tmp_path: Path, capsys)
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 + 3 + 1  # layers 1 and 2: three pairs each; layer 0: md/pca only
     with open(out / "auroc.csv") as f:
-        assert {(r["vector"], r["layer"]) for r in csv.DictReader(f)} == {("md", "0"), ("md", "1"), ("md", "2"), ("pca", "0"), ("pca", "1"), ("pca", "2"), ("neg", "1"), ("neg", "2")}
+        assert {(r["vector"], r["layer"]) for r in csv.DictReader(f)} == {
+            ("md", "0"),
+            ("md", "1"),
+            ("md", "2"),
+            ("pca", "0"),
+            ("pca", "1"),
+            ("pca", "2"),
+            ("neg", "1"),
+            ("neg", "2"),
+        }
 
     pngs = sorted(out.glob("*.png"))
-    assert {p.name for p in pngs} == {"cosine_heatmaps.png", "cosine_over_layers.png", "layer_similarity.png", "norms.png", "auroc.png", "scatter_pca.png", "projections.png"}
+    assert {p.name for p in pngs} == {
+        "cosine_heatmaps.png",
+        "cosine_over_layers.png",
+        "layer_similarity.png",
+        "norms.png",
+        "auroc.png",
+        "scatter_pca.png",
+        "projections.png",
+    }
     import matplotlib.image
 
     for png in pngs:
@@ -126,7 +145,9 @@ def test_plots_false_writes_numbers_only(setup, tmp_path: Path, capsys) -> None:
 
 
 def test_cross_model_vectors_get_a_clear_error(setup, tmp_path: Path, capsys) -> None:
-    other = SteeringVector({1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen2-0.5b", model_fingerprint="fp2:" + "0" * 16)  # the current format: compared
+    other = SteeringVector(
+        {1: torch.randn(32)}, hidden_size=32, num_layers=3, model="qwen2-0.5b", model_fingerprint="fp2:" + "0" * 16
+    )  # the current format: compared
     other.save(tmp_path / "qwen.safetensors")
     out = tmp_path / "cmp"
     code, _, err = run(capsys, f"vectors=[{setup['md']},{tmp_path / 'qwen.safetensors'}]", f"out={out}")
@@ -152,19 +173,35 @@ def test_interpolation_and_analogy_through_the_command(setup, tmp_path: Path, ca
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about the park.\nHow was the film?\n")
     code, _, err = run(
-        capsys, vectors_arg(setup, "md", "pca", "neg"), f"out={out}", "analogies=[[md,pca,neg,pca]]",
-        "interpolate.a=md", "interpolate.b=pca", "interpolate.ts=[0,1]", "interpolate.max_new_tokens=3", f"interpolate.prompts={prompts}",
+        capsys,
+        vectors_arg(setup, "md", "pca", "neg"),
+        f"out={out}",
+        "analogies=[[md,pca,neg,pca]]",
+        "interpolate.a=md",
+        "interpolate.b=pca",
+        "interpolate.ts=[0,1]",
+        "interpolate.max_new_tokens=3",
+        f"interpolate.prompts={prompts}",
     )
     assert code == 1 and "expected vector 'pca' is also an input" in err
     code, _, err = run(
-        capsys, vectors_arg(setup, "md", "pca", "neg"), f"out={out}",
-        "interpolate.a=md", "interpolate.b=pca", "interpolate.ts=[0,1]", "interpolate.max_new_tokens=3", f"interpolate.prompts={prompts}",
+        capsys,
+        vectors_arg(setup, "md", "pca", "neg"),
+        f"out={out}",
+        "interpolate.a=md",
+        "interpolate.b=pca",
+        "interpolate.ts=[0,1]",
+        "interpolate.max_new_tokens=3",
+        f"interpolate.prompts={prompts}",
     )
     assert code == 0, err
     with open(out / "interpolation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["t"]), r["scorer"]) for r in rows] == [
-        (0.0, "projection on md (layer 1)"), (1.0, "projection on md (layer 1)"), (0.0, "projection on pca (layer 1)"), (1.0, "projection on pca (layer 1)")
+        (0.0, "projection on md (layer 1)"),
+        (1.0, "projection on md (layer 1)"),
+        (0.0, "projection on pca (layer 1)"),
+        (1.0, "projection on pca (layer 1)"),
     ]
     texts = json.loads((out / "interpolation_texts.json").read_text())
     assert texts["prompts"] == ["Tell me about the park.", "How was the film?"] and len(texts["by_t"]["0.0"]) == 2
@@ -193,7 +230,15 @@ def test_command_errors(setup, tmp_path: Path, capsys) -> None:
     caa = export_pt(SteeringVector.load(setup["md"]), tmp_path / "caa")  # tensors only: no model recorded
     code, _, err = run(capsys, f"vectors=[{caa}]", f"out={tmp_path / 'x'}", f"data={setup['pairs']}")
     assert code == 1 and "none records its model; pass model=" in err
-    code, _, err = run(capsys, f"vectors=[{caa}]", f"out={tmp_path / 'x'}", f"data={setup['pairs']}", f"model={setup['root'] / 'tiny'}", "plots=false", "embed=[pca]")
+    code, _, err = run(
+        capsys,
+        f"vectors=[{caa}]",
+        f"out={tmp_path / 'x'}",
+        f"data={setup['pairs']}",
+        f"model={setup['root'] / 'tiny'}",
+        "plots=false",
+        "embed=[pca]",
+    )
     assert code == 0, err
     code, _, err = run(capsys, f"vectors=[{setup['md']}]", f"out={tmp_path / 'x'}", "layers=[7]")
     assert code == 1 and "layers [7] are in none of the vectors" in err

@@ -8,14 +8,16 @@ import torch
 
 import steering as st
 from steering import compare as sc
-from vectors import SteeringVector, model_fingerprint
+from steering.vectors import SteeringVector, model_fingerprint
 
 PROMPTS = ["Tell me about the park.", "How was the film?"]
 
 
 def random_vector(model, seed: int, layers=(1, 2)) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    return SteeringVector({i: torch.randn(32, generator=g) for i in layers}, hidden_size=32, num_layers=3, model_fingerprint=model_fingerprint(model))
+    return SteeringVector(
+        {i: torch.randn(32, generator=g) for i in layers}, hidden_size=32, num_layers=3, model_fingerprint=model_fingerprint(model)
+    )
 
 
 def test_interpolation_steers_with_the_mixed_vector(llama) -> None:
@@ -86,7 +88,12 @@ def test_sampled_interpolation_is_seeded_locally(llama) -> None:
     """seed= makes sampling reproducible without reseeding the caller's global torch RNG."""
     model, tok = llama
     a, b = random_vector(model, 0), random_vector(model, 1)
-    run = lambda seed: sc.interpolate(model, tok, a, b, PROMPTS, {"n": lambda t: [0.0] * len(t)}, ts=[0.0, 1.0], max_new_tokens=6, do_sample=True, seed=seed)["texts"]  # noqa: E731
+
+    def run(seed):
+        return sc.interpolate(
+            model, tok, a, b, PROMPTS, {"n": lambda t: [0.0] * len(t)}, ts=[0.0, 1.0], max_new_tokens=6, do_sample=True, seed=seed
+        )["texts"]
+
     torch.manual_seed(999)
     first = run(0)
     after_first = torch.rand(4)

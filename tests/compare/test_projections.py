@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import steering as st
 from steering import compare as sc
-from vectors import DatasetError, SteeringVector
+from steering.vectors import DatasetError, SteeringVector
 
 PAIRS = [
     ("I love this happy day", "I hate this sad day"),
@@ -56,7 +56,12 @@ def synthetic(seed: int = 0, n: int = 30, d: int = 16):
     sign = np.where(labels == 1, 1.0, -1.0)[:, None]
     feats = {k: (rng.normal(size=(2 * n, d)) * 0.3 + k * sign * u).astype(np.float32) for k in (1, 2)}
     acts = sc.LabelledActivations(feats, labels, np.r_[np.arange(n), np.arange(n)], "synthetic", "h" * 64)
-    good = SteeringVector({1: torch.tensor(u, dtype=torch.float32), 2: torch.tensor(u, dtype=torch.float32)}, hidden_size=d, num_layers=3, dataset_sha256="h" * 64)
+    good = SteeringVector(
+        {1: torch.tensor(u, dtype=torch.float32), 2: torch.tensor(u, dtype=torch.float32)},
+        hidden_size=d,
+        num_layers=3,
+        dataset_sha256="h" * 64,
+    )
     other = SteeringVector({2: torch.tensor(rng.normal(size=d), dtype=torch.float32)}, hidden_size=d, num_layers=3)
     return acts, {"good": good, "flipped": -good, "other": other}
 

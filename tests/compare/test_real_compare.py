@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 import steering as st
-from experiments.compare import write_numbers, write_plots
-from experiments.compare_report import write_report
 from steering import compare as sc
+from steering.experiments.compare import write_numbers, write_plots
+from steering.experiments.compare_report import write_report
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,16 @@ import torch
 from safetensors.numpy import load_file
 
 from steering import compare as sc
-from vectors import SteeringVector, VectorMismatchError
+from steering.vectors import SteeringVector, VectorMismatchError
 
 D, L = 32, 6
 
 
 def vec(seed: int, layers=range(L), fingerprint: str = "f" * 16, width: int = D, model: str = "m") -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    return SteeringVector({i: torch.randn(width, generator=g) for i in layers}, hidden_size=width, num_layers=L, model=model, model_fingerprint=fingerprint)
+    return SteeringVector(
+        {i: torch.randn(width, generator=g) for i in layers}, hidden_size=width, num_layers=L, model=model, model_fingerprint=fingerprint
+    )
 
 
 def numpy_cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,7 +68,9 @@ def test_pairwise_rows_match_matrix() -> None:
 
 def test_cross_model_cosine_is_refused_with_a_clear_error() -> None:
     a, b = vec(0, model="smollm2", fingerprint="1" * 16), vec(1, model="qwen", fingerprint="2" * 16)
-    with pytest.raises(sc.CrossModelError, match=r"'a' \(model 'smollm2'\) and 'b' \(model 'qwen'\) come from different models.*behaviour profiles"):
+    with pytest.raises(
+        sc.CrossModelError, match=r"'a' \(model 'smollm2'\) and 'b' \(model 'qwen'\) come from different models.*behaviour profiles"
+    ):
         sc.cosine_matrix({"a": a, "b": b}, 0)
     with pytest.raises(sc.CrossModelError, match="hidden sizes 32 and 64"):
         sc.cosine_matrices({"a": a, "wide": vec(2, width=64, fingerprint="1" * 16)})

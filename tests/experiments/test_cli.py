@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import make_tiny, save_tiny
 
 import steering as st
-from experiments.cli import main
-from tiny_models import make_tiny, save_tiny
+from steering.experiments.cli import main
 
 PAIRS = [
     {"prompt": "How was your day?", "positive": "It was a wonderful, happy day.", "negative": "It was an awful, sad day."},
@@ -42,7 +42,9 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_extract_info_generate(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
     out_file = tmp_path / "vec.safetensors"
-    code, out, err = _run(capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[0,-1]", "method=pca_diff", f"out={out_file}")
+    code, out, err = _run(
+        capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[0,-1]", "method=pca_diff", f"out={out_file}"
+    )
     assert code == 0, err
     assert f"saved {out_file}" in out
     vec = st.SteeringVector.load(out_file)
@@ -53,8 +55,14 @@ def test_extract_info_generate(capsys, tmp_path: Path, tiny_folder: Path, pairs_
     assert "method: pca_diff" in out and "layers (2): [0, 2]" in out and "layer   2:" in out
 
     code, out, err = _run(
-        capsys, "generate", f"model={tiny_folder}", f"vector={out_file}", "coef=[3,-3]", "compare=true",
-        "prompt=Hello, world: how are [you]?", "max_new_tokens=5",
+        capsys,
+        "generate",
+        f"model={tiny_folder}",
+        f"vector={out_file}",
+        "coef=[3,-3]",
+        "compare=true",
+        "prompt=Hello, world: how are [you]?",
+        "max_new_tokens=5",
     )
     assert code == 0, err
     assert out.count("--- ") == 3 and "--- unsteered ---" in out and "--- coef +3 ---" in out and "--- coef -3 ---" in out
@@ -64,7 +72,9 @@ def test_generate_cli_matches_library(capsys, tmp_path: Path, tiny_folder: Path,
     out_file = tmp_path / "vec.safetensors"
     assert main(["extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[1]", f"out={out_file}"]) == 0
     capsys.readouterr()
-    code, out, _ = _run(capsys, "generate", f"model={tiny_folder}", f"vector={out_file}", "coef=2", "prompt=Tell me a story", "max_new_tokens=6")
+    code, out, _ = _run(
+        capsys, "generate", f"model={tiny_folder}", f"vector={out_file}", "coef=2", "prompt=Tell me a story", "max_new_tokens=6"
+    )
     assert code == 0
     model, tok = st.load_model(str(tiny_folder))
     expected = st.generate(model, tok, "Tell me a story", st.SteeringVector.load(out_file), 2.0, max_new_tokens=6)
@@ -129,7 +139,10 @@ def test_convert_between_formats_and_info_reads_them(capsys, tmp_path: Path, tin
         (["convert", "input=missing.gguf", "out=x.safetensors"], "missing.gguf"),
         (["convert", "input=v.safetensors", "out=v.safetensors"], "same file as input"),
         (["convert", "input=v.safetensors", "out=v.npy"], "unknown vector file type '.npy'"),
-        (["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"], "layer 7 is out of range for a vector made on 'other' with 3 layers"),
+        (
+            ["convert", "input=v.safetensors", "out=w.safetensors", "layers=[7]"],
+            "layer 7 is out of range for a vector made on 'other' with 3 layers",
+        ),
         (["convert", "input=v.safetensors", "out=w.safetensors", "model=MODEL"], "hidden size"),
     ],
 )
@@ -156,7 +169,9 @@ def test_vector_for_another_model(capsys, tmp_path: Path, tiny_folder: Path) -> 
     path = vec.save(tmp_path / "other.safetensors")
     code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2")
     assert code == 1 and "fingerprint" in err and "allow_model_mismatch" in err
-    code, _, err = _run(capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2", "allow_model_mismatch=true")
+    code, _, err = _run(
+        capsys, "generate", f"model={tiny_folder}", f"vector={path}", "prompt=hi", "max_new_tokens=2", "allow_model_mismatch=true"
+    )
     assert code == 0, err
 
 
@@ -177,7 +192,9 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     """`steering info big.safetensors | head -1`: no traceback or error line once the reader has gone."""
     n = 20_000  # one line per layer, ~450 KB: far more than a pipe buffer (64 KiB) holds
     path = st.SteeringVector({i: torch.ones(2) for i in range(n)}, hidden_size=2, num_layers=n).save(tmp_path / "big.safetensors")
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "info", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "steering.experiments.cli", "info", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"file: ")
     proc.stdout.close()  # what `head -1` does after its line
     _, err = proc.communicate(timeout=120)
@@ -205,14 +222,22 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         (["generate", "top_p=2"], "top_p=2: must be between 0 and 1"),
         (["convert", "input=v.safetensors", "layers=[1.5]"], "layers=[1.5]: 1.5 is not an integer layer index"),
         (["compare", "vectors=[v.safetensors]", "interpolate.coef=abc"], "interpolate.coef='abc' is not a number"),
-        (["compare", "vectors=[v.safetensors]", "+interpolate.cof=3"], "unknown key 'interpolate.cof' for steering compare; did you mean interpolate.coef"),
+        (
+            ["compare", "vectors=[v.safetensors]", "+interpolate.cof=3"],
+            "unknown key 'interpolate.cof' for steering compare; did you mean interpolate.coef",
+        ),
     ],
 )
 def test_bad_values_are_one_line_naming_key_and_value_before_the_model_loads(capsys, monkeypatch, tmp_path: Path, args, message) -> None:
     monkeypatch.chdir(tmp_path)
     loads: list[object] = []
     monkeypatch.setattr(st, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("the model was loaded"))
-    extra = {"extract": ["data=sentiment", "out=v.safetensors"], "generate": ["prompt=hi", "vector=v.safetensors"], "convert": ["out=w.gguf"], "compare": ["out=o"]}
+    extra = {
+        "extract": ["data=sentiment", "out=v.safetensors"],
+        "generate": ["prompt=hi", "vector=v.safetensors"],
+        "convert": ["out=w.gguf"],
+        "compare": ["out=o"],
+    }
     code, out, err = _run(capsys, *args, *extra[args[0]], "model=no-such-model")
     assert code == 1 and out == ""
     lines = err.strip().splitlines()

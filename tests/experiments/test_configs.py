@@ -7,11 +7,13 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from experiments.run import compose_run, run_conf_dir
-from experiments.schema import ConfigError, check
+from steering.experiments.run import compose_run, run_conf_dir
+from steering.experiments.schema import ConfigError, check
 
 EXPERIMENTS = sorted(p.stem for p in (run_conf_dir() / "experiment").glob("*.yaml"))
-GROUPS = {group: sorted(p.stem for p in (run_conf_dir() / group).glob("*.yaml")) for group in ("model", "data", "method", "metric", "debug")}
+GROUPS = {
+    group: sorted(p.stem for p in (run_conf_dir() / group).glob("*.yaml")) for group in ("model", "data", "method", "metric", "debug")
+}
 REQUIRED = {"caa_ab": ["data.path=/data/generate_dataset.json"]}
 
 
@@ -129,15 +131,17 @@ def test_conf_folder_layout() -> None:
 
 def test_run_groups_do_not_capture_the_other_commands_keys() -> None:
     """``model=``, ``data=``, ``method=`` stay plain values for extract/generate (no group of that name beside them)."""
-    from experiments.config import compose_config
+    from steering.experiments.config import compose_config
 
     cfg = compose_config("extract", ["model=/some/folder", "data=sentiment", "method=pca_diff", "out=v.safetensors"])
     assert (cfg.model, cfg.data, cfg.method) == ("/some/folder", "sentiment", "pca_diff")
 
 
-@pytest.mark.parametrize(("old", "new", "value"), [("method.position", "method.read", "mean"), ("sweep.positions", "sweep.apply_to", "prompt")])
+@pytest.mark.parametrize(
+    ("old", "new", "value"), [("method.position", "method.read", "mean"), ("sweep.positions", "sweep.apply_to", "prompt")]
+)
 def test_old_run_keys_are_accepted_with_a_warning(old: str, new: str, value: str) -> None:
-    from experiments.schema import migrate_renamed
+    from steering.experiments.schema import migrate_renamed
 
     cfg = compose(f"{old}={value}")
     with pytest.warns(DeprecationWarning, match=new):
@@ -148,19 +152,22 @@ def test_old_run_keys_are_accepted_with_a_warning(old: str, new: str, value: str
 
 
 def _migrated(cfg):
-    from experiments.schema import migrate_renamed
+    from steering.experiments.schema import migrate_renamed
 
     migrate_renamed(cfg)
     return cfg
 
 
-@pytest.mark.parametrize(("command", "old", "new", "value", "more"), [
-    ("extract", "position", "read", "mean", ["out=x.safetensors"]),
-    ("compare", "position", "read", "mean", ["out=x"]),
-    ("generate", "positions", "apply_to", "generated", ["prompt=hi"]),
-])
+@pytest.mark.parametrize(
+    ("command", "old", "new", "value", "more"),
+    [
+        ("extract", "position", "read", "mean", ["out=x.safetensors"]),
+        ("compare", "position", "read", "mean", ["out=x"]),
+        ("generate", "positions", "apply_to", "generated", ["prompt=hi"]),
+    ],
+)
 def test_old_command_keys_are_accepted_with_a_warning(command, old, new, value, more) -> None:
-    from experiments.config import compose_config
+    from steering.experiments.config import compose_config
 
     with pytest.warns(DeprecationWarning, match=f"use {new}="):
         cfg = compose_config(command, [f"{old}={value}", *more])

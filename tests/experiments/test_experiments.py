@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import steering as st
-from experiments import sweep as sweep_module
-from experiments.vector_commands import generate_command
-from experiments.cli import main
-from experiments.config import compose_config
-from experiments.profiles import profile_from_run
-from experiments.results import read_metrics
-from experiments.run import compose_run, run, run_conf_dir
-from experiments.summary import load_choices
+from steering.experiments import sweep as sweep_module
+from steering.experiments.cli import main
+from steering.experiments.config import compose_config
+from steering.experiments.profiles import profile_from_run
+from steering.experiments.results import read_metrics
+from steering.experiments.run import compose_run, run, run_conf_dir
+from steering.experiments.summary import load_choices
+from steering.experiments.vector_commands import generate_command
 
 EXPERIMENTS = sorted(p.stem for p in (run_conf_dir() / "experiment").glob("*.yaml"))
 SWEEP_FILES = ["config.yaml", "vector.safetensors", "metrics.csv", "generations.jsonl", "summary.json", "report.html"]
@@ -35,7 +35,7 @@ def test_every_experiment_runs_and_writes_its_files(name: str, tiny_dir: Path, a
     saved = json.loads((out / "summary.json").read_text())
     assert saved["name"] == name and saved["task"] == summary["task"]
     html = (out / "report.html").read_text()
-    assert "<img" in html and "data:image/png;base64," in html and "src=\"plots/" not in html  # self-contained
+    assert "<img" in html and "data:image/png;base64," in html and 'src="plots/' not in html  # self-contained
     assert "Config" in html and str(tiny_dir) in html
     assert (out / "config.yaml").read_text().startswith("name: " + name)
     if saved["task"] == "probe":
@@ -91,8 +91,16 @@ def test_caa_ab_on_real_caa_files(tiny_dir: Path, tmp_path: Path, caa_dir: Path)
 
 def test_same_seed_same_numbers_when_sampling(tiny_dir: Path, tmp_path: Path) -> None:
     def once(folder: str, seed: int) -> list[tuple]:
-        overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={tmp_path / folder}",
-                     "eval.do_sample=true", "metric.scorer=builtins:len", "metric.effect=score", f"seed={seed}"]
+        overrides = [
+            "experiment=sentiment_sweep",
+            "debug=default",
+            f"model.name={tiny_dir}",
+            f"out_dir={tmp_path / folder}",
+            "eval.do_sample=true",
+            "metric.scorer=builtins:len",
+            "metric.effect=score",
+            f"seed={seed}",
+        ]
         run(compose_run(overrides))
         rows = read_metrics(tmp_path / folder / "metrics.csv")
         texts = (tmp_path / folder / "generations.jsonl").read_text()
@@ -126,15 +134,26 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
 
 def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "chosen"
-    overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}",
-                 "metric.scorer=builtins:len", "metric.effect=score", "budget.kl=100", "budget.neutral_ppl=100", "select.min_delta=0"]
+    overrides = [
+        "experiment=sentiment_sweep",
+        "debug=default",
+        f"model.name={tiny_dir}",
+        f"out_dir={out}",
+        "metric.scorer=builtins:len",
+        "metric.effect=score",
+        "budget.kl=100",
+        "budget.neutral_ppl=100",
+        "select.min_delta=0",
+    ]
     summary = run(compose_run(overrides))
     model, tok = st.load_model(tiny_dir)
     choices = load_choices(out, model)
     assert [c.direction for c in choices] == ["positive", "negative"]
     on = summary["directions"]["positive"]
     assert choices[0].coef == on["best_coef"] and choices[0].vector.layers == [on["best_layer"]]
-    cfg = compose_config("generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8", "compare=true"])
+    cfg = compose_config(
+        "generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8", "compare=true"]
+    )
     results = generate_command(cfg)
     for c in choices:
         want = st.generate(model, tok, "Tell me about the sea", c.vector, c.coef, max_new_tokens=8, apply_to=c.apply_to)
@@ -160,8 +179,17 @@ def test_cli_run_writes_to_the_hydra_run_dir(tiny_dir: Path, tmp_path: Path) -> 
 
 def test_cli_multirun_over_methods(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "multi"
-    code = main(["run", "-m", "experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}",
-                 "method=mean_diff,pca_diff", f"hydra.sweep.dir={out}"])
+    code = main(
+        [
+            "run",
+            "-m",
+            "experiment=sentiment_sweep",
+            "debug=default",
+            f"model.name={tiny_dir}",
+            "method=mean_diff,pca_diff",
+            f"hydra.sweep.dir={out}",
+        ]
+    )
     assert code == 0
     summaries = sorted(out.glob("*/summary.json"))
     assert len(summaries) == 2
@@ -183,7 +211,9 @@ def test_cli_multirun_over_methods(tiny_dir: Path, tmp_path: Path) -> None:
         (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "eval.ab_items"),
     ],
 )
-def test_cli_run_errors_name_the_problem(args: list[str], message: str, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_errors_name_the_problem(
+    args: list[str], message: str, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["run", *args, f"model.name={tiny_dir}", f"hydra.run.dir={tmp_path / 'bad'}"])
     assert exit_info.value.code == 1
@@ -195,8 +225,16 @@ def test_cli_run_errors_name_the_problem(args: list[str], message: str, tiny_dir
 def test_run_folders_feed_behaviour_profiles(tiny_dir: Path, tmp_path: Path) -> None:
     """`steering compare profiles=[<run folders>]` reads what a sweep's summary.json holds."""
     out = tmp_path / "profiled"
-    overrides = ["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}",
-                 "metric.scorer=builtins:len", "metric.effect=score", "budget.kl=100", "budget.neutral_ppl=100"]
+    overrides = [
+        "experiment=sentiment_sweep",
+        "debug=default",
+        f"model.name={tiny_dir}",
+        f"out_dir={out}",
+        "metric.scorer=builtins:len",
+        "metric.effect=score",
+        "budget.kl=100",
+        "budget.neutral_ppl=100",
+    ]
     summary = run(compose_run(overrides))
     model, behaviour, effect, _ = profile_from_run(out)
     assert (model, behaviour) == (str(tiny_dir), "sentiment")

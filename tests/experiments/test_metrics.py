@@ -8,18 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import hooks
-import steering as st
-from experiments.metrics import METRICS, Cell, Context, EvalData
-from experiments.metrics.ab import ab_pmatch, build_items, steerability
-from experiments.metrics.data import split_pairs
-from experiments.metrics.neutral import kl, neutral_ppl
-from experiments.metrics.probe import fit_probe, probe_accuracy
-from experiments.metrics.text import ScorerError, distinct_n, gen_ppl, generation_score, generations, make_scorer, repetition
-from experiments.run import compose_run
-from vectors.text import format_prompt
 from tiny_models import make_tiny
+
+import steering as st
+from steering import hooks
+from steering.experiments.metrics import METRICS, Cell, Context, EvalData
+from steering.experiments.metrics.ab import ab_pmatch, build_items, steerability
+from steering.experiments.metrics.data import split_pairs
+from steering.experiments.metrics.neutral import kl, neutral_ppl
+from steering.experiments.metrics.probe import fit_probe, probe_accuracy
+from steering.experiments.metrics.text import ScorerError, distinct_n, gen_ppl, generation_score, generations, make_scorer, repetition
+from steering.experiments.run import compose_run
+from steering.vectors.text import format_prompt
 
 NEUTRAL = [
     "The Danube flows through ten countries.",
@@ -34,7 +34,9 @@ PROMPTS = ["Tell me about the sea", "Describe the park.", "Hi"]
 def _vector(model, layers=(1,), scale: float = 2.0, seed: int = 1) -> st.SteeringVector:
     width = model.config.get_text_config().hidden_size
     gen = torch.Generator().manual_seed(seed)
-    return st.SteeringVector({i: torch.randn(width, generator=gen) * scale for i in layers}, hidden_size=width, num_layers=hooks.num_layers(model))
+    return st.SteeringVector(
+        {i: torch.randn(width, generator=gen) * scale for i in layers}, hidden_size=width, num_layers=hooks.num_layers(model)
+    )
 
 
 def _ctx(*overrides: str, data: EvalData | None = None, arch: str = "llama") -> Context:
@@ -126,7 +128,9 @@ def test_window_splits_the_coefficient() -> None:
 
 def test_vader_scorer_signs() -> None:
     cfg = compose_run(["out_dir=/tmp/unused"])
-    happy, sad, flat = make_scorer(cfg.metric)(["What a wonderful, happy, lovely day!", "What an awful, miserable, horrible day.", "The table has four legs."])
+    happy, sad, flat = make_scorer(cfg.metric)(
+        ["What a wonderful, happy, lovely day!", "What an awful, miserable, horrible day.", "The table has four legs."]
+    )
     assert happy > 0.5 and sad < -0.5 and flat == 0.0
 
 
@@ -302,7 +306,7 @@ def test_fit_probe_auroc_counts_ties_half_as_sklearn_does() -> None:
     # The probe's AUROC is steering.compare.auroc (rank-sum): equal to sklearn's, ties included.
     from sklearn.metrics import roc_auc_score
 
-    from vectors import fit_logistic
+    from steering.vectors import fit_logistic
 
     x_train = np.r_[1.0:6.0, -5.0:0.0][:, None]
     y_train = np.r_[np.ones(5), np.zeros(5)]
@@ -314,7 +318,7 @@ def test_fit_probe_auroc_counts_ties_half_as_sklearn_does() -> None:
 
 def test_probe_method_is_the_metric_probe_direction() -> None:
     # One logistic probe: the extraction method's direction is fit_logistic's, signed and scaled.
-    from vectors import LayerStats, fit_logistic, get_method
+    from steering.vectors import LayerStats, fit_logistic, get_method
 
     rng = np.random.default_rng(1)
     pos, neg = torch.from_numpy(rng.normal(1.0, 1.0, (30, 6))), torch.from_numpy(rng.normal(-1.0, 1.0, (30, 6)))
@@ -360,7 +364,7 @@ def test_probe_accuracy_per_layer_on_a_tiny_model(monkeypatch: pytest.MonkeyPatc
     pairs = [st.ContrastPair(f"I love item {i}, it is wonderful.", f"I hate item {i}, it is awful.", None) for i in range(20)]
     ctx = _ctx("eval.test_fraction=0.25", data=EvalData(pairs=pairs))
     layers = [0, 2]
-    probe_module = importlib.import_module("experiments.metrics.probe")
+    probe_module = importlib.import_module("steering.experiments.metrics.probe")
     fitted = []
     monkeypatch.setattr(probe_module, "fit_probe", lambda *args, **kw: fitted.append(args) or fit_probe(*args, **kw))
     values = probe_accuracy(ctx, layers)
@@ -409,7 +413,7 @@ def test_neutral_cache_holds_no_vocabulary_sized_tensors() -> None:
 
 
 def test_negative_kl_beyond_rounding_raises() -> None:
-    from experiments.metrics.neutral import KL_TOLERANCE, kl_sum
+    from steering.experiments.metrics.neutral import KL_TOLERANCE, kl_sum
 
     reference = torch.log_softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), -1)
     assert kl_sum(reference, reference) == 0.0

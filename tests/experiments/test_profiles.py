@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.profiles import load_profiles, profile_from_run
 from steering.compare import ProfileError
+from steering.experiments.profiles import load_profiles, profile_from_run
 
 
 def test_load_profiles_from_json_and_runs(tmp_path: Path) -> None:
@@ -18,8 +18,16 @@ def test_load_profiles_from_json_and_runs(tmp_path: Path) -> None:
     for behaviour, best, base in (("sentiment", 0.85, 0.55), ("refusal", 0.2, 0.3)):
         run = tmp_path / f"run_{behaviour}"
         run.mkdir()
-        summary = {"task": "sweep", "model": "gemma", "data": f"/data/{behaviour}.jsonl", "effect": "score", "best_layer": 12, "best_coef": 4.0,
-                   "best_values": {"score": best, "neutral_ppl": 1.1}, "baseline": {"score": base, "neutral_ppl": 1.0}}
+        summary = {
+            "task": "sweep",
+            "model": "gemma",
+            "data": f"/data/{behaviour}.jsonl",
+            "effect": "score",
+            "best_layer": 12,
+            "best_coef": 4.0,
+            "best_values": {"score": best, "neutral_ppl": 1.1},
+            "baseline": {"score": base, "neutral_ppl": 1.0},
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     profiles = load_profiles([tmp_path / "one.json", tmp_path / "many.json", tmp_path / "run_sentiment", tmp_path / "run_refusal"])
     by_model = {p.model: p for p in profiles}
@@ -29,7 +37,11 @@ def test_load_profiles_from_json_and_runs(tmp_path: Path) -> None:
     assert len(by_model["gemma"].sources) == 2 and by_model["gemma"].metric == "score: chosen cell minus coef 0"
     probe = tmp_path / "probe"
     probe.mkdir()
-    (probe / "summary.json").write_text(json.dumps({"task": "probe", "model": "m", "data": "truthfulness", "effect": "probe_accuracy", "best_values": {"probe_accuracy": 0.9}}))
+    (probe / "summary.json").write_text(
+        json.dumps(
+            {"task": "probe", "model": "m", "data": "truthfulness", "effect": "probe_accuracy", "best_values": {"probe_accuracy": 0.9}}
+        )
+    )
     assert profile_from_run(probe) == ("m", "truthfulness", 0.9, "probe_accuracy at the chosen layer")
     with pytest.raises(ProfileError, match=r"a second measurement for model 'gemma' and behaviour 'sentiment'"):
         load_profiles([tmp_path / "run_sentiment", tmp_path / "run_sentiment"])
@@ -43,7 +55,9 @@ def test_run_folder_errors(tmp_path: Path) -> None:
     (run / "summary.json").write_text(json.dumps({"model": "m", "behaviour": "x", "best_layer": 3}))
     with pytest.raises(ProfileError, match=r"summary.json: field 'effect' must name the effect metric"):
         load_profiles([run])
-    (run / "summary.json").write_text(json.dumps({"model": "m", "data": "x", "effect": "score", "best_values": None, "baseline": {"score": 0.5}}))
+    (run / "summary.json").write_text(
+        json.dumps({"model": "m", "data": "x", "effect": "score", "best_values": None, "baseline": {"score": 0.5}})
+    )
     with pytest.raises(ProfileError, match=r"no chosen cell with a value of 'score'.*within budget"):
         load_profiles([run])
     (run / "summary.json").write_text(json.dumps({"effect": 0.3, "data": "x"}))

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import steering as st
-from experiments.results import read_metrics
-from experiments.run import compose_run, run
+from steering.experiments.results import read_metrics
+from steering.experiments.run import compose_run, run
 
 PROMPTS, NEW_TOKENS = 8, 16
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import hooks
-import steering as st
-from experiments.metrics.replies import encode_replies, reply_logprobs, token_logprobs
-from vectors.text import format_prompt
 from tiny_models import make_tiny
+
+import steering as st
+from steering import hooks
+from steering.experiments.metrics.replies import encode_replies, reply_logprobs, token_logprobs
+from steering.vectors.text import format_prompt
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city", "Hi"]
 REPLIES = ["The sea is blue.", "", "It is warm and sunny, and the birds are singing in the trees today.", "Hello there, friend!"]

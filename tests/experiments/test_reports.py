@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.compare_report import write_report as write_compare_report
-from experiments.html import layers_text, num
-from experiments.report import write_report as write_run_report
-from experiments.results import CellResult
+from steering.experiments.compare_report import write_report as write_compare_report
+from steering.experiments.html import layers_text, num
+from steering.experiments.report import write_report as write_run_report
+from steering.experiments.results import CellResult
 
 EVIL = "<script>alert(1)</script>"
 
@@ -17,7 +17,9 @@ EVIL = "<script>alert(1)</script>"
 def test_compare_report_escapes_a_vector_name(tmp_path: Path) -> None:
     meta = {"model": "m", "method": "mean_diff", "site": "block_output", "position": "last", "n_pairs": 4, "layers": [1, 2]}
     res = {
-        "names": [EVIL, "plain"], "layers": [1, 2], "vectors": {EVIL: meta, "plain": meta},
+        "names": [EVIL, "plain"],
+        "layers": [1, 2],
+        "vectors": {EVIL: meta, "plain": meta},
         "cosine": {1: np.array([[1.0, 0.5], [0.5, 1.0]])},
         "layer_similarity": {EVIL: {"matrix": np.eye(2), "layers": [1, 2]}},
         "norms": {EVIL: {1: 2.0}},
@@ -29,20 +31,57 @@ def test_compare_report_escapes_a_vector_name(tmp_path: Path) -> None:
 
 def test_run_report_escapes_names_prompts_and_generations(tmp_path: Path) -> None:
     summary = {
-        "name": EVIL, "task": "sweep", "model": "m", "method": "mean_diff", "positions": "all", "runtime_s": 1.0,
-        "grid": {"measured": 2, "planned": 2}, "effect": "score", "budget": {"kl": 0.3}, "min_delta": 0.0,
-        "directions": {EVIL: {"status": "ok", "best_layer": 1, "best_coef": 2.0, "grid_coef": 2.0, "effect": 0.5, "delta": 0.2,
-                              "side_effects": {"kl": 0.1}, "window": "1"}},
+        "name": EVIL,
+        "task": "sweep",
+        "model": "m",
+        "method": "mean_diff",
+        "positions": "all",
+        "runtime_s": 1.0,
+        "grid": {"measured": 2, "planned": 2},
+        "effect": "score",
+        "budget": {"kl": 0.3},
+        "min_delta": 0.0,
+        "directions": {
+            EVIL: {
+                "status": "ok",
+                "best_layer": 1,
+                "best_coef": 2.0,
+                "grid_coef": 2.0,
+                "effect": 0.5,
+                "delta": 0.2,
+                "side_effects": {"kl": 0.1},
+                "window": "1",
+            }
+        },
         "baseline": {"score": 0.3},
     }
-    base, cell = CellResult(0, "coef 0", (), 0.0, 0.0, {"score": 0.3, "kl": 0.0}), CellResult(1, "1", (1,), 2.0, 2.0, {"score": 0.5, "kl": 0.1})
-    html = write_run_report(tmp_path / "report.html", summary, [], f"name: {EVIL}", baseline=base, cells=[cell],
-                            prompts=[EVIL], generations={0: [EVIL], 1: ["fine"]}).read_text()
+    base, cell = (
+        CellResult(0, "coef 0", (), 0.0, 0.0, {"score": 0.3, "kl": 0.0}),
+        CellResult(1, "1", (1,), 2.0, 2.0, {"score": 0.5, "kl": 0.1}),
+    )
+    html = write_run_report(
+        tmp_path / "report.html",
+        summary,
+        [],
+        f"name: {EVIL}",
+        baseline=base,
+        cells=[cell],
+        prompts=[EVIL],
+        generations={0: [EVIL], 1: ["fine"]},
+    ).read_text()
     assert "<script>" not in html and html.count("&lt;script&gt;") >= 5
     assert "<td class='num'>+2</td>" in html and "kl 0.100" in html  # numbers formatted as before
 
 
 def test_one_number_format() -> None:
     assert [num(None), num(float("nan")), num(float("inf")), num(0.12345), num(np.float32(1.0)), num(3), num(True), num([1, 2])] == [
-        "–", "–", "–", "0.123", "1.000", "3", "yes", "1, 2"]
+        "–",
+        "–",
+        "–",
+        "0.123",
+        "1.000",
+        "3",
+        "yes",
+        "1, 2",
+    ]
     assert layers_text([5, 1, 2, 3]) == "1-3, 5"

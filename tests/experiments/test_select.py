@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments.results import COLUMNS, CellResult, MetricsWriter, read_metrics
-from experiments.schema import ConfigError
-from experiments.select import choose
-from experiments.summary import write_summary
-from experiments.sweep import plan_windows
+from steering.experiments.results import COLUMNS, CellResult, MetricsWriter, read_metrics
+from steering.experiments.schema import ConfigError
+from steering.experiments.select import choose
+from steering.experiments.summary import write_summary
+from steering.experiments.sweep import plan_windows
 
 BUDGET = {"neutral_ppl": 1.3, "kl": 0.3}
 
@@ -104,7 +104,7 @@ def test_summary_json_has_no_nan(tmp_path: Path) -> None:
 
 def test_load_choices_refuses_runs_without_a_choice(tmp_path: Path) -> None:
     import steering as st
-    from experiments.summary import load_choices
+    from steering.experiments.summary import load_choices
 
     with pytest.raises(st.SteeringError, match="has no summary.json"):
         load_choices(tmp_path)

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 import torch
-
-import hooks
-import steering as st
 from helpers import hook_count, random_vector
-from hooks.fold import _STATES, _USERS, FoldConflictError, fold, fold_blocker, fold_conflict, fold_target, share
 from tiny_models import make_tiny
+
+import steering as st
+from steering import hooks
+from steering.hooks.fold import _STATES, _USERS, FoldConflictError, fold, fold_blocker, fold_conflict, fold_target, share
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 NO_BLOCK_FOLD = {"gemma2", "gemma3", "gemma3_text"}  # a post-feedforward norm follows down_proj

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import hooks
 from helpers import hook_count
+
+from steering import hooks
 
 
 def _batch(tok, texts=("The cat sat on the mat", "Hello")):

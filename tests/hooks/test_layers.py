@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_tiny
 from torch import nn
 
-import hooks
-from tiny_models import make_tiny
+from steering import hooks
 
 EXPECTED_PATHS = {
     "llama": "model.layers",

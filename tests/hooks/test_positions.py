@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import hook_count, random_vector
 from transformers import DynamicCache
 
-import hooks
 import steering as st
-from helpers import hook_count, random_vector
-from hooks.cache import cache_keyword, past_offset
+from steering import hooks
+from steering.hooks.cache import cache_keyword, past_offset
 
 
 def _cache_with(model, ids: torch.Tensor) -> DynamicCache:

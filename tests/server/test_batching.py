@@ -41,7 +41,6 @@ def _batch_sizes(server) -> dict[float, float]:
     raise AssertionError("no steering_batch_size metric")
 
 
-
 def test_mixed_batch_over_http_equals_solo_runs(server, client: OpenAI) -> None:
     jobs = [(PROMPTS[i % len(PROMPTS)] * (1 + i % 2), steering, kwargs) for i, (_, steering, kwargs) in enumerate(SETTINGS)]
     solo = [chat(client, prompt, steering, **kwargs) for prompt, steering, kwargs in jobs]

@@ -37,10 +37,22 @@ def _free_port() -> int:
 def _serve(tiny_folder: Path, vecs: Path, *settings: str) -> tuple[subprocess.Popen[str], str]:
     """``steering serve`` on a free loopback port, once ``/health`` answers."""
     port = _free_port()
-    command = [sys.executable, "-m", "experiments.cli", "serve", f"model={tiny_folder}", f"vectors={vecs}", f"port={port}",
-               "served_model_name=tiny", "log_level=warning", "default_temperature=0", *settings]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "steering.experiments.cli",
+        "serve",
+        f"model={tiny_folder}",
+        f"vectors={vecs}",
+        f"port={port}",
+        "served_model_name=tiny",
+        "log_level=warning",
+        "default_temperature=0",
+        *settings,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -70,8 +82,9 @@ def test_steering_serve_command_serves_steered_chat(tiny_folder: Path, vecs: Pat
         client = OpenAI(base_url=url + "/v1", api_key="sk-cli", max_retries=0, timeout=60)
         messages = [{"role": "user", "content": "Hello"}]
         plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8)
-        steered = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8,
-                                                 extra_body={"steering": [{"vector": "up", "coef": 4.0}]})
+        steered = client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=8, extra_body={"steering": [{"vector": "up", "coef": 4.0}]}
+        )
         assert plain.choices[0].message.content != steered.choices[0].message.content
         model, tok = st.load_model(str(tiny_folder))  # the library on the same checkpoint
         up = st.SteeringVector.load(vecs / "up.safetensors")
@@ -87,8 +100,7 @@ def test_steering_serve_command_serves_steered_chat(tiny_folder: Path, vecs: Pat
 def test_sigterm_ends_every_open_stream_and_exits_0(tiny_folder: Path, vecs: Path) -> None:
     """Eight streams in flight at SIGTERM: each ends with a finish or a shutting_down error event, then [DONE]."""
     process, url = _serve(tiny_folder, vecs, "drain_timeout_s=0.2")
-    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
-            "steering": [{"vector": "up", "coef": 2.0}]}
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 400, "stream": True, "steering": [{"vector": "up", "coef": 2.0}]}
     started = threading.Semaphore(0)
 
     def stream() -> list[str]:
@@ -97,7 +109,7 @@ def test_sigterm_ends_every_open_stream_and_exits_0(tiny_folder: Path, vecs: Pat
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    events.append(line[len("data: "):])
+                    events.append(line[len("data: ") :])
                     if len(events) == 1:
                         started.release()
         return events

@@ -123,8 +123,11 @@ def test_completion_prompt_lists_and_n_give_one_choice_each(client: OpenAI) -> N
     assert out.choices[0].text == out.choices[1].text  # greedy: n copies agree
     single = client.completions.create(model=MODEL_NAME, prompt="Why is the sky", max_tokens=6, temperature=0)
     assert out.choices[2].text == single.choices[0].text
-    assert out.usage.completion_tokens == 2 * single.usage.completion_tokens + 2 * client.completions.create(
-        model=MODEL_NAME, prompt="Hello", max_tokens=6, temperature=0).usage.completion_tokens
+    assert (
+        out.usage.completion_tokens
+        == 2 * single.usage.completion_tokens
+        + 2 * client.completions.create(model=MODEL_NAME, prompt="Hello", max_tokens=6, temperature=0).usage.completion_tokens
+    )
 
 
 def test_stop_sequence_cuts_the_text(client: OpenAI) -> None:

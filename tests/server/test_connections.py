@@ -46,8 +46,9 @@ def slow_server(vecs: Path) -> Iterator[BackgroundServer]:
 def test_non_streamed_client_that_leaves_while_tokens_flow_is_cancelled(slow_server: BackgroundServer) -> None:
     state = slow_server.app.state.serving
     body = json.dumps({"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 300, "temperature": 0}).encode()
-    request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     before = state.metrics.completion_tokens._value.get()
     with socket.create_connection(("127.0.0.1", slow_server.port)) as sock:
         sock.sendall(request)

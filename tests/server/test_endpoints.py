@@ -38,11 +38,7 @@ def test_vectors_lists_layers_norms_and_metadata(server, vecs) -> None:
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_count_requests_tokens_batches_and_latency(server, client: OpenAI) -> None:

@@ -50,7 +50,13 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str, str | None, tuple[str, ...]]] =
     ({"steering": [{"vector": "up", "coef": -11}]}, 422, "coef_out_of_range", "steering[0].coef", ("-11",)),
     ({"steering": [{"vector": "up", "coef": 1, "layers": [0]}]}, 422, "layer_not_in_vector", "steering[0].layers", ("layer 0", "[1, 2]")),
     ({"steering": [{"vector": "up", "coef": 1, "layers": []}]}, 422, "layer_not_in_vector", "steering[0].layers", ("empty",)),
-    ({"steering": [{"vector": "up", "coef": 1, "layers": [-100]}]}, 422, "layer_not_in_vector", "steering[0].layers", ("-100", "out of range")),
+    (
+        {"steering": [{"vector": "up", "coef": 1, "layers": [-100]}]},
+        422,
+        "layer_not_in_vector",
+        "steering[0].layers",
+        ("-100", "out of range"),
+    ),
     ({"steering": [{"vector": "up", "coef": 1, "positions": "middle"}]}, 422, "invalid_value", "steering[0].positions", ("middle",)),
     ({"steering": [{"vector": "up", "coeff": 1}]}, 422, "unknown_parameter", "steering[0].coeff", ()),
     ({"steering": [{"vector": "up", "mode": "erase"}]}, 422, "invalid_value", "steering[0].mode", ("erase",)),
@@ -73,7 +79,13 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str, str | None, tuple[str, ...]]] =
     ({"messages": []}, 422, "invalid_value", "messages", ()),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "invalid_value", "messages[0].role", ()),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "context_length_exceeded", "messages", ("512",)),
-    ({"messages": [{"role": "user", "content": "word " * 155}], "max_tokens": 60}, 400, "context_length_exceeded", "messages", ("485", "60")),
+    (
+        {"messages": [{"role": "user", "content": "word " * 155}], "max_tokens": 60},
+        400,
+        "context_length_exceeded",
+        "messages",
+        ("485", "60"),
+    ),
 ]
 
 
@@ -99,8 +111,12 @@ def test_missing_model_and_prompt_name_the_field(server) -> None:
     assert_error(post(server.url, "/v1/completions", {"model": MODEL_NAME}), 422, "missing_required_parameter", "prompt")
     assert_error(post(server.url, "/v1/completions", {"model": MODEL_NAME, "prompt": []}), 422, "invalid_value", "prompt")
     assert_error(post(server.url, "/v1/completions", {"model": MODEL_NAME, "prompt": ""}), 400, "empty_prompt", "prompt")
-    assert_error(post(server.url, "/v1/completions", {"model": MODEL_NAME, "prompt": ["hi", "word " * 600]}), 400,
-                 "context_length_exceeded", "prompt[1]")
+    assert_error(
+        post(server.url, "/v1/completions", {"model": MODEL_NAME, "prompt": ["hi", "word " * 600]}),
+        400,
+        "context_length_exceeded",
+        "prompt[1]",
+    )
 
 
 @pytest.mark.parametrize("raw", [b'{"model": "tiny-llama", "messages": [', b"", b"\xff\xfe", b"not json"])
@@ -115,8 +131,9 @@ def test_json_that_is_not_an_object_is_400(server) -> None:
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_coef_is_422(server, value: str) -> None:
-    raw = ('{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], '
-           f'"steering": [{{"vector": "up", "coef": {value}}}]}}').encode()
+    raw = (
+        f'{{"model": "tiny-llama", "messages": [{{"role": "user", "content": "hi"}}], "steering": [{{"vector": "up", "coef": {value}}}]}}'
+    ).encode()
     error = assert_error(post(server.url, "/v1/chat/completions", content=raw), 422, "invalid_value", "steering[0].coef")
     assert "finite" in error["message"]
 
@@ -218,7 +235,6 @@ def test_full_queue_and_too_many_concurrent_requests_get_503_with_retry_after(ve
         assert post(server.url, "/v1/completions", body).status_code == 200  # slots are given back
     finally:
         server.stop()
-
 
 
 @pytest.mark.parametrize("from_env", [False, True])

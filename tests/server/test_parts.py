@@ -14,18 +14,17 @@ from helpers import hook_count
 from server_helpers import tiny_vector, wait_until
 from tiny_models import make_tiny
 
-from experiments.cli import USAGE
-from experiments.config import compose_config
-from experiments.serve import choose_torch_threads, server_config
-from hooks import AblateOp, AddOp, patch, span_basis
 from steering.apply import build_ops
-from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas
+from steering.experiments.cli import USAGE
+from steering.experiments.config import compose_config
+from steering.experiments.serve import choose_torch_threads, server_config
+from steering.hooks import AblateOp, AddOp, patch, span_basis
+from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas, vector_store
 from steering.server.row_steering import NO_STEERING
 from steering.server.sampling import Sampler, SamplingParams, top_p_filter
 from steering.server.text import Codec, TextStream
-from steering.server import vector_store
 from steering.server.vector_store import VectorNameError, VectorNotFound
-from vectors import VectorFileError
+from steering.vectors import VectorFileError
 
 # ----------------------------------------------------------------------------- text
 
@@ -285,8 +284,8 @@ def test_serve_defaults_live_in_one_schema() -> None:
 
     from hydra.errors import ConfigCompositionException
 
-    from experiments.values import ValueCheckError
-    from hooks import SteeringError
+    from steering.experiments.values import ValueCheckError
+    from steering.hooks import SteeringError
 
     cfg = compose_config("serve", [])
     fields = {f.name: f.default for f in dataclasses.fields(ServerConfig) if f.name not in ("model_name", "vectors_dir", "api_key")}

@@ -19,7 +19,7 @@ import pytest
 from browser_helpers import launch_chromium, open_tab
 from server_helpers import MODEL_NAME, chat, post, start_server, tiny_vector
 
-from experiments.config import compose_config
+from steering.experiments.config import compose_config
 
 PROMPT = "Please tell me a story about a dragon."
 MAX_TOKENS = 12
@@ -117,9 +117,14 @@ def test_several_vectors_layers_positions_and_completion_mode(tab, client) -> No
     page.select_option(f"{_row('up')} select[id$=positions]", "generated")
     page.fill(f"{_row('side')} input[type=number]", "4")
     _generate(tab)
-    terms = [{"vector": "side", "coef": 4}, {"vector": "up", "coef": -2.5, "layers": [2], "positions": "generated"}]
-    want = client.completions.create(model=MODEL_NAME, prompt="The dragon said", max_tokens=MAX_TOKENS, temperature=0,
-                                      extra_body={"steering": terms}).choices[0].text
+    terms = [{"vector": "side", "coef": 4}, {"vector": "up", "coef": -2.5, "layers": [2], "apply_to": "generated"}]
+    want = (
+        client.completions.create(
+            model=MODEL_NAME, prompt="The dragon said", max_tokens=MAX_TOKENS, temperature=0, extra_body={"steering": terms}
+        )
+        .choices[0]
+        .text
+    )
     assert _text(tab, "#out-steered") == want
     assert tab.errors == []
 
@@ -133,7 +138,9 @@ def test_sweep_strip_shows_one_completion_per_coefficient(tab, client) -> None:
     page.click("#sweep")
     tab.wait("document.querySelectorAll('#sweep-strip li').length === 5", "five sweep cells")
     tab.idle()
-    cells = page.eval_on_selector_all("#sweep-strip li", "els => els.map(e => [Number(e.dataset.coef), e.querySelector('.completion').textContent])")
+    cells = page.eval_on_selector_all(
+        "#sweep-strip li", "els => els.map(e => [Number(e.dataset.coef), e.querySelector('.completion').textContent])"
+    )
     assert [c for c, _ in cells] == [-4, -2, 0, 2, 4]
     for coef, text in cells:
         assert text == chat(client, PROMPT, [{"vector": "up", "coef": coef}], max_tokens=MAX_TOKENS).choices[0].message.content, coef
@@ -152,11 +159,20 @@ def test_reading_colours_every_token_with_the_endpoints_numbers(tab, server) -> 
     page.click("#read")
     tab.wait("document.querySelectorAll('#read-tokens .tok').length", "the coloured tokens")
     tab.idle()
-    body = {"model": MODEL_NAME, "vector": "up", "layer": 2, "messages": [{"role": "user", "content": PROMPT}],
-            "completion": _text(tab, "#out-steered"), "steering": [{"vector": "up", "coef": 2}]}
+    body = {
+        "model": MODEL_NAME,
+        "vector": "up",
+        "layer": 2,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "completion": _text(tab, "#out-steered"),
+        "steering": [{"vector": "up", "coef": 2}],
+    }
     want = post(server.url, "/v1/steering/read", body).json()["tokens"]
-    spans = page.eval_on_selector_all("#read-tokens .tok", """els => els.map(e => ({text: e.textContent, projection: Number(e.dataset.projection),
-        title: e.title, colour: getComputedStyle(e).backgroundColor}))""")
+    spans = page.eval_on_selector_all(
+        "#read-tokens .tok",
+        """els => els.map(e => ({text: e.textContent, projection: Number(e.dataset.projection),
+        title: e.title, colour: getComputedStyle(e).backgroundColor}))""",
+    )
     assert len(spans) == len(want) > 10
     assert [s["text"] for s in spans] == [t["text"] for t in want]
     assert [s["projection"] for s in spans] == [t["projection"] for t in want]  # the same float64s
@@ -168,7 +184,9 @@ def test_reading_colours_every_token_with_the_endpoints_numbers(tab, server) -> 
     strongest = max(range(len(want)), key=lambda i: abs(want[i]["projection"]))
     assert min(_rgb(spans[strongest]["colour"])) < 150  # the largest number gets full colour
     page.select_option("#read-centre", "median")  # recolours around the median; the numbers stay
-    recoloured = page.eval_on_selector_all("#read-tokens .tok", "els => els.map(e => [Number(e.dataset.projection), getComputedStyle(e).backgroundColor])")
+    recoloured = page.eval_on_selector_all(
+        "#read-tokens .tok", "els => els.map(e => [Number(e.dataset.projection), getComputedStyle(e).backgroundColor])"
+    )
     assert [p for p, _ in recoloured] == [t["projection"] for t in want]
     median = sorted(t["projection"] for t in want)[(len(want) - 1) // 2]
     for projection, colour in recoloured:
@@ -201,7 +219,12 @@ def test_copy_as_curl_python_and_cli_reproduce_the_settings(tab, server, tmp_pat
     assert args[:2] == ["steering", "generate"]
     cfg = compose_config("generate", args[2:])
     assert (cfg.vector, float(cfg.coef), cfg.prompt, cfg.max_new_tokens, cfg.chat) == (
-        "vectors/up.safetensors", 1.5, "Tell me 'about' your \"day\".", MAX_TOKENS, True)
+        "vectors/up.safetensors",
+        1.5,
+        "Tell me 'about' your \"day\".",
+        MAX_TOKENS,
+        True,
+    )
 
 
 def test_api_errors_appear_next_to_the_control_that_caused_them(tab) -> None:
@@ -245,8 +268,24 @@ def test_tab_order_follows_the_panels(tab) -> None:
     for _ in range(90):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
-    wanted = ["max-tokens", "temperature", "top-p", "seed", "v0-enable", "v0-range", "v0-coef", "v3-coef", "generate",
-              "sweep-vector", "sweep-max", "sweep", "read-vector", "read-layer", "read", "copy-curl"]
+    wanted = [
+        "max-tokens",
+        "temperature",
+        "top-p",
+        "seed",
+        "v0-enable",
+        "v0-range",
+        "v0-coef",
+        "v3-coef",
+        "generate",
+        "sweep-vector",
+        "sweep-max",
+        "sweep",
+        "read-vector",
+        "read-layer",
+        "read",
+        "copy-curl",
+    ]
     assert all(w in order for w in wanted), [w for w in wanted if w not in order]
     assert [order.index(w) for w in wanted] == sorted(order.index(w) for w in wanted), order
 

@@ -40,8 +40,9 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background
 
 def _chat(client: OpenAI, steering: list[dict] | None) -> str:
     extra = {"steering": steering} if steering else None
-    out = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS,
-                                         temperature=0, extra_body=extra)
+    out = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, temperature=0, extra_body=extra
+    )
     return out.choices[0].message.content or ""
 
 

@@ -15,11 +15,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 from server_helpers import MODEL_NAME, post, start_server
-
 from transformers import DynamicCache
 
 import steering as st
-from hooks.cache import cache_kwargs
+from steering.hooks.cache import cache_kwargs
 from steering.server import Codec, Engine
 from steering.server.engine import EngineClosed
 
@@ -45,6 +44,7 @@ def _hooked(model, add: dict[int, tuple[torch.Tensor, int]], read: int, out: lis
             hidden = hidden.clone()
             hidden[:, start:] += delta
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
         return hook
 
     def reader(module, args, output):
@@ -60,7 +60,9 @@ def _hooked(model, add: dict[int, tuple[torch.Tensor, int]], read: int, out: lis
             handle.remove()
 
 
-def _reference(reference, ids: list[int], direction: torch.Tensor, layer: int, add: dict[int, tuple[torch.Tensor, int]] | None = None) -> list[float]:
+def _reference(
+    reference, ids: list[int], direction: torch.Tensor, layer: int, add: dict[int, tuple[torch.Tensor, int]] | None = None
+) -> list[float]:
     model, _ = reference
     seen: list[torch.Tensor] = []
     with torch.no_grad(), _hooked(model, add or {}, layer, seen):
@@ -76,15 +78,20 @@ def _chat_ids(tok, prompt: str) -> list[int]:
 
 @pytest.mark.parametrize("layer", [1, 2])
 def test_unsteered_reading_equals_hidden_state_dot_unit_direction(server, reference, vecs, layer: int) -> None:
-    _, tok = reference
     up = st.SteeringVector.load(vecs / "up.safetensors")
+    _, tok = reference
     got = _read(server, vector="up", layer=layer, messages=[{"role": "user", "content": PROMPT}], completion=COMPLETION)
     prompt_ids = _chat_ids(tok, PROMPT)
     completion_ids = tok(COMPLETION, add_special_tokens=False)["input_ids"]
     assert [t["id"] for t in got["tokens"]] == prompt_ids + completion_ids
     assert [t["part"] for t in got["tokens"]] == ["prompt"] * len(prompt_ids) + ["completion"] * len(completion_ids)
-    assert (got["prompt_tokens"], got["completion_tokens"], got["layer"], got["site"]) == (len(prompt_ids), len(completion_ids), layer, "block_output")
-    assert "".join(t["text"] for t in got["tokens"][len(prompt_ids):]) == tok.decode(completion_ids)
+    assert (got["prompt_tokens"], got["completion_tokens"], got["layer"], got["site"]) == (
+        len(prompt_ids),
+        len(completion_ids),
+        layer,
+        "block_output",
+    )
+    assert "".join(t["text"] for t in got["tokens"][len(prompt_ids) :]) == tok.decode(completion_ids)
     expected = _reference(reference, prompt_ids + completion_ids, up.directions[layer], layer)
     assert [t["projection"] for t in got["tokens"]] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert len({round(t["projection"], 3) for t in got["tokens"]}) > 3  # real per-token numbers, not a constant
@@ -93,8 +100,8 @@ def test_unsteered_reading_equals_hidden_state_dot_unit_direction(server, refere
 @pytest.mark.parametrize("positions", ["all", "generated", "prompt"])
 def test_steered_reading_applies_the_steering_like_generation(server, reference, vecs, positions: str) -> None:
     """Steering ``side`` (layer 1) while reading ``up`` at layers 1 and 2, at the positions asked."""
-    _, tok = reference
     up = st.SteeringVector.load(vecs / "up.safetensors")
+    _, tok = reference
     side = st.SteeringVector.load(vecs / "side.safetensors")
     coef = 3.0
     term = {"vector": "side", "coef": coef, "positions": positions}
@@ -137,7 +144,6 @@ def test_reading_at_block_input_and_with_ablation(server, reference, vecs) -> No
     """``pre`` lives at block_input of layer 2 = layer 1's output; ablating ``up`` removes its direction there."""
     _, tok = reference
     pre = st.SteeringVector.load(vecs / "pre.safetensors")
-    up = st.SteeringVector.load(vecs / "up.safetensors")
     ids = tok(PROMPT)["input_ids"]
     got = _read(server, vector="pre", layer=2, prompt=PROMPT)
     assert got["site"] == "block_input"

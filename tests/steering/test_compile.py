@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import make_tiny
 
 import steering as st
-from tiny_models import make_tiny
 
 dynamo = pytest.importorskip("torch._dynamo")
 from torch._dynamo.utils import counters  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import hook_count
 
-import hooks
 import steering as st
+from steering import hooks
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing here ma
 
 
 def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(97)])}
@@ -43,9 +44,15 @@ def tiny_folder(tmp_path_factory):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=100, max_position_embeddings=64,
-        bos_token_id=1, eos_token_id=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny_llama")
@@ -83,9 +90,7 @@ def _write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_token_merges(["h i", "Ġ t"])  # an empty merge list makes transformers want scores
     writer.add_bos_token_id(258)
     writer.add_eos_token_id(259)
-    writer.add_chat_template(
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    )
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 
     def rand(*shape):
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
@@ -213,9 +218,7 @@ def test_non_gguf_file(tmp_path):
 )
 def test_missing_package_names_pip_line(cache_env, monkeypatch, name, module, pip_line):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a, **k: None if n == module else real_find_spec(n, *a, **k)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a, **k: None if n == module else real_find_spec(n, *a, **k))
     assert MODEL_REGISTRY[name].pip_install == pip_line
     with pytest.raises(ModelLoadError) as info:
         load_model(name)
@@ -326,7 +329,7 @@ def _chat_generate(model, tok, text="What is the capital of France?", max_new_to
     ids = tok(prompt, return_tensors="pt", add_special_tokens=not tok.chat_template)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import steering as st
-from experiments.cli import main
+from steering.experiments.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-
-import hooks
-import steering as st
 from helpers import hook_count, random_vector
 from tiny_models import make_tiny
+
+import steering as st
+from steering import hooks
 
 PROMPTS = ["Tell me about the sea", "Hi", "What is the weather like today in the city"]
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vectors import MAX_COEF, MAX_DELTA_NORM, CoefError, SteeringVector, check_coef
+from steering.vectors import MAX_COEF, MAX_DELTA_NORM, CoefError, SteeringVector, check_coef
 
 
 def _vector(norm: float) -> SteeringVector:

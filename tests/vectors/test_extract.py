@@ -17,10 +17,10 @@ import torch
 from helpers import hook_count
 from tiny_models import NUM_LAYERS, make_tiny
 
-import hooks
-from hooks import LayerError, SteeringError, decoder_layers
-import vectors.methods as methods_module
-from vectors import (
+import steering.vectors.methods as methods_module
+from steering import hooks
+from steering.hooks import LayerError, SteeringError, decoder_layers
+from steering.vectors import (
     METHODS,
     ContrastPair,
     LayerStats,
@@ -36,7 +36,7 @@ from vectors import (
 )
 
 # `vectors.extract` the attribute is the function; the module is what hooks are patched on.
-vextract = importlib.import_module("vectors.extract")
+vextract = importlib.import_module("steering.vectors.extract")
 
 # Mixed pairs: with and without prompt, very different lengths (so batches pad),
 # a CAA-style answer letter, prompts long enough to cross Gemma 2/3's 16-token window.
@@ -196,7 +196,9 @@ def test_negative_layer_index(llama_mod):
     assert v.layers == [NUM_LAYERS - 2] and torch.equal(v.directions[NUM_LAYERS - 2], w.directions[NUM_LAYERS - 2])
 
 
-@pytest.mark.parametrize(("layers", "message"), [("12", "is a string"), ([True], "True is not an integer"), ([1.7], "1.7 is not an integer")])
+@pytest.mark.parametrize(
+    ("layers", "message"), [("12", "is a string"), ([True], "True is not an integer"), ([1.7], "1.7 is not an integer")]
+)
 def test_layers_that_are_not_integers_are_refused_before_any_forward(llama_mod, layers, message):
     """extract(layers="12") used to extract layers [1, 2]; [True] was layer 1 and [1.7] layer 1."""
     model, tok = llama_mod
@@ -250,7 +252,13 @@ def test_padding_side_and_batch_size_do_not_matter(tiny, position):
             # The parity tests' tolerance. Measured over every architecture: at most 2.3e-6 (gemma3,
             # pca_diff, last), the float32 rounding of a different summation order, on entries of size ~1.
             for layer in ref.layers:
-                torch.testing.assert_close(batched.directions[layer], ref.directions[layer], atol=1e-5, rtol=0, msg=lambda m: f"{method} {side} layer {layer}: {m}")
+                torch.testing.assert_close(
+                    batched.directions[layer],
+                    ref.directions[layer],
+                    atol=1e-5,
+                    rtol=0,
+                    msg=lambda m, method=method, side=side, layer=layer: f"{method} {side} layer {layer}: {m}",
+                )
 
 
 def test_left_padding_matches_manual(llama_mod):
@@ -333,7 +341,10 @@ def test_probe_maps_back_from_standardised_features():
     scale = torch.logspace(-1, 1, d, dtype=torch.float64)  # std 0.1 .. 10
     shift = 0.5 * scale  # every feature equally informative once standardised
     stats = LayerStats(d, keep_samples=True)
-    stats.update(torch.randn(400, d, generator=g, dtype=torch.float64) * scale + shift, torch.randn(400, d, generator=g, dtype=torch.float64) * scale - shift)
+    stats.update(
+        torch.randn(400, d, generator=g, dtype=torch.float64) * scale + shift,
+        torch.randn(400, d, generator=g, dtype=torch.float64) * scale - shift,
+    )
     fisher = 2 * shift / scale**2  # Sigma^-1 (mu_pos - mu_neg) for a diagonal Sigma, ∝ 1/scale
     direction = METHODS["probe"].fn(stats).double()
     assert cos(direction, fisher) > 0.95
@@ -580,7 +591,15 @@ def test_extract_does_not_change_model(llama_mod):
 
 def test_stats_keep_samples_only_when_needed(llama_mod):
     model, tok = llama_mod
-    lean = collect_stats(model, tok, PAIRS, [0, 1], batch_size=4, needs_outer=METHODS["mean_diff"].needs_outer, needs_samples=METHODS["mean_diff"].needs_samples)
+    lean = collect_stats(
+        model,
+        tok,
+        PAIRS,
+        [0, 1],
+        batch_size=4,
+        needs_outer=METHODS["mean_diff"].needs_outer,
+        needs_samples=METHODS["mean_diff"].needs_samples,
+    )
     assert set(lean) == {0, 1}
     for s in lean.values():
         assert s.n == len(PAIRS)

@@ -12,15 +12,25 @@ import torch
 from tiny_models import HIDDEN_SIZE, NUM_LAYERS
 
 import steering as st
-from vectors import SteeringVector, VectorFileError, model_fingerprint, model_name
-from vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
+from steering.vectors import SteeringVector, VectorFileError, model_fingerprint, model_name
+from steering.vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
 
 D = HIDDEN_SIZE
 
 
 def make_vector(layers=(1, 2), seed=0, **kw) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    fields = {"hidden_size": D, "num_layers": NUM_LAYERS, "model": "tiny-llama", "model_fingerprint": "0123456789abcdef", "method": "pca_diff", "read": "last", "n_pairs": 9, "dataset_sha256": "d" * 64, "extra": {"note": "x"}}
+    fields = {
+        "hidden_size": D,
+        "num_layers": NUM_LAYERS,
+        "model": "tiny-llama",
+        "model_fingerprint": "0123456789abcdef",
+        "method": "pca_diff",
+        "read": "last",
+        "n_pairs": 9,
+        "dataset_sha256": "d" * 64,
+        "extra": {"note": "x"},
+    }
     fields.update(kw)
     return SteeringVector({i: torch.randn(D, generator=g) for i in layers}, **fields)
 
@@ -140,9 +150,15 @@ def test_our_gguf_checks_fingerprint_against_model(tmp_path: Path, llama) -> Non
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda p: write_foreign_gguf(p, {1: np.ones(D, dtype=np.float32)}, arch="llama"), "'general.architecture' is 'llama', expected 'controlvector'"),
+        (
+            lambda p: write_foreign_gguf(p, {1: np.ones(D, dtype=np.float32)}, arch="llama"),
+            "'general.architecture' is 'llama', expected 'controlvector'",
+        ),
         (lambda p: write_foreign_gguf(p, {1: np.ones(D, dtype=np.float16)}), "'direction.1' has type F16, expected F32"),
-        (lambda p: write_foreign_gguf(p, {1: np.ones(D, dtype=np.float32), 2: np.ones(D + 1, dtype=np.float32)}), r"different sizes \[32, 33\]"),
+        (
+            lambda p: write_foreign_gguf(p, {1: np.ones(D, dtype=np.float32), 2: np.ones(D + 1, dtype=np.float32)}),
+            r"different sizes \[32, 33\]",
+        ),
         (lambda p: write_foreign_gguf(p, {1: np.full(D, np.nan, dtype=np.float32)}), "layer 1 contains NaN"),
         (lambda p: p.write_bytes(b"not a gguf file at all"), "not a readable GGUF file"),
     ],
@@ -260,7 +276,12 @@ def test_pt_onto_a_model_validates_sizes(tmp_path: Path, llama) -> None:
 
 def test_read_any_vector_dispatches_by_suffix(tmp_path: Path) -> None:
     vec = make_vector()
-    for path in (vec.save(tmp_path / "v.safetensors"), export_gguf(vec, tmp_path / "v.gguf"), export_pt(vec, tmp_path / "v.pt"), export_pt(vec, tmp_path / "caa")):
+    for path in (
+        vec.save(tmp_path / "v.safetensors"),
+        export_gguf(vec, tmp_path / "v.gguf"),
+        export_pt(vec, tmp_path / "v.pt"),
+        export_pt(vec, tmp_path / "caa"),
+    ):
         back = read_any_vector(path, num_layers=NUM_LAYERS)
         assert all(torch.equal(back.directions[i], vec.directions[i]) for i in vec.layers), path
     (tmp_path / "v.npy").write_bytes(b"")

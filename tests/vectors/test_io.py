@@ -12,9 +12,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_models import NUM_LAYERS, make_tiny, make_tiny_model
 
-import vectors.io as vio
-from vectors import FORMAT, FORMAT_VERSION, SteeringVector, VectorFileError, load_vector, model_fingerprint, model_name, save_vector
-from vectors.io import REQUIRED, atomic_write
+import steering.vectors.io as vio
+from steering.vectors import (
+    FORMAT,
+    FORMAT_VERSION,
+    SteeringVector,
+    VectorFileError,
+    load_vector,
+    model_fingerprint,
+    model_name,
+    save_vector,
+)
+from steering.vectors.io import REQUIRED, atomic_write
 
 D = 32  # tiny models' hidden size
 
@@ -117,8 +126,18 @@ def test_file_metadata_fields(tmp_path):
     for field in REQUIRED:
         assert field in meta, field
     assert set(REQUIRED) >= {
-        "format", "format_version", "model", "model_fingerprint", "hidden_size", "num_layers", "site",
-        "method", "read", "n_pairs", "dataset_sha256", "steering_version",
+        "format",
+        "format_version",
+        "model",
+        "model_fingerprint",
+        "hidden_size",
+        "num_layers",
+        "site",
+        "method",
+        "read",
+        "n_pairs",
+        "dataset_sha256",
+        "steering_version",
     }
     assert meta["format"] == "steering-vector"
     assert meta["format_version"] == str(FORMAT_VERSION)
@@ -328,8 +347,13 @@ def test_errors_are_value_errors():
 
 def _wide_llama(hidden: int = 48) -> transformers.PreTrainedModel:
     config = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=hidden, intermediate_size=64, num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -424,7 +448,7 @@ def test_every_written_file_honours_the_umask(tmp_path, umask):
     """
     import stat
 
-    from vectors.interop import write_any_vector
+    from steering.vectors.interop import write_any_vector
 
     v = SteeringVector({1: torch.ones(4), 2: torch.ones(4)}, hidden_size=4, num_layers=3, model="m")
     written = [
@@ -439,7 +463,6 @@ def test_every_written_file_honours_the_umask(tmp_path, umask):
     for path in written:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
-
 
 
 def test_files_written_before_the_rename_load_with_position_as_read(tmp_path):

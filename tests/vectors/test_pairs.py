@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from hooks import SteeringError
-from vectors import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
+from steering.hooks import SteeringError
+from steering.vectors import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -26,7 +27,9 @@ def _jsonl(items) -> str:
 
 
 def test_jsonl_without_prompt(tmp_path):
-    path = _write(tmp_path, "p.jsonl", _jsonl([{"positive": "I love it", "negative": "I hate it"}, {"positive": "good", "negative": "bad"}]))
+    path = _write(
+        tmp_path, "p.jsonl", _jsonl([{"positive": "I love it", "negative": "I hate it"}, {"positive": "good", "negative": "bad"}])
+    )
     pairs = read_pairs(path)
     assert pairs == [ContrastPair("I love it", "I hate it", None), ContrastPair("good", "bad", None)]
     assert all(p.prompt is None for p in pairs)
@@ -50,7 +53,7 @@ def test_read_pairs_accepts_str_path(tmp_path):
 
 def test_pair_is_frozen():
     pair = ContrastPair("a", "b")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         pair.positive = "c"  # type: ignore[misc]
 
 
@@ -196,7 +199,10 @@ GOOD = json.dumps({"positive": "a", "negative": "b"})
         (json.dumps({"pos": "a", "neg": "b"}), ["expected fields 'positive' and 'negative'"]),
         (json.dumps({"question": "q", "answer_matching_behavior": "(A)"}), ["missing field 'answer_not_matching_behavior'"]),
         (json.dumps({"answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}), ["missing field 'question'"]),
-        (json.dumps({"question": "q", "answer_matching_behavior": 1, "answer_not_matching_behavior": "(B)"}), ["'answer_matching_behavior'", "must be a string"]),
+        (
+            json.dumps({"question": "q", "answer_matching_behavior": 1, "answer_not_matching_behavior": "(B)"}),
+            ["'answer_matching_behavior'", "must be a string"],
+        ),
     ],
 )
 def test_bad_jsonl_line_names_file_line_and_reason(tmp_path, line3, needles):

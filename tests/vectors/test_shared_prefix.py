@@ -8,14 +8,20 @@ import pytest
 import torch
 
 import steering as st
-from vectors import collect_stats
-from vectors import prefix as prefix_mod
-from vectors.prefix import common_prefix_len, plan_shared
+from steering.vectors import collect_stats
+from steering.vectors import prefix as prefix_mod
+from steering.vectors.prefix import common_prefix_len, plan_shared
 
 PAIRS = [
-    st.ContrastPair(prompt="Tell me about your day.", positive="It was a wonderful day, full of joy!", negative="It was a terrible day, sad and boring."),
+    st.ContrastPair(
+        prompt="Tell me about your day.", positive="It was a wonderful day, full of joy!", negative="It was a terrible day, sad and boring."
+    ),
     st.ContrastPair(prompt="How are you?", positive="I am fine, thank you very much.", negative="I am angry."),
-    st.ContrastPair(prompt="What is the capital of France?", positive="The capital of France is Paris.", negative="The capital of France is a dragon who lived in a small house near the forest."),
+    st.ContrastPair(
+        prompt="What is the capital of France?",
+        positive="The capital of France is Paris.",
+        negative="The capital of France is a dragon who lived in a small house near the forest.",
+    ),
     st.ContrastPair(positive="I love sunny days at the beach", negative="I hate sunny days at the beach"),
     st.ContrastPair(positive="Great job! Thanks for the help.", negative="Great job! Sorry, I don't know."),
 ]
@@ -42,7 +48,7 @@ def test_shared_prefix_reads_the_same_activations(tiny, chat: bool, monkeypatch)
         used.append(plan is not None)
         return plan
 
-    monkeypatch.setattr(sys.modules["vectors.extract"], "plan_shared", spy)
+    monkeypatch.setattr(sys.modules["steering.vectors.extract"], "plan_shared", spy)
     shared = _samples(model, tok, share=True)
     assert any(used), "no batch took the shared-prefix path"
     for layer in plain:

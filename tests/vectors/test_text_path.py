@@ -15,11 +15,11 @@ import torch
 from tiny_models import make_tiny
 
 import steering as st
-from experiments.metrics.replies import encode_replies
-from hooks import completion_mask, pad_ids, position_ids, read_indices, read_rows
+from steering.experiments.metrics.replies import encode_replies
+from steering.hooks import completion_mask, pad_ids, position_ids, read_indices, read_rows
 from steering.server.text import Codec
-from vectors import ContrastPair, collect_stats
-from vectors.text import pair_texts, prefix_tokens, tokenize_with_offsets
+from steering.vectors import ContrastPair, collect_stats
+from steering.vectors.text import pair_texts, prefix_tokens, tokenize_with_offsets
 
 PAIRS = [
     ContrastPair("I love it, a wonderful film.", "I hate it.", "How was the film?"),

@@ -8,16 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from hooks import SteeringError
-from vectors import SteeringVector, VectorMismatchError, VectorValueError
-from vectors.vector import UNKNOWN
+from steering.hooks import SteeringError
+from steering.vectors import SteeringVector, VectorMismatchError, VectorValueError
+from steering.vectors.vector import UNKNOWN
 
 D = 8
 N = 4
 
 
 def vec(directions, **kw) -> SteeringVector:
-    base = dict(hidden_size=D, num_layers=N, model="m", model_fingerprint="fp0", site="block_output", method="mean_diff", read="last", n_pairs=3, dataset_sha256="abc")
+    base = dict(
+        hidden_size=D,
+        num_layers=N,
+        model="m",
+        model_fingerprint="fp0",
+        site="block_output",
+        method="mean_diff",
+        read="last",
+        n_pairs=3,
+        dataset_sha256="abc",
+    )
     base.update(kw)
     return SteeringVector(directions, **base)
 

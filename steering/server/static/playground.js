@@ -164,7 +164,7 @@ function vectorRow(vector, index) {
     el("p", { class: "muted", text: `site ${vector.site} · norms ${norms}` + (meta.method ? ` · ${meta.method}` : "") }),
     el("div", { class: "coef" }, el("label", { for: coef.id, text: "coef" }), range, coef),
     layersSet,
-    el("div", { class: "inline" }, el("label", { for: positions.id, text: "positions" }), positions,
+    el("div", { class: "inline" }, el("label", { for: positions.id, text: "apply to" }), positions,
        el("label", { for: mode.id, text: "mode" }), mode),
     details,
     el("p", { class: "error", id: `${id}-err`, role: "alert" }));
@@ -183,7 +183,7 @@ function termOf(row, coef) {
   else term.coef = coef === undefined ? Number(row.controls.coef.value) : coef;
   const chosen = row.layerBoxes.filter((b) => b.checked).map((b) => Number(b.value));
   if (chosen.length !== row.layerBoxes.length) term.layers = chosen;
-  if (row.controls.positions.value !== "all") term.positions = row.controls.positions.value;
+  if (row.controls.positions.value !== "all") term.apply_to = row.controls.positions.value;
   return term;
 }
 
@@ -417,7 +417,7 @@ function copyTexts() {
     if (term.mode === "ablate") args.push("mode=ablate");
     else args.push(`coef=${term.coef}`);
     if (term.layers) args.push(`layers=[${term.layers.join(",")}]`);
-    if (term.positions) args.push(`positions=${term.positions}`);
+    if (term.apply_to) args.push(`apply_to=${term.apply_to}`);
     args.push("compare=true");
   }
   args.push(`chat=${s.chat}`);
