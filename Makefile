@@ -50,7 +50,17 @@ demo: install
 	$(BIN)/steering generate vector=$(DEMO)/sentiment.safetensors 'coef=[0,4,-4]' max_new_tokens=48 \
 		prompt="Write two sentences about your last trip to the supermarket."
 
-test: install
+# Lint, format and type check; `make test` runs it first. mypy reads the installed layout
+# (steering.hooks, ...), so it checks a tree of links shaped like it (build/typecheck).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	rm -rf build/typecheck && mkdir -p build/typecheck/steering
+	for f in steering/*; do ln -s ../../../$$f build/typecheck/steering/; done
+	for d in hooks vectors experiments conf; do ln -s ../../../$$d build/typecheck/steering/$$d; done
+	MYPYPATH=build/typecheck $(BIN)/mypy -p steering
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "metric", "value")
 
@@ -76,7 +76,7 @@ class _Appender:
         if not self._file.closed:
             self._file.close()
 
-    def __enter__(self) -> _Appender:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:

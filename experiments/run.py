@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -37,8 +37,8 @@ import torch
 from omegaconf import DictConfig
 
 import steering as st
-from steering.hooks import resolve_layers
-from steering.vectors import atomic_write
+from steering.hooks import Site, resolve_layers
+from steering.vectors import Read, atomic_write
 
 from . import plots
 from .config import conf_dir, config_yaml
@@ -150,8 +150,8 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
         pairs,
         layers,
         method=str(cfg.method.name),
-        read=str(cfg.method.read),
-        site=str(cfg.sweep.site),
+        read=cast(Read, str(cfg.method.read)),
+        site=cast(Site, str(cfg.sweep.site)),
         batch_size=int(cfg.method.batch_size),
         progress=bool(cfg.progress),
     )

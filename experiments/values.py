@@ -203,6 +203,6 @@ def _check_keys(command: str, cfg: DictConfig, root: DictConfig, prefix: str = "
     base = OmegaConf.select(root, prefix.rstrip(".")) if prefix else root
     for key in cfg.keys():
         if key not in base.keys():  # not `in base`: that is False for a ??? value
-            raise unknown_key(command, f"{prefix}{key}", root)
+            raise unknown_key(command, f"{prefix}{key!s}", root)
         if isinstance(cfg[key], DictConfig) and isinstance(base[key], DictConfig):
-            _check_keys(command, cfg[key], root, f"{prefix}{key}.")
+            _check_keys(command, cfg[key], root, f"{prefix}{key!s}.")

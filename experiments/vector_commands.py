@@ -7,7 +7,7 @@ errors are raised and turned into one line by `experiments.cli`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig
 
@@ -18,12 +18,11 @@ def _load(cfg: DictConfig):  # -> (model, tokenizer)
     return st.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
 
 
-def _layers(value: object) -> list[int] | int | None:
-    if value is None:
-        return None
+def _layers(value: object) -> list[int]:
+    """A ``layers=`` value (one index or a list; checked by `experiments.values`) as a list."""
     if isinstance(value, (ListConfig, list, tuple)):
         return [int(v) for v in value]
-    return int(value)  # type: ignore[arg-type]
+    return [int(cast(Any, value))]
 
 
 def extract_command(cfg: DictConfig) -> Path:
@@ -37,7 +36,7 @@ def extract_command(cfg: DictConfig) -> Path:
         model,
         tok,
         pairs,
-        _layers(cfg.layers),
+        None if cfg.layers is None else _layers(cfg.layers),
         method=cfg.method,
         read=cfg.read,
         site=cfg.site,
@@ -67,7 +66,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
         coefs = [0.0]
     elif cfg.compare and 0.0 not in coefs:
         coefs = [0.0, *coefs]
-    gen = {"do_sample": bool(cfg.do_sample)}
+    gen: dict[str, Any] = {"do_sample": bool(cfg.do_sample)}
     if cfg.do_sample:
         gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
     results: dict[float, str] = {}
@@ -77,7 +76,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
         torch.manual_seed(int(cfg.seed))
         steered = vector if coef != 0.0 else None
         if steered is not None and cfg.layers is not None:
-            steered = steered.select(_layers(cfg.layers) if isinstance(cfg.layers, (ListConfig, list)) else [int(cfg.layers)])
+            steered = steered.select(_layers(cfg.layers))
         text = st.generate(
             model,
             tok,
@@ -105,10 +104,10 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
     from .summary import load_choices
 
     choices = load_choices(cfg.vector, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))
-    gen = {"do_sample": bool(cfg.do_sample)}
+    gen: dict[str, Any] = {"do_sample": bool(cfg.do_sample)}
     if cfg.do_sample:
         gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
-    runs = [("unsteered", None, 0.0, "all")] if cfg.compare else []
+    runs: list[tuple[str, st.SteeringVector | None, float, str]] = [("unsteered", None, 0.0, "all")] if cfg.compare else []
     for c in choices:
         label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, apply_to {c.apply_to}"
         runs.append((label, c.vector, c.coef, c.apply_to))
@@ -145,8 +144,7 @@ def convert_command(cfg: DictConfig) -> Path:
     foreign = {k: cfg[k] for k in ("model_id", "num_layers", "layer", "model_suffix") if cfg[k] is not None}
     vector = read_any_vector(source, model, allow_model_mismatch=bool(cfg.allow_model_mismatch), **foreign)
     if cfg.layers is not None:
-        layers = _layers(cfg.layers)
-        vector = vector.select(layers if isinstance(layers, list) else [layers])
+        vector = vector.select(_layers(cfg.layers))
     options: dict[str, Any] = {}
     if out.suffix == ".gguf":
         options["llama_cpp"] = bool(cfg.llama_cpp)

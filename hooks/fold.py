@@ -134,7 +134,7 @@ class _Release:
         model = self._model()
         with _LOCK:
             users = _USERS.get(model) if model is not None else None
-            if users is not None:
+            if model is not None and users is not None:
                 users.pop(self._token, None)
                 if not users:
                     del _USERS[model]
@@ -186,10 +186,12 @@ def unfolded_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 
 def _out_features(module: nn.Module) -> int | None:
+    weight = module.weight
+    assert isinstance(weight, Tensor)
     if type(module) is nn.Linear:
-        return module.weight.shape[0]
+        return int(weight.shape[0])
     if type(module).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight is [in, out]
-        return module.weight.shape[1]
+        return int(weight.shape[1])
     return None
 
 
@@ -317,10 +319,12 @@ def _add(module: nn.Module, delta: Tensor) -> _Undo:
         bias = module.bias
         if bias is None:
             weight = module.weight
+            assert isinstance(weight, Tensor)
             param = nn.Parameter(torch.zeros(_out_features(module) or 0, device=weight.device, dtype=weight.dtype), requires_grad=False)
             state = _FoldState(original=None, param=param)
             module.bias = param
         else:
+            assert isinstance(bias, nn.Parameter)
             state = _FoldState(original=bias.detach().clone(), param=bias)
         _STATES[module] = state
     token = next(_tokens)
@@ -335,7 +339,7 @@ def _refresh(module: nn.Module, state: _FoldState) -> None:
     if not state.deltas:
         del _STATES[module]
         if state.original is None:
-            module.bias = None  # unregisters the temporary parameter, as Linear(bias=False) has it
+            module.bias = None  # type: ignore[assignment]  # unregisters the temporary parameter, as Linear(bias=False) has it
         else:
             state.param.copy_(state.original)
         return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -92,14 +93,14 @@ def decoder_layers_path(model: nn.Module) -> str:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """Return the model's decoder blocks as an ``nn.ModuleList`` (see module docs)."""
-    return _get_path(model, decoder_layers_path(model))
+    return cast(nn.ModuleList, _get_path(model, decoder_layers_path(model)))
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:
     """Return the module that owns the decoder blocks (it receives the cache and ids)."""
     path = decoder_layers_path(model)
     parent = path.rpartition(".")[0]
-    return _get_path(model, parent) if parent else model
+    return cast(nn.Module, _get_path(model, parent)) if parent else model
 
 
 def num_layers(model: nn.Module) -> int:

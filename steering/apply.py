@@ -29,12 +29,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, SteeringError, patch, renamed, resolve_layers
+from steering.hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, Site, SteeringError, patch, renamed, resolve_layers
 from steering.hooks.fold import fold, fold_blocker, fold_conflict
 from steering.hooks.positions import check_positions
 from steering.vectors import SteeringVector, check_coef
@@ -182,7 +182,8 @@ def attach(
 
     Example:
         >>> group = attach(model, vec, coef=2.0)  # doctest: +SKIP
-        >>> group.remove()  # idempotent
+        >>> # idempotent
+        >>> group.remove()  # doctest: +SKIP
     """
     apply_to = renamed("apply_to", apply_to, positions, "all")
     terms = _as_terms(vector, coef)
@@ -202,7 +203,7 @@ def attach(
         ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
     else:
         ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
-    return patch(model, ops, site=site, positions=apply_to, label=label)
+    return patch(model, ops, site=cast(Site, site), positions=apply_to, label=label)
 
 
 @contextmanager

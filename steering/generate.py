@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ def generate(
     """
     apply_to = renamed("apply_to", apply_to, positions, "all")
     single = isinstance(prompts, str)
-    prompt_list = [prompts] if single else list(prompts)
+    prompt_list: list[str] = [prompts] if isinstance(prompts, str) else list(prompts)
     gen_kwargs.setdefault("do_sample", False)
     if not gen_kwargs["do_sample"]:
         # Silence "temperature is set but do_sample=False" from the model's defaults.
@@ -96,7 +96,7 @@ def generate(
             _check_not_empty(ids, chunk, start)
             # Left padding: generation continues from the right end of every row.
             batch = {k: v.to(device) for k, v in pad_batch(tokenizer, ids, "left").items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
+            out = cast(Any, model).generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **gen_kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return outputs[0] if single else outputs

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from steering.hooks import SteeringError
 
@@ -253,7 +253,7 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
 
     # A GGUF-loaded model refuses save_pretrained while it still looks quantised,
     # although its weights are already dequantised float32 tensors.
-    model.hf_quantizer = None
+    cast(Any, model).hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

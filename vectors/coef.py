@@ -52,7 +52,7 @@ def check_coef(coef: object, vector: SteeringVector | None = None, *, limit: flo
         >>> check_coef(float("nan"))
         Traceback (most recent call last):
         ...
-        vectors.coef.CoefError: coef=nan is not a finite number
+        steering.vectors.coef.CoefError: coef=nan is not a finite number
     """
     if isinstance(coef, bool) or not isinstance(coef, (int, float)):
         raise CoefError(f"{name}={coef!r} is not a number (give an int or float, e.g. 4.0)")

@@ -21,6 +21,7 @@ import hashlib
 import re
 import warnings
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ _VERSIONED = re.compile(r"fp(\d+):(.+)")
 
 def text_config(model: nn.Module):  # -> PretrainedConfig
     """The text part of the model's config (multimodal configs nest it)."""
-    config = model.config
+    config: Any = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
@@ -88,7 +89,7 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     shape = (getattr(config, "model_type", ""), hidden_size(model), count_layers(model), getattr(config, "vocab_size", 0))
     digest.update(repr(shape).encode())
     if version == 1:
-        _digest_v1(digest, model.get_input_embeddings().weight)
+        _digest_v1(digest, cast(Any, model).get_input_embeddings().weight)
         return digest.hexdigest()[:16]
     if version != FINGERPRINT_VERSION:
         raise ValueError(f"fingerprint format {version} is not known to this library (it computes 1 and {FINGERPRINT_VERSION})")

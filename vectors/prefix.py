@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -115,6 +115,6 @@ def new_cache(model: nn.Module) -> Any:
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=model.config)
+        return DynamicCache(config=cast(Any, model.config))
     except TypeError:  # older transformers: no config argument
         return DynamicCache()

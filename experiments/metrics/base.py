@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from omegaconf import DictConfig
 from torch import nn
@@ -68,7 +68,7 @@ class Cell:
         if self.is_baseline:
             return nullcontext()
         assert self.vector is not None
-        return st.steer(model, self.vector, coef=self.layer_coef, apply_to=self.apply_to)
+        return st.steer(model, self.vector, coef=self.layer_coef, apply_to=cast(st.ApplyTo, self.apply_to))
 
 
 def window_label(layers: tuple[int, ...] | list[int]) -> str:

@@ -10,6 +10,8 @@ is fitted on the training texts and scored on the held-out ones:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -37,7 +39,9 @@ def probe_accuracy(ctx: Context, layers: list[int]) -> dict[int, Values]:
     """Held-out probe accuracy and AUROC at each of ``layers``."""
     cfg = ctx.cfg
     train, test = split_pairs(ctx.data.pairs, float(cfg.eval.test_fraction), ctx.seed)
-    kwargs = dict(read=str(cfg.method.read), site=str(cfg.sweep.site), batch_size=int(cfg.method.batch_size), needs_samples=True)
+    kwargs: dict[str, Any] = dict(
+        read=str(cfg.method.read), site=str(cfg.sweep.site), batch_size=int(cfg.method.batch_size), needs_samples=True
+    )
     train_stats = collect_stats(ctx.model, ctx.tokenizer, train, layers, **kwargs)
     test_stats = collect_stats(ctx.model, ctx.tokenizer, test, layers, **kwargs)
     out = {}

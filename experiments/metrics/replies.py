@@ -76,8 +76,7 @@ def encode_replies(
                 raise ValueError(f"prompt {prompt!r} has no tokens; give a non-empty prompt")
         # format_prompt adds no special tokens exactly when it applied the template.
         reply = separator(text, not special, reply) + reply
-        reply_ids = tokenize(tokenizer, reply, special=False) if reply else []
-        rows.append((encoded_prompts[text], reply_ids, text))
+        rows.append((encoded_prompts[text], tokenize(tokenizer, reply, special=False) if reply else [], text))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     batches = []
     for start in range(0, len(order), batch_size):

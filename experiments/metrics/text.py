@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -66,7 +67,7 @@ def generations(ctx: Context, cell: Cell) -> list[str]:
     """The cell's completions of ``ctx.data.prompts`` (generated once per cell)."""
     if "generations" not in cell.cache:
         ev = ctx.cfg.eval
-        sampling = {"do_sample": bool(ev.do_sample)}
+        sampling: dict[str, Any] = {"do_sample": bool(ev.do_sample)}
         if ev.do_sample:
             sampling.update(temperature=float(ev.temperature), top_p=float(ev.top_p))
         torch.manual_seed(ctx.seed + cell.index)

@@ -69,13 +69,13 @@ def projection_scorer(model: nn.Module, tokenizer: Any, vector: SteeringVector, 
         raise SteeringError(f"projection scorer: the vector has no layer {layer} (it has {vector.layers})")
     direction = vector.directions[layer].numpy()
 
-    def score(texts: list[str]) -> np.ndarray:
+    def score(texts: list[str]) -> list[float]:
         out = np.full(len(texts), np.nan)
         keep = [k for k, t in enumerate(texts) if tokenize(tokenizer, t)]
         if keep:
             feats = text_features(model, tokenizer, [texts[k] for k in keep], [layer], read="mean", batch_size=batch_size)
             out[keep] = project(feats[layer], direction)
-        return out
+        return out.tolist()  # NaN for a text with no tokens
 
     return score
 

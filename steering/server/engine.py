@@ -150,8 +150,8 @@ class Engine:
 
     Example:
         >>> engine = Engine(model, codec, max_batch_size=8).start()  # doctest: +SKIP
-        >>> engine.generate(GenerationRequest(tuple(ids), max_tokens=20)).text
-        >>> engine.close()
+        >>> engine.generate(GenerationRequest(tuple(ids), max_tokens=20)).text  # doctest: +SKIP
+        >>> engine.close()  # doctest: +SKIP
     """
 
     def __init__(

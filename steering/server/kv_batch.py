@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ class KVBatch:
             raise UnsupportedCacheError(f"a new row has {len(cache.layers)} cache layers, the batch {len(self.cache.layers)}")
         width = max(self.columns, mask.shape[1])
         grow, fit = width - self.columns, width - mask.shape[1]
-        for ours, theirs in zip(self.cache.layers, cache.layers, strict=True):
+        for ours, theirs in zip(_kv_layers(self.cache), _kv_layers(cache), strict=True):
             ours.keys = torch.cat([_pad_left(ours.keys, grow), _pad_left(theirs.keys, fit)])
             ours.values = torch.cat([_pad_left(ours.values, grow), _pad_left(theirs.values, fit)])
         self.mask = torch.cat([_pad_left(self.mask, grow), _pad_left(mask, fit)])
@@ -91,13 +92,13 @@ class KVBatch:
         if list(rows) != list(range(self.rows)):
             index = torch.tensor(list(rows), device=self.mask.device)
             self.mask = self.mask[index]
-            for layer in self.cache.layers:
+            for layer in _kv_layers(self.cache):
                 layer.keys, layer.values = layer.keys[index], layer.values[index]
         used = self.mask.any(dim=0).nonzero()
         lead = int(used[0]) if used.numel() else self.columns
         if lead:
             self.mask = self.mask[:, lead:]
-            for layer in self.cache.layers:
+            for layer in _kv_layers(self.cache):
                 layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
 
     def forward_step(self, model: nn.Module, tokens: Tensor, positions: Tensor, *, pass_cache_position: bool = False) -> Tensor:
@@ -156,3 +157,8 @@ def forward_parameters(model: nn.Module) -> set[str]:
     if "position_ids" not in names:
         raise UnsupportedCacheError(f"{type(model).__name__}.forward takes no position_ids; the server needs per-row positions")
     return names
+
+
+def _kv_layers(cache: DynamicCache) -> list[Any]:
+    """The cache's per-layer holders; each has ``keys`` and ``values`` (`UnsupportedCacheError` refuses other caches)."""
+    return list(cache.layers)

@@ -25,14 +25,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from steering.hooks import record
+from steering.hooks import Site, record
 from steering.hooks.cache import cache_kwargs
 from steering.vectors import SteeringVector, VectorFileError
 
@@ -73,7 +73,7 @@ class ReadJob:
     completion_ids: list[int]
     vector: str
     layer: int
-    site: str
+    site: Site
     unit: Tensor
     terms: list[Term]
 
@@ -126,7 +126,7 @@ def prepare_read(body: ReadRequest, ctx: ServingContext) -> ReadJob:
             param="completion",
             code="context_length_exceeded",
         )
-    return ReadJob(prompt_ids, completion_ids, body.vector, layer, vector.site, direction / norm, terms)
+    return ReadJob(prompt_ids, completion_ids, body.vector, layer, cast(Site, vector.site), direction / norm, terms)
 
 
 def _prompt_ids(body: ReadRequest, ctx: ServingContext) -> tuple[list[int], str]:

@@ -31,12 +31,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import HookGroup, LayerError, patch, span_basis
+from steering.hooks import HookGroup, LayerError, Site, patch, span_basis
 from steering.vectors import SteeringVector
 
 Key = tuple[str, int]  # (site, layer)
@@ -155,11 +155,13 @@ class RowSteering:
 
     Example:
         >>> rows = RowSteering(model)  # doctest: +SKIP
-        >>> rows.ensure(deltas.keys)
-        >>> rows.set_rows([deltas, NO_STEERING], "generated", width=576, device=dev, dtype=dt)
-        >>> model(...)  # row 0 steered, row 1 not
-        >>> rows.disarm()  # any later pass runs unsteered until the next set_rows
-        >>> rows.remove()
+        >>> rows.ensure(deltas.keys)  # doctest: +SKIP
+        >>> rows.set_rows([deltas, NO_STEERING], "generated", width=576, device=dev, dtype=dt)  # doctest: +SKIP
+        >>> # row 0 steered, row 1 not
+        >>> model(...)  # doctest: +SKIP
+        >>> # any later pass runs unsteered until the next set_rows
+        >>> rows.disarm()  # doctest: +SKIP
+        >>> rows.remove()  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -179,7 +181,7 @@ class RowSteering:
         """Register a hook for each ``(site, layer)`` not hooked yet."""
         for site, layer in sorted(set(keys) - set(self._groups)):
             op = _RowOp(self, (site, layer))
-            self._groups[(site, layer)] = patch(self._model, {layer: op}, site=site, label=f"serve rows {site}[{layer}]")
+            self._groups[(site, layer)] = patch(self._model, {layer: op}, site=cast(Site, site), label=f"serve rows {site}[{layer}]")
 
     def set_rows(
         self, rows: Sequence[RowDeltas], phase: Phase, *, ids: Sequence[object], width: int, device: torch.device, dtype: torch.dtype

@@ -7,6 +7,7 @@ server, engine included, on exit.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -37,7 +38,9 @@ def serve(
     """
     app = create_app(model, tokenizer, config)
     # uvicorn's own wait is the backstop: the drain ends every call before it runs out.
-    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=config.drain_timeout_s + 3)
+    uv_config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=math.ceil(config.drain_timeout_s) + 3
+    )
     server = _DrainingServer(uv_config, app.state.serving.drain_soon)
     # uvicorn re-raises the signal it caught once it has shut down, so that the
     # process dies of it; after a clean drain we exit 0 instead.

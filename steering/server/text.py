@@ -65,8 +65,9 @@ class TextStream:
 
     Example:
         >>> stream = TextStream(codec, stop=["\\n\\n"])  # doctest: +SKIP
-        >>> delta, stopped = stream.push(token_id)
-        >>> rest = stream.flush()  # at the end: whatever was held back
+        >>> delta, stopped = stream.push(token_id)  # doctest: +SKIP
+        >>> # at the end: whatever was held back
+        >>> rest = stream.flush()  # doctest: +SKIP
     """
 
     def __init__(self, codec: Codec, stop: Sequence[str] = ()) -> None:

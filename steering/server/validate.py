@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from steering.hooks import LayerError, normalize_layer
 from steering.vectors import CoefError, VectorFileError, check_coef
@@ -193,7 +194,7 @@ def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, pro
     samplings = [SamplingParams(temperature, top_p, None if body.seed is None else body.seed + j) for j in range(body.n)]
     field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
     requested = body.requested_max_tokens()  # type: ignore[attr-defined]
-    requests = []
+    requests: list[Any] = []
     for i, ids in enumerate(prompts):
         where = prompt_field if len(prompts) == 1 else f"{prompt_field}[{i}]"
         limit = _max_tokens(requested, len(ids), ctx, field, where)
