@@ -55,7 +55,7 @@ def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(
-        loader=PackageLoader("experiments", "templates"),
+        loader=PackageLoader("steering.experiments", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,  # a misspelt name fails the render instead of printing nothing
         trim_blocks=True,
