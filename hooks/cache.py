@@ -22,11 +22,21 @@ CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
 
 
 def forward_parameters(module: nn.Module) -> list[str]:
-    """Names of the parameters ``module.forward`` declares, in order (``self`` excluded)."""
-    try:
-        return list(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):  # a builtin or C forward: nothing to read
-        return []
+    """Names of the parameters ``module.forward`` declares, in order (``self`` excluded).
+
+    A forward replaced by a bare ``(*args, **kwargs)`` wrapper (a test spy, a
+    profiler) names nothing; then the class's own forward is read, which is
+    what the wrapper ends up calling.
+    """
+    for forward in (module.forward, getattr(type(module), "forward", None)):
+        try:
+            params = inspect.signature(forward).parameters  # type: ignore[arg-type]
+        except (TypeError, ValueError):  # a builtin or C forward: nothing to read
+            continue
+        named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"]
+        if named:
+            return named
+    return []
 
 
 def cache_keyword(module: nn.Module) -> str:

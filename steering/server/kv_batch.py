@@ -19,7 +19,6 @@ sliding-window masks right too.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from steering.hooks import SteeringError
+from steering.hooks import SteeringError, cache_kwargs
+from steering.hooks import forward_parameters as hooks_forward_parameters
 
 
 class UnsupportedCacheError(SteeringError):
@@ -117,8 +117,8 @@ class KVBatch:
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=positions[:, None],
-            past_key_values=self.cache,
             use_cache=True,
+            **cache_kwargs(model, self.cache),
             **extra,
         )
         return out.logits[:, -1, :]
@@ -139,8 +139,8 @@ def prefill(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=torch.arange(input_ids.shape[1], device=device)[None],
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(model, cache),
         **kwargs,
     )
     return out.logits[0, -1, :], cache, mask
@@ -153,7 +153,7 @@ def forward_parameters(model: nn.Module) -> set[str]:
         UnsupportedCacheError: the forward takes no ``position_ids`` (per-row
             positions are how left-padded rows stay exact).
     """
-    names = set(inspect.signature(model.forward).parameters)
+    names = set(hooks_forward_parameters(model))
     if "position_ids" not in names:
         raise UnsupportedCacheError(f"{type(model).__name__}.forward takes no position_ids; the server needs per-row positions")
     return names
