@@ -48,11 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from steering.hooks import LayerError
 from steering.hooks import num_layers as model_num_layers
 
-from .io import FORMAT, VectorFileError, atomic_write
-from .model_info import VectorMismatchError, check_fits, model_fingerprint, model_name, text_config
+from .io import FORMAT, VectorFileError, atomic_write, check_file_fits
+from .model_info import model_fingerprint, model_name, text_config
 from .vector import UNKNOWN, SteeringVector, load_vector
 
 ARCH = "controlvector"
@@ -380,19 +379,16 @@ def _build(
 def _check_fits(
     path: Path, directions: dict[int, torch.Tensor], width: int, fields: dict[str, Any], extra: dict[str, str], model: Any, allow: bool
 ) -> None:
-    try:
-        check_fits(
-            model,
-            hidden_size=width,
-            layers=directions,
-            site=fields["site"],
-            fingerprint=fields["model_fingerprint"],
-            made_on=fields["model"],
-            check_model=not allow,
-            override="pass allow_model_mismatch=True to load it anyway",
-        )
-    except (VectorMismatchError, LayerError) as exc:
-        raise VectorFileError(f"{path}: {exc}") from None
+    check_file_fits(
+        path,
+        model,
+        hidden_size=width,
+        layers=directions,
+        site=fields["site"],
+        fingerprint=fields["model_fingerprint"],
+        made_on=fields["model"],
+        allow=allow,
+    )
     if allow:
         return
     name = model_name(model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -194,15 +194,44 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
 def _check_model(
     path: Path, meta: dict[str, str], ints: dict[str, int], directions: dict[int, torch.Tensor], model: Any, allow: bool
 ) -> None:
+    check_file_fits(
+        path,
+        model,
+        hidden_size=ints["hidden_size"],
+        layers=directions,
+        site=meta["site"],
+        fingerprint=meta["model_fingerprint"],
+        made_on=meta["model"],
+        num_layers=ints["num_layers"],
+        allow=allow,
+    )
+
+
+def check_file_fits(
+    path: Path,
+    model: Any,
+    *,
+    hidden_size: int,
+    layers: Iterable[int],
+    site: str,
+    fingerprint: str,
+    made_on: str,
+    num_layers: int | None = None,
+    allow: bool = False,
+) -> None:
+    """`check_fits` for a vector read from ``path`` (any format): a misfit is a `VectorFileError` naming the file.
+
+    ``allow`` (``allow_model_mismatch``) skips the provenance checks, as in `check_fits`.
+    """
     try:
         check_fits(
             model,
-            hidden_size=ints["hidden_size"],
-            layers=directions,
-            site=meta["site"],
-            fingerprint=meta["model_fingerprint"],
-            made_on=meta["model"],
-            num_layers=ints["num_layers"],
+            hidden_size=hidden_size,
+            layers=layers,
+            site=site,
+            fingerprint=fingerprint,
+            made_on=made_on,
+            num_layers=num_layers,
             check_model=not allow,
             override="pass allow_model_mismatch=True to load it anyway",
         )
