@@ -477,7 +477,10 @@ def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) 
         process.kill()
         process.wait()
         intact = hashlib.sha256(out.read_bytes()).hexdigest() == digest
-        trials.append({"killed": moment, "was_running": caught, "old_file_intact": intact})
+        # A kill that lands just after the atomic replace (the process is still exiting) finds
+        # the new file, whole; what must never be seen is a partial one.
+        whole = intact or _loads(out)
+        trials.append({"killed": moment, "was_running": caught, "old_file_intact": intact, "file_whole": whole})
     import steering as st
 
     loads = st.SteeringVector.load(out).layers == [1]
@@ -488,8 +491,18 @@ def check_extract_kill(model_path: str, folder: Path, args: argparse.Namespace) 
         "loads_after": loads,
         "temp_files_left": leftovers,
         "killed_while_running": sum(t["was_running"] for t in trials),
-        "ok": loads and all(t["old_file_intact"] for t in trials if t["was_running"]),
+        "ok": loads and all(t["file_whole"] for t in trials if t["was_running"]),
     }
+
+
+def _loads(path: Path) -> bool:
+    import steering as st
+
+    try:
+        st.SteeringVector.load(path)
+    except st.SteeringError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- setup and report

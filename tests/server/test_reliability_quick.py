@@ -23,5 +23,5 @@ def test_reliability_quick_checks_hold(tmp_path: Path) -> None:
     assert checks["bad_requests"]["requests"] >= 30 and not checks["bad_requests"]["failures"]
     assert checks["fuzz"]["cases"] > 0 and checks["fuzz"]["failures_total"] == 0
     assert checks["sigterm"]["exit_code"] == 0 and checks["sigterm"]["incomplete"] == 0 and checks["sigterm"]["tracebacks"] == 0
-    assert checks["extract_kill"]["loads_after"] and all(t["old_file_intact"] for t in checks["extract_kill"]["trials"] if t["was_running"])
+    assert checks["extract_kill"]["loads_after"] and all(t["file_whole"] for t in checks["extract_kill"]["trials"] if t["was_running"])
     assert list(tmp_path.glob("reliability-quick-*.md"))
