@@ -132,9 +132,9 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
     assert "interrupted" in (out / "report.html").read_text()
 
 
-def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "chosen"
-    overrides = [
+def _tiny_sweep(tiny_dir: Path, out: Path) -> list[str]:
+    """A sentiment sweep on the tiny model, scored by text length so that every cell is in budget."""
+    return [
         "experiment=sentiment_sweep",
         "debug=default",
         f"model.name={tiny_dir}",
@@ -143,8 +143,12 @@ def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: p
         "metric.effect=score",
         "budget.kl=100",
         "budget.neutral_ppl=100",
-        "select.min_delta=0",
     ]
+
+
+def test_generate_uses_the_runs_choice(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "chosen"
+    overrides = [*_tiny_sweep(tiny_dir, out), "select.min_delta=0"]
     summary = run(compose_run(overrides))
     model, tok = st.load_model(tiny_dir)
     choices = load_choices(out, model)
@@ -225,16 +229,7 @@ def test_cli_run_errors_name_the_problem(
 def test_run_folders_feed_behaviour_profiles(tiny_dir: Path, tmp_path: Path) -> None:
     """`steering compare profiles=[<run folders>]` reads what a sweep's summary.json holds."""
     out = tmp_path / "profiled"
-    overrides = [
-        "experiment=sentiment_sweep",
-        "debug=default",
-        f"model.name={tiny_dir}",
-        f"out_dir={out}",
-        "metric.scorer=builtins:len",
-        "metric.effect=score",
-        "budget.kl=100",
-        "budget.neutral_ppl=100",
-    ]
+    overrides = _tiny_sweep(tiny_dir, out)
     summary = run(compose_run(overrides))
     model, behaviour, effect, _ = profile_from_run(out)
     assert (model, behaviour) == (str(tiny_dir), "sentiment")
