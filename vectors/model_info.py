@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import LayerError, SteeringError
+from steering.hooks import LayerError, SteeringError, offloaded_tensor
 from steering.hooks import num_layers as count_layers
 from steering.hooks.fold import unfolded_parameters
 from steering.hooks.sites import site_module
@@ -96,7 +96,12 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     samples: list[Tensor] = []
     for name, param in unfolded_parameters(model):
         digest.update(f"{name}{tuple(param.shape)};".encode())
-        if param.device.type == "meta" or param.numel() == 0:  # offloaded: shape only
+        if param.device.type == "meta":  # offloaded by accelerate: read where it keeps the value
+            value = offloaded_tensor(model, name)
+            if value is None:  # an empty model (init_empty_weights, not loaded yet): shape only
+                continue
+            param = value
+        if param.numel() == 0:
             continue
         flat = param.detach().reshape(-1)
         samples.append(flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR].float())
