@@ -116,6 +116,13 @@ def _same(a: list[str], b: list[str]) -> int:
     return sum(x == y for x, y in zip(a, b))
 
 
+def _shared_chars(a: list[str], b: list[str]) -> float:
+    """Mean length of the common start of two lists of completions, in characters (where they part)."""
+    import os.path
+
+    return sum(len(os.path.commonprefix([x, y])) for x, y in zip(a, b)) / len(a)
+
+
 def parity(args: argparse.Namespace, pairs: list[Any]) -> dict[str, Any]:
     """Extraction, steering (fold, hook) and ablation on the device against float32 on the CPU."""
     import torch
@@ -148,8 +155,12 @@ def parity(args: argparse.Namespace, pairs: list[Any]) -> dict[str, Any]:
             "kl_to_reference": sum(_kl(r, d) for r, d in zip(ref_logits, logits)) / len(PROMPTS),
             "unsteered_kl_to_reference": baseline_kl,
             "prompts_with_reference_tokens": f"{_same(tokens, ref_tokens)}/{len(PROMPTS)}",
+            "mean_shared_chars_with_reference": _shared_chars(tokens, ref_tokens),
         }
-    out["steer"]["fold_vs_hook_same_tokens"] = f"{_same(tokens_by_backend['fold'], tokens_by_backend['hook'])}/{len(PROMPTS)}"
+    fold, hook = tokens_by_backend["fold"], tokens_by_backend["hook"]
+    out["steer"]["fold_vs_hook_same_tokens"] = f"{_same(fold, hook)}/{len(PROMPTS)}"
+    out["steer"]["fold_vs_hook_mean_shared_chars"] = _shared_chars(fold, hook)
+    out["steer"]["mean_completion_chars"] = sum(map(len, hook)) / len(hook)
     # Ablation: what share of the hidden state is left along the direction after the ablated layer.
     layer = args.layers[0]
     unit = vec.directions[layer] / vec.directions[layer].norm()

@@ -12,7 +12,9 @@ deltas. ``fold`` adds the constant delta to the bias of the block's last MLP
 linear layer (`hooks.fold`), so steered generation runs exactly the code of
 plain generation, with no Python per token and no graph break under
 ``torch.compile``; biases are restored bit for bit on exit. ``auto`` (the
-default) folds whenever that is exact: ``mode="add"``, ``apply_to="all"``, the
+default) folds whenever that is exact (in float32; in bf16/fp16 the bias add
+rounds differently from the hook path's residual add, so tokens may differ,
+see the README): ``mode="add"``, ``apply_to="all"``, the
 ``block_output`` or ``mlp_output`` site, an architecture listed in
 `hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
 eval mode; otherwise it uses hooks.
