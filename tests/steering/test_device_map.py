@@ -2,7 +2,7 @@
 
 Each tiny model is saved to a folder and loaded twice more beside the plain
 in-memory copy: with a ``device_map`` that offloads the middle decoder block
-to disk (transformers' ``from_pretrained`` through ``st.load_model``; the
+and the embeddings to disk (transformers' ``from_pretrained`` through ``st.load_model``; the
 block's weights sit on ``meta`` and accelerate's ``AlignDevicesHook`` loads
 them for each forward pass, beside our hooks), and built empty on the meta
 device then dispatched with ``load_checkpoint_and_dispatch`` (the last block
@@ -19,6 +19,7 @@ import pytest
 import torch
 from real_resources import load_real_model
 from tiny_models import make_tiny_tokenizer, save_tiny
+from torch import nn
 
 import steering as st
 from steering.hooks import input_device, layer_device, layer_dtype
@@ -45,6 +46,10 @@ def _plain(folder: Path):
 def _offloaded(folder: Path, tmp: Path):
     model, _ = st.load_model(folder)
     device_map = block_device_map(model, {1: "disk"})
+    # The embeddings on disk too: the first parameter is then on meta, and "the first
+    # parameter's device" would send the inputs there.
+    embeddings = next(name for name, module in model.named_modules() if module is model.get_input_embeddings())
+    device_map[embeddings] = "disk"
     return st.load_model(folder, device_map=device_map, offload_folder=tmp / "offload")
 
 
@@ -79,6 +84,7 @@ def placed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def test_placement_is_what_the_tests_claim(placed) -> None:
     arch, _, (offloaded, _), (meta, _) = placed
+    assert next(offloaded.parameters()).device.type == "meta"  # the embeddings are on disk
     for model, on_disk in ((offloaded, 1), (meta, 2)):
         assert hasattr(model, "hf_device_map")
         block = st.hooks.decoder_layers(model)[on_disk]
@@ -146,6 +152,36 @@ def test_ablation_and_record_on_an_offloaded_model(placed) -> None:
     with st.record(offloaded, layers=[1]) as rec, torch.no_grad():
         offloaded(**ids)
     assert torch.equal(rec[1], ref[1])
+
+
+def test_server_engine_compare_and_metrics_on_an_offloaded_model(placed) -> None:
+    """The other places that feed a model: the serving engine (per-row steering and ablation
+    tables placed per layer), compare's text features, and the experiment metrics' reply log-probs."""
+    from steering.compare.activations import text_features
+    from steering.experiments.metrics.replies import encode_replies, reply_logprobs
+    from steering.server import Codec, Engine, GenerationRequest, Term, build_row_deltas
+
+    arch, (plain, tok), (offloaded, _), _ = placed
+    vec = st.extract(plain, tok, PAIRS, layers=[0, 1, 2], batch_size=2)
+    terms = (Term(vec, 6.0, (0, 1)), Term(vec, 1.0, (2,), mode="ablate"))
+    ids = tuple(tok(PROMPTS[0])["input_ids"])
+
+    def serve(model: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        engine = Engine(model, Codec(tok, []), max_batch_size=2).start()
+        try:
+            steered = engine.generate(GenerationRequest(ids, TOKENS, steering=build_row_deltas(terms)), timeout=120)
+            unsteered = engine.generate(GenerationRequest(ids, TOKENS), timeout=120)
+        finally:
+            engine.close()
+        return steered.token_ids, unsteered.token_ids
+
+    assert serve(offloaded) == serve(plain)
+    for read in ("last", "mean"):
+        got, expected = (text_features(m, tok, PROMPTS, [1, 2], read=read) for m in (offloaded, plain))
+        assert all((got[i] == expected[i]).all() for i in (1, 2))
+    batches = encode_replies(tok, PROMPTS, ["It was fine.", "sunny"], chat=False)
+    for batch in batches:
+        assert torch.equal(reply_logprobs(offloaded, batch), reply_logprobs(plain, batch))
 
 
 def test_load_model_placement_errors(tmp_path: Path) -> None:
