@@ -184,6 +184,22 @@ def test_server_engine_compare_and_metrics_on_an_offloaded_model(placed) -> None
         assert torch.equal(reply_logprobs(offloaded, batch), reply_logprobs(plain, batch))
 
 
+def test_offloaded_weights_are_read_once_for_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steering.vectors import model_info
+
+    folder = save_tiny(tmp_path / "model", "llama")
+    plain, _ = st.load_model(folder)
+    model, _ = st.load_model(folder, device_map=block_device_map(plain, {1: "disk"}), offload_folder=tmp_path / "offload")
+    calls: list[str] = []
+    real = model_info.offloaded_tensor
+    monkeypatch.setattr(model_info, "offloaded_tensor", lambda m, name: calls.append(name) or real(m, name))
+    first = st.model_fingerprint(model)
+    read = len(calls)
+    assert read == len(list(st.hooks.decoder_layers(plain)[1].parameters()))  # every weight of the block on disk
+    assert st.model_fingerprint(model) == first == st.model_fingerprint(plain)
+    assert len(calls) == read  # the second time from the samples kept
+
+
 def test_load_model_placement_errors(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path / "model", "llama")
     with pytest.raises(st.ModelLoadError, match="not both"):
