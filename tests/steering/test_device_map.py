@@ -139,12 +139,16 @@ def test_fold_refuses_an_offloaded_block_and_auto_uses_hooks(placed) -> None:
         assert _generate(offloaded, tok) == expected
 
 
-def test_ablation_and_record_on_an_offloaded_model(placed) -> None:
+def test_ablation_positions_and_record_on_an_offloaded_model(placed) -> None:
     arch, (plain, tok), (offloaded, _), _ = placed
     vec = st.extract(plain, tok, PAIRS, layers=[1, 2], batch_size=2)
     with st.steer(plain, vec, mode="ablate"):
         expected = _generate(plain, tok)
     with st.steer(offloaded, vec, mode="ablate"):
+        assert _generate(offloaded, tok) == expected
+    with st.steer(plain, vec, coef=8.0, apply_to="generated"):  # positions tracked beside accelerate's hooks
+        expected = _generate(plain, tok)
+    with st.steer(offloaded, vec, coef=8.0, apply_to="generated"):
         assert _generate(offloaded, tok) == expected
     ids = make_tiny_tokenizer()(PROMPTS[:1], return_tensors="pt")
     with st.record(plain, layers=[1]) as ref, torch.no_grad():
