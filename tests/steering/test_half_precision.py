@@ -124,3 +124,35 @@ def test_bf16_fold_is_as_close_to_float32_as_the_hook_path(arch: str) -> None:
         unsteered_error = _kl(reference, model(**batch).logits.float())
     assert kl["fold"] <= 2 * kl["hook"] + 1e-5, kl
     assert kl["fold"] < 0.1 * unsteered_error, (kl, unsteered_error)  # far closer to steered than to unsteered
+
+
+def test_hook_deltas_are_cast_once_when_steering_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook path gets each delta already in the layer's dtype: no cast per token."""
+    from steering import apply
+
+    model, tok = make_tiny("llama")
+    vec = st.extract(model, tok, PAIRS, layers=[0, 2])
+    model.to(torch.bfloat16)
+    given: list[torch.Tensor] = []
+    real = apply.AddOp
+
+    def spy(delta: torch.Tensor) -> Any:
+        given.append(delta)
+        return real(delta)
+
+    monkeypatch.setattr(apply, "AddOp", spy)
+    casts = 0
+    to = torch.Tensor.to
+
+    def counting_to(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal casts
+        out = to(self, *args, **kwargs)
+        casts += out is not self and self.dim() == 1 and self.shape[0] == 32
+        return out
+
+    with st.steer(model, vec, coef=2.0, backend="hook"):
+        assert [d.dtype for d in given] == [torch.bfloat16, torch.bfloat16]
+        monkeypatch.setattr(torch.Tensor, "to", counting_to)
+        st.generate(model, tok, PROMPTS[:1], max_new_tokens=4, chat=False)
+        monkeypatch.setattr(torch.Tensor, "to", to)
+    assert casts == 0
