@@ -34,6 +34,7 @@ from steering.hooks import (
     capture,
     check_site,
     completion_mask,
+    input_device,
     num_layers,
     position_ids,
     read_indices,
@@ -112,7 +113,7 @@ def collect_stats(
         raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     width = hidden_size(model)
     stats = {i: LayerStats(width, keep_outer=needs_outer, keep_samples=needs_samples) for i in indices}
-    device = next(model.parameters()).device
+    device = input_device(model)
     texts = [pair_texts(tokenizer, p) for p in pairs]
     # Similar lengths in one batch waste less compute on padding; sums do not care about order.
     if share_prefix and position == "last":
