@@ -186,9 +186,7 @@ def _convert_to_format(cfg: DictConfig, vector: st.SteeringVector, model: Any, o
         if vector.model == "unknown":
             raise st.SteeringError("format=lm-eval names hookpoints by the model's modules: pass model=")
         model = st.load_model(vector.model)[0]
-    written = export_lm_eval(
-        vector, out, model, coef=float(cfg.coef), mode=cfg.mode, check_model=not cfg.allow_model_mismatch
-    )
+    written = export_lm_eval(vector, out, model, coef=float(cfg.coef), mode=cfg.mode, check_model=not cfg.allow_model_mismatch)
     print(f"wrote {written} (lm-eval steered, {cfg.mode}, coef {float(cfg.coef):+g}, layers {vector.layers}, model {vector.model})")
     return written
 

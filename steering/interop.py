@@ -14,4 +14,13 @@ Example:
 from steering.vectors.harness import export_lm_eval, lm_eval_hookpoint
 from steering.vectors.interop import export_gguf, export_pt, import_gguf, import_pt, read_any_vector, write_any_vector
 
-__all__ = ["export_gguf", "export_lm_eval", "export_pt", "lm_eval_hookpoint", "import_gguf", "import_pt", "read_any_vector", "write_any_vector"]
+__all__ = [
+    "export_gguf",
+    "export_lm_eval",
+    "export_pt",
+    "lm_eval_hookpoint",
+    "import_gguf",
+    "import_pt",
+    "read_any_vector",
+    "write_any_vector",
+]

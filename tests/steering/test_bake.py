@@ -184,3 +184,29 @@ def test_bake_command(tmp_path, capsys):
     record = json.loads((tmp_path / "baked" / BAKE_FILE).read_text())
     assert (record["mode"], record["coef"], record["layers"]) == ("add", 2.0, [1])
     assert (tmp_path / "baked" / "tokenizer.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def smollm2_baked(smollm2, tmp_path_factory):
+    """SmolLM2 baked both ways with a real sentiment vector: folders, prompts and `st.steer` references."""
+    model, tok = smollm2
+    root = tmp_path_factory.mktemp("smollm2")
+    vector = st.extract(model, tok, st.load_pairs("sentiment")[:32], layers=[10, 12])
+    prompts = encode(tok)
+    cases = {}
+    for mode, coef in (("add", 4.0), ("ablate", 1.0)):
+        used = vector if mode == "add" else vector.select([12])
+        folder = st.bake(model, used, coef, out=root / mode, tokenizer=tok, mode=mode)
+        cases[mode] = (folder, steered_reference(model, used, mode, coef, prompts))
+    return cases, prompts, greedy(model, prompts)
+
+
+@pytest.mark.slow
+def test_baked_smollm2_generates_what_steer_does(smollm2_baked):
+    cases, prompts, unsteered = smollm2_baked
+    plain = run_plain([(folder, prompts, N_TOKENS) for folder, _ in cases.values()])
+    for mode, (folder, reference) in cases.items():
+        changed = sum(a != b for row, base in zip(reference, unsteered) for a, b in zip(row, base))
+        print(f"{mode}: {changed} of {len(PROMPTS) * N_TOKENS} tokens differ from unsteered")
+        assert plain[str(folder)] == reference, mode
+        assert changed > 0, mode

@@ -86,13 +86,11 @@ def test_lm_eval_steered_model_matches_st_steer(tmp_path, monkeypatch, smollm2):
     )
     samples = results["samples"]["steering_mmlu2"]
     assert len(samples) == N_ITEMS
-    theirs, ours, unsteered = [], [], []
-    for sample in samples:
-        for (context, continuation), response in zip(sample["arguments"], sample["resps"]):
-            theirs.append(response[0][0])
-            unsteered.append(loglikelihood(model, tok, context, continuation))
-            with st.steer(model, vector, COEF):
-                ours.append(loglikelihood(model, tok, context, continuation))
+    requests = [(args, response[0][0]) for sample in samples for args, response in zip(sample["arguments"], sample["resps"])]
+    theirs = [loglik for _, loglik in requests]
+    unsteered = [loglikelihood(model, tok, *args) for args, _ in requests]
+    with st.steer(model, vector, COEF):
+        ours = [loglikelihood(model, tok, *args) for args, _ in requests]
     assert len(theirs) == 2 * N_ITEMS
     gap = max(abs(a - b) for a, b in zip(theirs, ours))
     moved = max(abs(a - b) for a, b in zip(theirs, unsteered))
