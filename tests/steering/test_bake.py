@@ -238,7 +238,8 @@ if __name__ == "__main__":
 def run_vllm(folder: Path, prompts: list[list[int]], n: int = N_TOKENS) -> list[list[int]]:
     """Greedy tokens from vLLM for ``folder``, in a fresh process that does not import steering."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu")
+    # VLLM_PLUGINS="": no plugin loads, ours included should one be installed (vLLM loads every entry point otherwise).
+    env.update(VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu", VLLM_PLUGINS="")
     done = subprocess.run(
         [sys.executable, "-c", VLLM_CHILD],
         input=json.dumps([str(folder), prompts, n]),
