@@ -225,7 +225,8 @@ class VLLMEngine:
     def _admit(self) -> list[_Request]:
         """Waiting requests that may start now (caller holds the lock)."""
         configs = {item.config for item in self._running.values() if item.config}
-        admitted, kept = [], deque()
+        admitted: list[_Request] = []
+        kept: deque[_Request] = deque()
         for item in self._waiting:
             fits = len(self._running) + len(admitted) < self.max_batch_size
             new_config = item.config and item.config not in configs
@@ -357,7 +358,7 @@ def vllm_engine_factory(
         args = EngineArgs(
             model=folder,
             tokenizer=folder,
-            dtype=dtype,
+            dtype=dtype,  # type: ignore[arg-type]
             tensor_parallel_size=tensor_parallel_size,
             max_num_seqs=config.max_batch_size,
             **(options or {}),

@@ -30,6 +30,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -113,7 +114,7 @@ class Frontend:
                 )
         deltas = build_row_deltas(resolved)
         for phase in ("prompt", "generated"):
-            for (_, layer), basis in deltas.ablation(phase).items():  # type: ignore[arg-type]
+            for (_, layer), basis in deltas.ablation(phase).items():
                 if basis.shape[0] > self.max_ablate:
                     raise APIError(
                         422,
@@ -145,7 +146,8 @@ def frontend_for(model_path: str, env: Mapping[str, str] | None = None) -> Front
 
             env = os.environ if env is None else env
             allow = env.get(ALLOW_ENV, "").lower() in ("1", "true", "yes")
-            config = ServerConfig(model_name=key, vectors_dir=env.get(VECTORS_ENV) or None, allow_model_mismatch=allow)
+            root = env.get(VECTORS_ENV)
+            config = ServerConfig(model_name=key, vectors_dir=Path(root) if root else None, allow_model_mismatch=allow)
             model, _ = load_model(key)
             found = _frontends[key] = Frontend.for_model(model, config)
         return found

@@ -101,7 +101,7 @@ def _patch_runner() -> None:
         pass
     for cls in runners:
         if "load_model" in vars(cls):
-            cls.load_model = _after_load(vars(cls)["load_model"])
+            setattr(cls, "load_model", _after_load(vars(cls)["load_model"]))  # noqa: B010
     prepare = GPUModelRunner._prepare_inputs
 
     @functools.wraps(prepare)

@@ -358,3 +358,20 @@ def test_steering_serve_engine_vllm(llm, offline_chat, smollm2, vector_dir, prom
         assert chat([term(coef=4.0)]) == offline_chat["steered"]
     finally:
         stop(proc)
+
+
+@pytest.mark.tp
+def test_tensor_parallel_3_gives_the_steered_tokens_of_tp_1(llm, smollm2, prompts, vector_dir, folder, tmp_path) -> None:
+    """TP=3 (SmolLM2's 9 heads split 3 ways) on 2 cores: the threads of ranks 0 and 2 share core 0."""
+    _, tok = smollm2
+    steering = [term(coef=4.0)]
+    expected = run(llm, tok, prompts, [steering] * len(prompts))
+    env = {**os.environ, "STEERING_VECTORS": str(vector_dir), "VLLM_CPU_OMP_THREADS_BIND": "0|1|0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    job = json.dumps({"prompts": [encode_prompt(tok, p) for p in prompts], "steering": steering})
+    script = Path(__file__).with_name("offline_run.py")
+    done = subprocess.run(
+        [sys.executable, str(script), folder, "3", str(MAX_TOKENS)], input=job, env=env, capture_output=True, text=True, timeout=900
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    assert json.loads(lines[-1][len("RESULT ") :]) == expected
