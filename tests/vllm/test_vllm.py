@@ -114,9 +114,9 @@ def test_apply_to_matches_hf(llm, smollm2, prompts, sentiment, unsteered, apply_
 
 
 def test_old_positions_name_is_accepted(llm, smollm2, prompts) -> None:
+    # As in the HF server's schema: accepted, marked deprecated in the schema, same meaning.
     _, tok = smollm2
-    with pytest.warns(DeprecationWarning):
-        old = run(llm, tok, prompts[:2], [[term(coef=4.0, positions="generated")]] * 2)
+    old = run(llm, tok, prompts[:2], [[term(coef=4.0, positions="generated")]] * 2)
     assert old == run(llm, tok, prompts[:2], [[term(coef=4.0, apply_to="generated")]] * 2)
 
 
