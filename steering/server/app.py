@@ -126,8 +126,15 @@ def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAPI:
+EngineFactory = Callable[[Codec, ServerMetrics], Any]
+"""Builds another engine with `Engine`'s interface (``steering.vllm.VLLMEngine``) from the app's codec and metrics."""
+
+
+def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig, *, engine: EngineFactory | None = None) -> FastAPI:
     """Build the app serving ``model``; the engine thread starts with the app and stops with it.
+
+    ``engine`` swaps the generation engine (default: the HF `Engine` on
+    ``model``); ``model`` still checks the vectors and serves the reading endpoint.
 
     Example:
         >>> app = create_app(model, tok, ServerConfig(model_name="smollm2", vectors_dir=Path("vecs")))  # doctest: +SKIP
@@ -136,19 +143,22 @@ def create_app(model: nn.Module, tokenizer: Any, config: ServerConfig) -> FastAP
     model.eval()
     codec = Codec(tokenizer, eos_ids(model, tokenizer))
     metrics = ServerMetrics()
-    engine = Engine(model, codec, max_batch_size=config.max_batch_size, max_queue=config.max_queue, metrics=metrics)
+    if engine is None:
+        runner: Engine = Engine(model, codec, max_batch_size=config.max_batch_size, max_queue=config.max_queue, metrics=metrics)
+    else:
+        runner = engine(codec, metrics)
     store = VectorStore(config.vectors_dir, model, allow_model_mismatch=config.allow_model_mismatch)
     ctx = ServingContext(config, store, codec, model_context_length(model, config), num_layers(model))
-    state = ServerState(config, engine, ctx, metrics, config.resolved_api_key(), int(time.time()))
+    state = ServerState(config, runner, ctx, metrics, config.resolved_api_key(), int(time.time()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
-        engine.start()
+        runner.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(engine.close)
+            await asyncio.to_thread(runner.close)
 
     app = FastAPI(title="steering", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serving = state

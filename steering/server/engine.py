@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams(temperature=0.0)
     stop: tuple[str, ...] = ()
     steering: RowDeltas = NO_STEERING
+    # The steering terms as the client gave them (checked): an engine that validates
+    # in its own process again (vLLM's front end) is handed these.
+    terms: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

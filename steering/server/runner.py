@@ -19,12 +19,19 @@ import uvicorn
 from fastapi import FastAPI
 from torch import nn
 
-from .app import create_app
+from .app import EngineFactory, create_app
 from .config import ServerConfig
 
 
 def serve(
-    model: nn.Module, tokenizer: Any, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    model: nn.Module,
+    tokenizer: Any,
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    engine: EngineFactory | None = None,
 ) -> None:
     """Serve ``model`` until SIGTERM or Ctrl-C (blocking), then drain and return.
 
@@ -36,7 +43,7 @@ def serve(
     Example:
         >>> serve(model, tok, ServerConfig(model_name="smollm2-135m-instruct"), port=8000)  # doctest: +SKIP
     """
-    app = create_app(model, tokenizer, config)
+    app = create_app(model, tokenizer, config, engine=engine)
     # uvicorn's own wait is the backstop: the drain ends every call before it runs out.
     uv_config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=math.ceil(config.drain_timeout_s) + 3

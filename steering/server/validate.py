@@ -70,9 +70,16 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
 
 def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> list[Term]:
     """Look up and check every steering term (an `APIError` naming ``steering[i].<field>``)."""
+    return check_terms(terms, ctx.config, ctx.store, ctx.num_layers)
+
+
+def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: VectorStore, num_layers: int) -> list[Term]:
+    """`resolve_terms` given its parts: the limits, the vectors and the served model's depth.
+
+    Engines without a `ServingContext` (the vLLM plugin's front end) call this one.
+    """
     if not terms:
         return []
-    cfg = ctx.config
     if len(terms) > cfg.max_vectors:
         raise APIError(
             422,
@@ -84,7 +91,7 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
     for i, term in enumerate(terms):
         where = f"steering[{i}]"
         try:
-            vector = ctx.store.get(term.vector)
+            vector = store.get(term.vector)
         except VectorNameError as exc:
             raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
         except VectorNotFound as exc:
@@ -114,7 +121,7 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
             wanted = []
             for layer in term.layers:
                 try:  # the library's rule (hooks.normalize_layer): negative counts from the end
-                    index = normalize_layer(layer, ctx.num_layers, "the served model")
+                    index = normalize_layer(layer, num_layers, "the served model")
                 except LayerError as exc:
                     raise APIError(422, f"{where}.layers: {exc}", param=f"{where}.layers", code="layer_not_in_vector") from None
                 if index not in vector.directions:
@@ -188,6 +195,7 @@ def _max_tokens(requested: int | None, prompt_len: int, ctx: ServingContext, fie
 
 def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, prompt_field: str) -> Prepared:
     steering = resolve_steering(body.steering, ctx)
+    terms = tuple({**t.model_dump(exclude_unset=True, exclude={"positions"}), "apply_to": t.apply_to} for t in body.steering or ())
     temperature = ctx.config.default_temperature if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     # Choice j of a seeded request draws with seed + j: reproducible, and the n choices differ.
@@ -198,7 +206,7 @@ def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, pro
     for i, ids in enumerate(prompts):
         where = prompt_field if len(prompts) == 1 else f"{prompt_field}[{i}]"
         limit = _max_tokens(requested, len(ids), ctx, field, where)
-        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering) for s in samplings)
+        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering, terms) for s in samplings)
     return Prepared(requests, sum(len(ids) for ids in prompts))
 
 

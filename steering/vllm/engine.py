@@ -1,0 +1,369 @@
+"""`VLLMEngine`: the engine behind ``steering serve engine=vllm``, with the HF `Engine`'s interface.
+
+The HTTP layer (`steering.server.app`) is the same for both engines: it
+parses and checks the body (statuses and messages as ever), then hands
+`GenerationRequest`s to an engine. This one passes them to a vLLM
+``LLMEngine`` (prompt ids, sampling, ``max_tokens``, and the request's steering
+terms in ``extra_args["steering"]``, which the plugin's front end checks
+again and folds) and turns vLLM's per-step outputs into the same
+`TextDelta`/`Finished` events, with our `TextStream` for text and stop
+sequences.
+
+One scheduler thread owns the ``LLMEngine``. Admission waits, it never fails
+for steering: at most ``max_configs`` distinct steering configs are in flight
+(each holds two rows of the workers' tables); a request with a new config
+waits for one to finish while others go ahead.
+
+The reading endpoint (`Engine.call`) runs on the Hugging Face model the
+server loaded for the fit checks, under a lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from steering.server.engine import EngineBusy, EngineClosed, Event, Failed, Finished, GenerationRequest, Sink, TextDelta
+from steering.server.metrics import ServerMetrics
+from steering.server.text import Codec, TextStream
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    request: GenerationRequest
+    sink: Sink
+    config: str  # the steering terms as JSON ("" when unsteered)
+    submitted: float = field(default_factory=time.perf_counter)
+    tokens: list[int] = field(default_factory=list)
+    stream: TextStream | None = None
+
+
+class VLLMEngine:
+    """A vLLM ``LLMEngine`` driven like the HF `Engine` (see module docs).
+
+    Args:
+        llm_engine: a started ``vllm.LLMEngine`` (the plugin registered).
+        codec: tokenizer wrapper used to decode completions.
+        model: the Hugging Face model of the same checkpoint (the reading endpoint runs on it).
+        max_batch_size, max_queue: as in the HF `Engine`.
+        max_configs: distinct steering configs in flight.
+        metrics: where to count tokens and latencies.
+    """
+
+    def __init__(
+        self,
+        llm_engine: Any,
+        codec: Codec,
+        model: nn.Module,
+        *,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        max_configs: int = 16,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.llm = llm_engine
+        self.codec = codec
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_configs = max_configs
+        self.metrics = metrics or ServerMetrics()
+        self._running: dict[str, _Request] = {}
+        self._waiting: deque[_Request] = deque()
+        self._cancelled: set[int] = set()
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._model_lock = threading.Lock()
+        self._closing = False
+        self._pauses = 0
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ client side
+    def start(self) -> VLLMEngine:
+        """Start the scheduler thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="steering-vllm-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
+        """Queue ``requests`` (all or none); see `steering.server.Engine.submit`."""
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shut down")
+            room = self.max_batch_size + self.max_queue - len(self._running) - len(self._waiting)
+            if len(requests) > room:
+                raise EngineBusy(
+                    f"server busy: {len(self._running)} running and {len(self._waiting)} waiting "
+                    f"(max_batch_size={self.max_batch_size}, max_queue={self.max_queue})"
+                )
+            items = [
+                _Request(next(self._ids), r, s, json.dumps(list(r.terms), sort_keys=True) if r.terms else "")
+                for r, s in zip(requests, sinks, strict=True)
+            ]
+            self._waiting.extend(items)
+            self.metrics.waiting.set(len(self._waiting))
+            self._cond.notify()
+        return [item.id for item in items]
+
+    def cancel(self, ids: Sequence[int]) -> None:
+        """Stop these requests; their sinks get no more events."""
+        with self._cond:
+            wanted = set(ids)
+            self._waiting = deque(r for r in self._waiting if r.id not in wanted)
+            self._cancelled |= wanted
+            self._cond.notify()
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
+        """Submit one request and block until it finishes."""
+        done = threading.Event()
+        result: list[Event] = []
+
+        def sink(event: Event) -> None:
+            if isinstance(event, (Finished, Failed)):
+                result.append(event)
+                done.set()
+
+        ids = self.submit([request], [sink])
+        if not done.wait(timeout):
+            self.cancel(ids)
+            raise TimeoutError(f"generation did not finish within {timeout} s (cancelled)")
+        if isinstance(result[0], Failed):
+            raise result[0].error
+        return result[0]  # type: ignore[return-value]
+
+    def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
+        """Run ``fn`` on the Hugging Face model (the reading endpoint), one call at a time."""
+        if self._closing:
+            raise EngineClosed("the engine is shut down")
+        if not self._model_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"the model was busy for {timeout} s")
+        try:
+            with torch.inference_mode():
+                return fn(self.model)
+        finally:
+            self._model_lock.release()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold admission inside the block (requests queue up, then go in together)."""
+        with self._cond:
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pauses -= 1
+                self._cond.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._running), len(self._waiting)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the thread and fail what is left (idempotent)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is None:
+            self._teardown()
+            return True
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------- scheduler thread
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # the engine died: every request fails with the reason, and no more are taken
+            logger.exception("the vLLM engine failed")
+            with self._cond:
+                self._closing = True
+            self._teardown(exc)
+        else:
+            self._teardown()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and (self._pauses or not (self._waiting or self._running or self._cancelled)):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                admitted = self._admit()
+                cancelled, self._cancelled = self._cancelled, set()
+            for item in admitted:
+                self._add(item)
+            gone = [key for key, item in self._running.items() if item.id in cancelled]
+            if gone:
+                self.llm.abort_request(gone)
+                for key in gone:
+                    self._running.pop(key)
+                self.metrics.generations.labels(finish_reason="cancelled").inc(len(gone))
+            if self._running:
+                for output in self.llm.step():
+                    self._on_output(output)
+            self.metrics.running.set(len(self._running))
+
+    def _admit(self) -> list[_Request]:
+        """Waiting requests that may start now (caller holds the lock)."""
+        configs = {item.config for item in self._running.values() if item.config}
+        admitted: list[_Request] = []
+        kept: deque[_Request] = deque()
+        for item in self._waiting:
+            fits = len(self._running) + len(admitted) < self.max_batch_size
+            new_config = item.config and item.config not in configs
+            if fits and not (new_config and len(configs) >= self.max_configs):
+                admitted.append(item)
+                if item.config:
+                    configs.add(item.config)
+            else:
+                kept.append(item)
+        self._waiting = kept
+        self.metrics.waiting.set(len(kept))
+        return admitted
+
+    def _add(self, item: _Request) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        r = item.request
+        extra = {"steering": list(r.terms)} if r.terms else None
+        params = SamplingParams(
+            temperature=r.sampling.temperature,
+            top_p=r.sampling.top_p,
+            seed=r.sampling.seed,
+            max_tokens=r.max_tokens,
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,  # text comes from our TextStream, as in the HF engine
+            extra_args=extra,
+        )
+        key = f"steering-{item.id}"
+        item.stream = TextStream(self.codec, r.stop)
+        try:
+            self.llm.add_request(key, {"prompt_token_ids": list(r.prompt_ids)}, params)
+        except Exception as exc:  # checked by our server already: this is a fault, not a client error
+            self._send(item, Failed(exc))
+            return
+        self._running[key] = item
+        self.metrics.prompt_tokens.inc(len(r.prompt_ids))
+
+    def _on_output(self, output: Any) -> None:
+        item = self._running.get(output.request_id)
+        if item is None:
+            return
+        completion = output.outputs[0]
+        for token in completion.token_ids:
+            if self._advance(item, int(token)):
+                self._running.pop(output.request_id, None)
+                if not output.finished:
+                    self.llm.abort_request([output.request_id])
+                return
+        if output.finished:  # vLLM stopped it (EOS it knows of, or the length)
+            self._running.pop(output.request_id, None)
+            self._finish(item, "length" if completion.finish_reason == "length" else "stop")
+
+    def _advance(self, item: _Request, token: int) -> bool:
+        assert item.stream is not None
+        if not item.tokens:
+            self.metrics.first_token.observe(time.perf_counter() - item.submitted)
+        item.tokens.append(token)
+        self.metrics.completion_tokens.inc()
+        if token in self.codec.eos_ids:
+            return self._finish(item, "stop")
+        delta, stopped = item.stream.push(token)
+        if delta:
+            self._send(item, TextDelta(delta))
+        if stopped:
+            return self._finish(item, "stop")
+        if len(item.tokens) >= item.request.max_tokens:
+            return self._finish(item, "length")
+        return False
+
+    def _finish(self, item: _Request, reason: str) -> bool:
+        assert item.stream is not None
+        rest = item.stream.flush()
+        if rest:
+            self._send(item, TextDelta(rest))
+        r = item.request
+        self._send(item, Finished(reason, item.stream.text, len(r.prompt_ids), len(item.tokens), tuple(item.tokens)))
+        self.metrics.generations.labels(finish_reason=reason).inc()
+        self.metrics.latency.observe(time.perf_counter() - item.submitted)
+        return True
+
+    def _send(self, item: _Request, event: Event) -> None:
+        try:
+            item.sink(event)
+        except Exception:
+            logger.exception("a request's sink failed; cancelling it")
+            with self._cond:
+                self._cancelled.add(item.id)
+
+    def _teardown(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            left = [*self._running.values(), *self._waiting]
+            self._running, self._waiting = {}, deque()
+        reason = error or EngineClosed("the server shut down before this request finished")
+        for item in left:
+            self._send(item, Failed(reason))
+        self.metrics.running.set(0)
+
+
+def vllm_engine_factory(
+    folder: str,
+    model: nn.Module,
+    config: Any,
+    *,
+    tensor_parallel_size: int = 1,
+    dtype: str = "float32",
+    options: dict[str, Any] | None = None,
+) -> Callable[[Codec, ServerMetrics], VLLMEngine]:
+    """What `steering.server.create_app` needs to serve ``folder`` on vLLM (``steering serve engine=vllm``).
+
+    The plugin's front end is given ``model`` and ``config`` (`frontend.install_frontend`),
+    so vectors are checked against the model already loaded, under the server's limits.
+
+    Args:
+        folder: the Hugging Face folder of the model (`steering.models.hf_folder`).
+        model: that checkpoint loaded with transformers (fit checks, reading endpoint).
+        config: the `ServerConfig`.
+        tensor_parallel_size: vLLM's tensor parallel degree.
+        dtype: vLLM's dtype.
+        options: more ``vllm.EngineArgs`` fields (``enforce_eager``, ``max_model_len``, ...).
+    """
+    from .frontend import Frontend, install_frontend
+
+    install_frontend(folder, Frontend.for_model(model, config))
+
+    def build(codec: Codec, metrics: ServerMetrics) -> VLLMEngine:
+        from vllm import EngineArgs, LLMEngine
+
+        args = EngineArgs(
+            model=folder,
+            tokenizer=folder,
+            dtype=dtype,  # type: ignore[arg-type]
+            tensor_parallel_size=tensor_parallel_size,
+            max_num_seqs=config.max_batch_size,
+            **(options or {}),
+        )
+        llm = LLMEngine.from_engine_args(args)
+        return VLLMEngine(llm, codec, model, max_batch_size=config.max_batch_size, max_queue=config.max_queue, metrics=metrics)
+
+    return build
