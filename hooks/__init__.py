@@ -20,7 +20,8 @@ from .layers import (
     set_decoder_layers,
 )
 from .outputs import unpack, unpack_inputs
-from .patch import AblateOp, AddOp, Op, patch, span_basis
+from .gate import GatedOp, PromptGate
+from .patch import AblateOp, AddOp, Op, RotateOp, SetProjectionOp, patch, span_basis
 from .positions import APPLY_TO, ApplyTo, PositionTracker, past_length
 from .record import Recording, StopForward, capture, record, run_until_stopped
 from .renamed import renamed
@@ -37,11 +38,15 @@ __all__ = [
     "AddOp",
     "ConfigError",
     "FoldConflictError",
+    "GatedOp",
     "HookGroup",
     "LayerError",
     "Op",
     "PositionTracker",
+    "PromptGate",
     "Recording",
+    "RotateOp",
+    "SetProjectionOp",
     "Site",
     "SteeringError",
     "StopForward",
