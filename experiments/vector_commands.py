@@ -41,6 +41,8 @@ def extract_command(cfg: DictConfig) -> Path:
         read=cfg.read,
         site=cfg.site,
         batch_size=int(cfg.batch_size),
+        corpus=None if cfg.corpus is None else st.load_lines(cfg.corpus),
+        reference=bool(cfg.reference),
     )
     vector.save(out)
     norms = ", ".join(f"{i}: {n:.3f}" for i, n in vector.norms().items())

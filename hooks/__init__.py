@@ -8,6 +8,7 @@ knows nothing of steering vectors. Every registration is owned by a
 from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameters, output_cache
 from .errors import ConfigError, LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
+from .gate import GatedOp, PromptGate
 from .handles import HookGroup
 from .layers import (
     decoder_layers,
@@ -20,7 +21,6 @@ from .layers import (
     set_decoder_layers,
 )
 from .outputs import unpack, unpack_inputs
-from .gate import GatedOp, PromptGate
 from .patch import AblateOp, AddOp, Op, RotateOp, SetProjectionOp, patch, span_basis
 from .positions import APPLY_TO, ApplyTo, PositionTracker, past_length
 from .record import Recording, StopForward, capture, record, run_until_stopped

@@ -19,7 +19,7 @@ own pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,9 @@ class PromptGate:
         if ids is None and args and isinstance(args[0], Tensor):
             ids = args[0]
         embeds = kwargs.get("inputs_embeds")
-        seq_len = ids.shape[-1] if isinstance(ids, Tensor) else embeds.shape[1]
+        if not isinstance(ids, Tensor) and not isinstance(embeds, Tensor):
+            raise LayerError("conditional steering needs input_ids or inputs_embeds to read the prompt")
+        seq_len = ids.shape[-1] if isinstance(ids, Tensor) else cast(Tensor, embeds).shape[1]
         if isinstance(offset, Tensor) or isinstance(prompt_len, Tensor):
             offset, prompt_len = int(offset), int(prompt_len)  # static cache: one sync per pass
         if offset != 0 or prompt_len != seq_len:

@@ -13,6 +13,7 @@ vector file that does not fit the model 422     invalid_vector
 ``coef`` outside ``check_coef``         422     coef_out_of_range
 ``coef`` given with ``mode: ablate``    422     invalid_coef
 ablating a zero direction               422     invalid_vector
+a mode other than add / ablate          422     unsupported_mode
 layer not in the vector                 422     layer_not_in_vector
 more terms than ``max_vectors``         422     too_many_vectors
 ``max_tokens`` above the limit          422     max_tokens_exceeded
@@ -41,6 +42,9 @@ from .sampling import SamplingParams
 from .schemas import ChatCompletionRequest, CompletionRequest, SteeringTerm, _Generation
 from .text import Codec
 from .vector_store import VectorNameError, VectorNotFound, VectorStore
+
+SERVED_MODES: tuple[str, ...] = ("add", "ablate")
+"""The modes the server applies per row; the others (`steering.apply.MODES`) are refused with 422."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,14 @@ def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> 
                     )
                 wanted.append(index)
             layers = tuple(dict.fromkeys(wanted))
+        if term.mode not in SERVED_MODES:
+            raise APIError(
+                422,
+                f"{where}.mode: {term.mode!r} is a library and CLI mode (st.steer, steering generate); the server applies "
+                f"{' and '.join(SERVED_MODES)} per row",
+                param=f"{where}.mode",
+                code="unsupported_mode",
+            )
         if term.mode == "ablate":
             zero = [i for i in layers if not vector.directions[i].abs().max() > 0]
             if zero:

@@ -61,6 +61,13 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str, str | None, tuple[str, ...]]] =
     ({"steering": [{"vector": "up", "coeff": 1}]}, 422, "unknown_parameter", "steering[0].coeff", ()),
     ({"steering": [{"vector": "up", "mode": "erase"}]}, 422, "invalid_value", "steering[0].mode", ("erase",)),
     ({"steering": [{"vector": "up", "mode": "ablate", "coef": 2}]}, 422, "invalid_coef", "steering[0].coef", ("ablate",)),
+    (
+        {"steering": [{"vector": "up", "mode": "clamp", "coef": 2}]},
+        422,
+        "unsupported_mode",
+        "steering[0].mode",
+        ("clamp", "add and ablate"),
+    ),
     ({"steering": [{"vector": "hollow", "mode": "ablate"}]}, 422, "invalid_vector", "steering[0].vector", ("hollow", "zero at layers [2]")),
     ({"steering": [{"vector": "up"}] * 4}, 422, "too_many_vectors", "steering", ("4", "3")),
     ({"steering": {"vector": "up"}}, 422, "invalid_value", "steering", ()),

@@ -44,7 +44,9 @@ def _with_reference(vec: st.SteeringVector, seed: int = 1) -> st.SteeringVector:
 
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])  # three layouts; the ops are layout-free
-@pytest.mark.parametrize("mode,coef", [("clamp", 1.5), ("clamp", -0.5), ("angular", 30.0), ("angular", -120.0), ("affine_add", 2.0), ("affine_ablate", 0.0)])
+@pytest.mark.parametrize(
+    "mode,coef", [("clamp", 1.5), ("clamp", -0.5), ("angular", 30.0), ("angular", -120.0), ("affine_add", 2.0), ("affine_ablate", 0.0)]
+)
 def test_mode_matches_numpy_reference(arch: str, mode: str, coef: float) -> None:
     model, tok = make_tiny(arch)
     vec = _with_reference(random_vector(model, [LAYER], scale=2.0))
