@@ -272,6 +272,12 @@ def extract(
     """
     read = renamed("read", read, position, "last")
     chosen = get_method(method)
+    if chosen.needs_corpus != (corpus is not None):
+        raise SteeringError(
+            f"method {method!r} needs a generic corpus: pass corpus=texts"
+            if chosen.needs_corpus
+            else f"corpus= is for method='mean_centred'; method {method!r} reads the pairs' negatives"
+        )
     pair_list = as_pairs(pairs)
     stats = collect_stats(
         model,
@@ -285,12 +291,6 @@ def extract(
         needs_samples=chosen.needs_samples,
         progress=progress,
     )
-    if chosen.needs_corpus != (corpus is not None):
-        raise SteeringError(
-            f"method {method!r} needs a generic corpus: pass corpus=texts"
-            if chosen.needs_corpus
-            else f"corpus= is for method='mean_centred'; method {method!r} reads the pairs' negatives"
-        )
     if corpus is not None:
         means = corpus_means(model, tokenizer, corpus, list(stats), read=read, site=site, batch_size=batch_size)
         for layer, s in stats.items():
