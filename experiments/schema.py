@@ -23,7 +23,7 @@ from steering.vectors import METHODS, READS
 
 from .metrics import METRICS, produced_values
 
-TASKS = ("sweep", "probe")
+TASKS = ("sweep", "probe", "condition")
 
 
 @dataclass
@@ -97,6 +97,16 @@ class EvalConf:
 
 
 @dataclass
+class ConditionConf:
+    """task=condition: prompts where the condition holds and where it does not (CAST's condition point)."""
+
+    positives: str | None = None  # text file (one prompt per line) or .json list
+    negatives: str | None = None
+    max_prompts: int | None = None  # first N of each
+    held_out: float = 0.25  # fraction of each side kept out to measure the gate
+
+
+@dataclass
 class SelectConf:
     """How the best cell is chosen."""
 
@@ -115,7 +125,7 @@ class RunConf:
     """A whole ``steering run`` config."""
 
     name: str = "run"
-    task: str = "sweep"  # sweep | probe
+    task: str = "sweep"  # sweep | probe | condition
     seed: int = 0
     out_dir: str = "${hydra:runtime.output_dir}"
     progress: bool = True
@@ -128,6 +138,7 @@ class RunConf:
     budget: dict[str, float] = field(default_factory=lambda: {"neutral_ppl": 1.3, "kl": 0.3})
     select: SelectConf = field(default_factory=SelectConf)
     report: ReportConf = field(default_factory=ReportConf)
+    condition: ConditionConf = field(default_factory=ConditionConf)
 
 
 def register_schema() -> None:
@@ -184,6 +195,15 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.max_new_tokens={cfg.eval.max_new_tokens} must be >= 1")
     for name in cfg.metric.use:
         _choice("metric.use", name, sorted(METRICS))
+    if cfg.task == "condition":
+        for key in ("positives", "negatives"):
+            if cfg.condition[key] is None:
+                raise ConfigError(f"task=condition needs condition.{key} (a prompt file: one per line, or a .json list)")
+        if not 0.0 < cfg.condition.held_out < 1.0:
+            raise ConfigError(f"condition.held_out={cfg.condition.held_out} must be in (0, 1)")
+        if cfg.condition.max_prompts is not None and cfg.condition.max_prompts < 2:
+            raise ConfigError(f"condition.max_prompts={cfg.condition.max_prompts} must be >= 2 (or null for all)")
+        return
     if cfg.task == "probe":
         if "probe_accuracy" not in cfg.metric.use:
             raise ConfigError("task=probe needs 'probe_accuracy' in metric.use")

@@ -106,6 +106,25 @@ def probe_summary(cfg: DictConfig, per_layer: dict[int, dict[str, float]], runti
     return summary
 
 
+def condition_summary(
+    cfg: DictConfig, per_layer: dict[int, dict[str, float]], condition: dict[str, Any], sizes: dict[str, int], runtime: float
+) -> dict[str, Any]:
+    """The summary of a condition run: the chosen condition point and the gate's held-out figures per layer."""
+    summary = _common(cfg, runtime)
+    layer = int(condition["layer"])
+    summary.update(
+        effect="condition_held_out_accuracy",
+        budget={},
+        condition=condition,
+        best_layer=layer,
+        best_coef=None,
+        best_values=per_layer[layer],
+        **sizes,
+        layers={str(k): v for k, v in sorted(per_layer.items())},
+    )
+    return summary
+
+
 @dataclass(frozen=True)
 class Choice:
     """A run's chosen steering for one direction, ready for ``steering.steer``."""

@@ -47,7 +47,8 @@ from steering.vectors import (
 )
 
 from .apply import Backend, Mode, attach, steer
-from .data import bundled_datasets, load_lines, load_pairs
+from .conditions import Condition, find_condition
+from .data import bundled_datasets, load_lines, load_pairs, load_prompts
 from .generate import generate
 from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
 
@@ -63,6 +64,7 @@ __all__ = [
     "SITES",
     "ApplyTo",
     "Backend",
+    "Condition",
     "ContrastPair",
     "DatasetError",
     "HookGroup",
@@ -84,8 +86,10 @@ __all__ = [
     "bundled_datasets",
     "decoder_layers",
     "extract",
+    "find_condition",
     "generate",
     "load_lines",
+    "load_prompts",
     "load_model",
     "load_pairs",
     "model_fingerprint",
