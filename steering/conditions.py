@@ -18,7 +18,7 @@ accuracy on held-out ones reported beside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -130,6 +130,25 @@ def prompt_means(
             how["mask"] = batch["attention_mask"].bool()  # the mean over each row's tokens, as the gate reads it
             run_until_stopped(model, **batch, use_cache=False)
     return {i: torch.cat(rows) for i, rows in out.items()}
+
+
+@torch.no_grad()
+def prompt_gate(conditions: Sequence[Condition], combine: Combine = "and") -> Callable[[nn.Module, Sequence[int]], bool]:
+    """``gate(model, prompt_ids) -> bool`` for one unpadded prompt: what the server reads at a request's prefill.
+
+    The same decision as the hook gate of `steer` (mean hidden state over the
+    prompt's tokens at each condition layer, `decision`).
+    """
+    layers, decide = decision(conditions, combine)
+
+    def gate(model: nn.Module, prompt_ids: Sequence[int]) -> bool:
+        device = next(model.parameters()).device
+        means: dict[int, Tensor] = {}
+        with capture(model, layers, lambda i, h: means.__setitem__(i, h.float().mean(1)), stop_after_last=True):
+            run_until_stopped(model, input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=False)
+        return bool(decide(means)[0])
+
+    return gate
 
 
 @dataclass(frozen=True)

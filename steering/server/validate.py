@@ -27,11 +27,12 @@ chat without a chat template            400     no_chat_template
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steering.hooks import LayerError, normalize_layer
+from steering.conditions import Condition, prompt_gate
+from steering.hooks import LayerError, SteeringError, normalize_layer
 from steering.vectors import CoefError, VectorFileError, check_coef
 
 from .config import ServerConfig
@@ -198,8 +199,35 @@ def _max_tokens(requested: int | None, prompt_len: int, ctx: ServingContext, fie
     return requested if requested is not None else min(cfg.default_max_tokens, room)
 
 
+def resolve_condition(body: _Generation, ctx: ServingContext) -> Callable[[Any, Sequence[int]], bool] | None:
+    """The prefill gate of ``steering_condition`` (an `APIError` naming ``steering_condition[i].<field>``), or ``None``."""
+    if not body.steering_condition:
+        return None
+    if not body.steering:
+        raise APIError(
+            422, "steering_condition without steering: there is nothing to gate", param="steering_condition", code="invalid_value"
+        )
+    conditions = []
+    for i, term in enumerate(body.steering_condition):
+        where = f"steering_condition[{i}]"
+        try:
+            vector = ctx.store.get(term.vector)
+        except VectorNameError as exc:
+            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
+        except VectorNotFound as exc:
+            raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
+        except VectorFileError as exc:
+            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
+        try:
+            conditions.append(Condition(vector, term.layer, float(term.threshold), term.above))
+        except SteeringError as exc:
+            raise APIError(422, f"{where}.layer: {exc}", param=f"{where}.layer", code="layer_not_in_vector") from None
+    return prompt_gate(conditions, body.steering_combine)
+
+
 def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, prompt_field: str) -> Prepared:
     steering = resolve_steering(body.steering, ctx)
+    gate = resolve_condition(body, ctx)
     temperature = ctx.config.default_temperature if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     # Choice j of a seeded request draws with seed + j: reproducible, and the n choices differ.
@@ -210,7 +238,7 @@ def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, pro
     for i, ids in enumerate(prompts):
         where = prompt_field if len(prompts) == 1 else f"{prompt_field}[{i}]"
         limit = _max_tokens(requested, len(ids), ctx, field, where)
-        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering) for s in samplings)
+        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering, gate) for s in samplings)
     return Prepared(requests, sum(len(ids) for ids in prompts))
 
 
