@@ -136,6 +136,24 @@ class Choice:
     label: str
 
 
+def load_condition(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> Any:
+    """The `steering.Condition` a ``task=condition`` run folder chose (``summary.json`` + ``condition.safetensors``).
+
+    Raises:
+        SteeringError: a folder without them, or a summary that is not a condition run's.
+    """
+    folder = Path(run_dir)
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise st.SteeringError(f"condition={folder}: no summary.json (give the folder of a steering run experiment=condition_point)")
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("task") != "condition":
+        raise st.SteeringError(f"condition={folder}: summary.json is a {summary.get('task')!r} run's, not a condition run's")
+    chosen = summary["condition"]
+    vector = st.SteeringVector.load(folder / str(chosen["vector"]), model, allow_model_mismatch=allow_model_mismatch)
+    return st.Condition(vector, int(chosen["layer"]), float(chosen["threshold"]), bool(chosen["above"]))
+
+
 def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> list[Choice]:
     """The chosen cells of a sweep's run folder (directions without one are left out).
 

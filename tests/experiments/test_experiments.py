@@ -257,3 +257,31 @@ def test_flat_behaviour_is_reported_not_hidden(tiny_dir: Path, ab_file: Path, tm
     html = (out / "report.html").read_text()
     assert "No cell steers this behaviour within the budget" in html
     assert "wrong_sign" in html
+
+
+def test_generate_with_a_condition_run_matches_the_library(tiny_dir: Path, ab_file: Path, tmp_path: Path, capsys) -> None:
+    """steering generate condition=<condition_point run> steers exactly when st.generate(condition=) does."""
+    out = tmp_path / "cond"
+    run(compose_run(_overrides("condition_point", tiny_dir, out, ab_file)))
+    model, tok = st.load_model(str(tiny_dir))
+    from steering.experiments.summary import load_condition
+
+    condition = load_condition(out, model)
+    vec_path = tmp_path / "up.safetensors"
+    vec = st.extract(model, tok, [("the sea and the boat", "a cat sat on the mat")], layers=[0, 2])
+    vec.save(vec_path)
+    for prompt in ("the sea and the boat 3", "a cat sat on the mat 5"):
+        capsys.readouterr()
+        args = ["generate", f"model={tiny_dir}", f"vector={vec_path}", "coef=6", f"prompt={prompt}", "max_new_tokens=5", f"condition={out}"]
+        assert main(args) == 0
+        text = capsys.readouterr().out.strip()
+        assert text == st.generate(model, tok, prompt, vec, 6.0, max_new_tokens=5, condition=condition).strip()
+    with pytest.raises(st.SteeringError, match="not a condition run"):
+        load_condition(_sweep_like(tmp_path), model)
+
+
+def _sweep_like(tmp_path: Path) -> Path:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"task": "sweep"}))
+    return folder
