@@ -159,6 +159,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
         site=cast(Site, str(cfg.sweep.site)),
         batch_size=int(cfg.method.batch_size),
         progress=bool(cfg.progress),
+        corpus=None if cfg.method.corpus is None else st.load_lines(cfg.method.corpus),
     )
     vector.save(out_dir / VECTOR)
     log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))

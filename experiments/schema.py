@@ -52,6 +52,7 @@ class MethodConf:
     read: str = "last"  # last | mean: token(s) read from each text
     position: str | None = None  # deprecated name of read
     batch_size: int = 16
+    corpus: str | None = None  # mean_centred: generic texts, one per line (file or bundled name)
 
 
 @dataclass
@@ -181,6 +182,12 @@ def check(cfg: DictConfig) -> None:
     _choice("method.read", cfg.method.read, READS)
     _choice("sweep.site", cfg.sweep.site, SITES)
     _choice("sweep.apply_to", cfg.sweep.apply_to, APPLY_TO)
+    if (cfg.method.name == "mean_centred") != (cfg.method.corpus is not None):
+        raise ConfigError(
+            "method=mean_centred needs method.corpus (generic texts, one per line)"
+            if cfg.method.name == "mean_centred"
+            else f"method.corpus is for method=mean_centred, not {cfg.method.name}"
+        )
     if cfg.method.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
     if not 0.0 <= cfg.data.holdout < 1.0:
