@@ -244,12 +244,17 @@ def letter_balance(path: Path, baseline: CellResult, rows: Mapping[str, Mapping[
     return save_figure(fig, path)
 
 
-def probe_layers(path: Path, per_layer: Mapping[int, Mapping[str, float]]) -> Path:
-    """Probe accuracy and AUROC against the layer."""
+def probe_layers(
+    path: Path,
+    per_layer: Mapping[int, Mapping[str, float]],
+    keys: tuple[str, ...] = ("probe_accuracy", "probe_auroc"),
+    title: str = "linear probe on held-out texts, per layer",
+) -> Path:
+    """Held-out scores against the layer: probe accuracy and AUROC, or the ``keys`` given (a condition's gate)."""
     layers = sorted(per_layer)
     fig = new_figure(7.0, 3.8)
     ax = fig.add_subplot()
-    for key, style in (("probe_accuracy", "o-"), ("probe_auroc", "s--")):
+    for key, style in zip(keys, ("o-", "s--", "^:", "v-.")):
         ax.plot(layers, [per_layer[i].get(key, math.nan) for i in layers], style, label=key.removeprefix("probe_"), ms=4)
     ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
     ax.set_xlabel("layer")
@@ -257,5 +262,5 @@ def probe_layers(path: Path, per_layer: Mapping[int, Mapping[str, float]]) -> Pa
     ax.set_ylim(0.4, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("linear probe on held-out texts, per layer", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return save_figure(fig, path)

@@ -11,7 +11,10 @@ and calls `run`, which is plain Python and takes any composed config:
 4. choose the best cell per direction within the side-effect budget and
    write ``summary.json``, the figures and ``report.html``.
 
-A ``probe`` task instead fits a probe per layer (no steering). Everything
+A ``probe`` task instead fits a probe per layer (no steering); a
+``condition`` task finds the condition layer and threshold of conditional
+steering (`steering.conditions.find_condition`) from two prompt files and
+writes ``condition.safetensors`` and the gate's held-out accuracy per layer. Everything
 goes to ``out_dir`` (Hydra's run folder by default); a Ctrl-C keeps the
 measured cells and still writes the summary and report.
 
@@ -47,7 +50,7 @@ from .metrics.text import make_scorer
 from .report import write_report
 from .results import MetricsWriter
 from .schema import check, migrate_renamed, register_schema
-from .summary import VECTOR, probe_summary, sweep_summary, write_summary
+from .summary import VECTOR, condition_summary, probe_summary, sweep_summary, write_summary
 from .sweep import SweepResult, grid, run_sweep
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,8 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
     yaml = config_yaml(cfg)
     atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(yaml, encoding="utf-8"), suffix=".yaml")
     seed_everything(int(cfg.seed))
+    if cfg.task == "condition":
+        return _condition(cfg, loaded, out_dir, yaml, start)
     pairs, held_out = _pairs(cfg)
     needs = set().union(*(METRICS[name].needs for name in cfg.metric.use))
     data = load_eval_data(cfg, needs, pairs, held_out)
@@ -154,6 +159,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
         site=cast(Site, str(cfg.sweep.site)),
         batch_size=int(cfg.method.batch_size),
         progress=bool(cfg.progress),
+        corpus=None if cfg.method.corpus is None else st.load_lines(cfg.method.corpus),
     )
     vector.save(out_dir / VECTOR)
     log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))
@@ -224,6 +230,56 @@ def _probe(ctx: Context, out_dir: Path, yaml: str, start: float) -> dict[str, An
     write_summary(out_dir / "summary.json", summary)
     figure = plots.probe_layers(out_dir / "plots" / "probe_layers.png", per_layer)
     write_report(out_dir / "report.html", summary, [(figure, "probe accuracy and AUROC against layer")], yaml)
+    return summary
+
+
+def _condition(cfg: DictConfig, loaded: tuple[Any, Any] | None, out_dir: Path, yaml: str, start: float) -> dict[str, Any]:
+    from steering.conditions import find_condition
+
+    sides = {}
+    for key in ("positives", "negatives"):
+        try:
+            prompts = st.load_prompts(cfg.condition[key])
+        except st.DatasetError as exc:
+            raise st.DatasetError(f"condition.{key}={cfg.condition[key]}: {exc}") from None
+        sides[key] = prompts if cfg.condition.max_prompts is None else prompts[: int(cfg.condition.max_prompts)]
+    model, tokenizer = loaded if loaded is not None else st.load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    layers = resolve_layers(model, None if cfg.sweep.layers is None else list(cfg.sweep.layers))
+    search = find_condition(
+        model,
+        tokenizer,
+        sides["positives"],
+        sides["negatives"],
+        layers,
+        held_out=float(cfg.condition.held_out),
+        chat=cfg.eval.chat,
+        seed=int(cfg.seed),
+    )
+    per_layer: dict[int, dict[str, float]] = {}
+    with MetricsWriter(out_dir / "metrics.csv") as writer:
+        for row in search.rows:
+            layer = int(row["layer"])
+            per_layer[layer] = {f"condition_{k}": float(v) for k, v in row.items() if k != "layer"}
+            writer.aggregate(str(layer), [layer], per_layer[layer])
+    cond = search.condition
+    cond.vector.select([cond.layer]).save(out_dir / "condition.safetensors")
+    best = per_layer[cond.layer]
+    summary = condition_summary(
+        cfg,
+        per_layer,
+        {"layer": cond.layer, "threshold": cond.threshold, "above": cond.above, "vector": "condition.safetensors"},
+        {"n_positives": len(sides["positives"]), "n_negatives": len(sides["negatives"])},
+        time.perf_counter() - start,
+    )
+    write_summary(out_dir / "summary.json", summary)
+    figure = plots.probe_layers(
+        out_dir / "plots" / "condition_layers.png",
+        per_layer,
+        keys=("condition_held_out_accuracy", "condition_held_out_pos_rate", "condition_held_out_neg_rate"),
+        title="condition gate on held-out prompts, per layer (accuracy, on-rate where it holds / not)",
+    )
+    write_report(out_dir / "report.html", summary, [(figure, "condition gate accuracy against layer")], yaml)
+    log.info("condition: %s (held-out accuracy %.3f); results in %s", cond, best["condition_held_out_accuracy"], out_dir)
     return summary
 
 

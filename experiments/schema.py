@@ -23,7 +23,7 @@ from steering.vectors import METHODS, READS
 
 from .metrics import METRICS, produced_values
 
-TASKS = ("sweep", "probe")
+TASKS = ("sweep", "probe", "condition")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class MethodConf:
     read: str = "last"  # last | mean: token(s) read from each text
     position: str | None = None  # deprecated name of read
     batch_size: int = 16
+    corpus: str | None = None  # mean_centred: generic texts, one per line (file or bundled name)
 
 
 @dataclass
@@ -97,6 +98,16 @@ class EvalConf:
 
 
 @dataclass
+class ConditionConf:
+    """task=condition: prompts where the condition holds and where it does not (CAST's condition point)."""
+
+    positives: str | None = None  # text file (one prompt per line) or .json list
+    negatives: str | None = None
+    max_prompts: int | None = None  # first N of each
+    held_out: float = 0.25  # fraction of each side kept out to measure the gate
+
+
+@dataclass
 class SelectConf:
     """How the best cell is chosen."""
 
@@ -115,7 +126,7 @@ class RunConf:
     """A whole ``steering run`` config."""
 
     name: str = "run"
-    task: str = "sweep"  # sweep | probe
+    task: str = "sweep"  # sweep | probe | condition
     seed: int = 0
     out_dir: str = "${hydra:runtime.output_dir}"
     progress: bool = True
@@ -128,6 +139,7 @@ class RunConf:
     budget: dict[str, float] = field(default_factory=lambda: {"neutral_ppl": 1.3, "kl": 0.3})
     select: SelectConf = field(default_factory=SelectConf)
     report: ReportConf = field(default_factory=ReportConf)
+    condition: ConditionConf = field(default_factory=ConditionConf)
 
 
 def register_schema() -> None:
@@ -170,6 +182,12 @@ def check(cfg: DictConfig) -> None:
     _choice("method.read", cfg.method.read, READS)
     _choice("sweep.site", cfg.sweep.site, SITES)
     _choice("sweep.apply_to", cfg.sweep.apply_to, APPLY_TO)
+    if (cfg.method.name == "mean_centred") != (cfg.method.corpus is not None):
+        raise ConfigError(
+            "method=mean_centred needs method.corpus (generic texts, one per line)"
+            if cfg.method.name == "mean_centred"
+            else f"method.corpus is for method=mean_centred, not {cfg.method.name}"
+        )
     if cfg.method.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
     if not 0.0 <= cfg.data.holdout < 1.0:
@@ -184,6 +202,15 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.max_new_tokens={cfg.eval.max_new_tokens} must be >= 1")
     for name in cfg.metric.use:
         _choice("metric.use", name, sorted(METRICS))
+    if cfg.task == "condition":
+        for key in ("positives", "negatives"):
+            if cfg.condition[key] is None:
+                raise ConfigError(f"task=condition needs condition.{key} (a prompt file: one per line, or a .json list)")
+        if not 0.0 < cfg.condition.held_out < 1.0:
+            raise ConfigError(f"condition.held_out={cfg.condition.held_out} must be in (0, 1)")
+        if cfg.condition.max_prompts is not None and cfg.condition.max_prompts < 2:
+            raise ConfigError(f"condition.max_prompts={cfg.condition.max_prompts} must be >= 2 (or null for all)")
+        return
     if cfg.task == "probe":
         if "probe_accuracy" not in cfg.metric.use:
             raise ConfigError("task=probe needs 'probe_accuracy' in metric.use")

@@ -106,6 +106,25 @@ def probe_summary(cfg: DictConfig, per_layer: dict[int, dict[str, float]], runti
     return summary
 
 
+def condition_summary(
+    cfg: DictConfig, per_layer: dict[int, dict[str, float]], condition: dict[str, Any], sizes: dict[str, int], runtime: float
+) -> dict[str, Any]:
+    """The summary of a condition run: the chosen condition point and the gate's held-out figures per layer."""
+    summary = _common(cfg, runtime)
+    layer = int(condition["layer"])
+    summary.update(
+        effect="condition_held_out_accuracy",
+        budget={},
+        condition=condition,
+        best_layer=layer,
+        best_coef=None,
+        best_values=per_layer[layer],
+        **sizes,
+        layers={str(k): v for k, v in sorted(per_layer.items())},
+    )
+    return summary
+
+
 @dataclass(frozen=True)
 class Choice:
     """A run's chosen steering for one direction, ready for ``steering.steer``."""
@@ -115,6 +134,24 @@ class Choice:
     coef: float
     apply_to: str
     label: str
+
+
+def load_condition(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> Any:
+    """The `steering.Condition` a ``task=condition`` run folder chose (``summary.json`` + ``condition.safetensors``).
+
+    Raises:
+        SteeringError: a folder without them, or a summary that is not a condition run's.
+    """
+    folder = Path(run_dir)
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise st.SteeringError(f"condition={folder}: no summary.json (give the folder of a steering run experiment=condition_point)")
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("task") != "condition":
+        raise st.SteeringError(f"condition={folder}: summary.json is a {summary.get('task')!r} run's, not a condition run's")
+    chosen = summary["condition"]
+    vector = st.SteeringVector.load(folder / str(chosen["vector"]), model, allow_model_mismatch=allow_model_mismatch)
+    return st.Condition(vector, int(chosen["layer"]), float(chosen["threshold"]), bool(chosen["above"]))
 
 
 def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> list[Choice]:

@@ -138,7 +138,7 @@ def _torch_threads(key: str, value: Any) -> None:
 
 _MODEL = {"allow_model_mismatch": boolean()}
 CHECKS: dict[str, dict[str, Check]] = {
-    "extract": {"layers": layers(), "batch_size": integer(1)},
+    "extract": {"layers": layers(), "batch_size": integer(1), "reference": boolean()},
     "generate": {
         **_MODEL,
         "coef": coefs,

@@ -41,6 +41,8 @@ def extract_command(cfg: DictConfig) -> Path:
         read=cfg.read,
         site=cfg.site,
         batch_size=int(cfg.batch_size),
+        corpus=None if cfg.corpus is None else st.load_lines(cfg.corpus),
+        reference=bool(cfg.reference),
     )
     vector.save(out)
     norms = ", ".join(f"{i}: {n:.3f}" for i, n in vector.norms().items())
@@ -54,10 +56,18 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
     With ``vector=<run folder>`` of ``steering run``, each direction the run
     chose (behaviour on, then off) is generated at its chosen layer(s), coef
     and apply_to; ``coef``, ``layers`` and ``apply_to`` are then not used.
+    ``condition=<run folder>`` of ``steering run experiment=condition_point``
+    steers only if the prompt meets the condition that run chose.
     """
     model, tok = _load(cfg)
+    if cfg.condition is not None:
+        from .summary import load_condition
+
+        gen_condition = {"condition": load_condition(cfg.condition, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))}
+    else:
+        gen_condition = {}
     if cfg.vector is not None and Path(str(cfg.vector)).is_dir():
-        return _generate_from_run(cfg, model, tok)
+        return _generate_from_run(cfg, model, tok, gen_condition)
     vector = None
     if cfg.vector is not None:
         vector = st.SteeringVector.load(cfg.vector, model, allow_model_mismatch=bool(cfg.allow_model_mismatch))
@@ -88,6 +98,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
             mode=cfg.mode,
             chat=cfg.chat,
             check_model=not cfg.allow_model_mismatch,  # the load above already let it through
+            **(gen_condition if steered is not None else {}),
             **gen,
         )
         results[coef] = text
@@ -98,7 +109,7 @@ def generate_command(cfg: DictConfig) -> dict[float, str]:
     return results
 
 
-def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str]:
+def _generate_from_run(cfg: DictConfig, model: Any, tok: Any, gen_condition: dict[str, Any]) -> dict[float, str]:
     import torch
 
     from .summary import load_choices
@@ -125,6 +136,7 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
             mode=cfg.mode,
             chat=cfg.chat,
             check_model=not cfg.allow_model_mismatch,
+            **(gen_condition if vector is not None else {}),
             **gen,
         )
         results[coef] = text

@@ -9,6 +9,7 @@ from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameter
 from .devices import input_device, layer_device, layer_dtype, module_device, offloaded_tensor, wide_dtype
 from .errors import ConfigError, LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
+from .gate import GatedOp, PromptGate
 from .handles import HookGroup
 from .layers import (
     decoder_layers,
@@ -21,7 +22,7 @@ from .layers import (
     set_decoder_layers,
 )
 from .outputs import unpack, unpack_inputs
-from .patch import AblateOp, AddOp, Op, patch, span_basis
+from .patch import AblateOp, AddOp, Op, RotateOp, SetProjectionOp, patch, span_basis
 from .positions import APPLY_TO, ApplyTo, PositionTracker, past_length
 from .record import Recording, StopForward, capture, record, run_until_stopped
 from .renamed import renamed
@@ -38,11 +39,15 @@ __all__ = [
     "AddOp",
     "ConfigError",
     "FoldConflictError",
+    "GatedOp",
     "HookGroup",
     "LayerError",
     "Op",
     "PositionTracker",
+    "PromptGate",
     "Recording",
+    "RotateOp",
+    "SetProjectionOp",
     "Site",
     "SteeringError",
     "StopForward",

@@ -3,7 +3,11 @@
 `patch` registers one hook per layer, each calling an `Op` on the hidden
 states ``[batch, seq, d_model]`` of its site, and returns the `HookGroup` that
 owns them. `AddOp` adds a vector (one for all rows, or one per row);
-`AblateOp` projects directions out. Where positions other than ``"all"`` are
+`AblateOp` projects directions out; `SetProjectionOp` sets the component
+along a direction to a value (clamp, and affine editing relative to a
+reference mean); `RotateOp` turns the activation towards a direction by an
+angle, keeping its norm (angular steering). `GatedOp` (`hooks.gate`) applies
+any of them only to the rows whose condition holds. Where positions other than ``"all"`` are
 asked for, a `PositionTracker` on the decoder stack supplies absolute
 positions, so the split between prompt and generated tokens holds under the
 KV cache.
@@ -19,6 +23,7 @@ problem: parameters are guarded.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -119,6 +124,63 @@ class AblateOp:
         if mask is not None:
             projection = projection * mask[:, None].to(projection.dtype)
         return (wide - projection).to(hidden.dtype)
+
+
+def _unit(direction: Tensor) -> Tensor:
+    direction = direction.detach().double()
+    norm = direction.norm()
+    if not bool(norm > 0):
+        raise LayerError("a direction of norm 0 has no unit vector; this operation needs a non-zero direction")
+    return direction / norm
+
+
+def _masked(new: Tensor, hidden: Tensor, mask: Tensor | None) -> Tensor:
+    return new if mask is None else torch.where(mask[:, None], new, hidden)
+
+
+class SetProjectionOp:
+    """Set the component of each token along ``direction`` to ``target``: ``h + (target - h.u) u``.
+
+    ``u`` is the unit direction. ``target = coef * |v|`` is a clamp to a multiple
+    of the direction's own scale; ``target = mean.u + coef * |v|`` edits relative
+    to a reference mean (affine editing; ``coef = 0`` is its ablation).
+    """
+
+    def __init__(self, direction: Tensor, target: float) -> None:
+        self.target = float(target)
+        self._unit = _Cast(_unit(direction))
+
+    def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        unit = self._unit.like(hidden)
+        along = hidden @ unit  # [batch, seq]
+        return _masked(hidden + (self.target - along)[..., None] * unit, hidden, mask)
+
+
+class RotateOp:
+    """Rotate each token towards ``direction`` by ``degrees`` inside the plane of the two, keeping its norm.
+
+    With ``h = |h| (cos a u + sin a p)`` (``u`` the unit direction, ``p`` the unit
+    part of ``h`` orthogonal to it), the result is ``|h| (cos(a - t) u + sin(a - t) p)``.
+    Negative degrees turn away from the direction. A token exactly along ``u``
+    (no plane) is left as it is. Computed in float32 at least.
+    """
+
+    def __init__(self, direction: Tensor, degrees: float) -> None:
+        self.radians = math.radians(float(degrees))
+        self._unit = _Cast(_unit(direction))
+
+    def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        work = hidden if hidden.dtype in (torch.float32, torch.float64) else hidden.float()
+        unit = self._unit.like(work)
+        along = work @ unit
+        ortho = work - along[..., None] * unit
+        ortho_norm = ortho.norm(dim=-1)
+        norm = work.norm(dim=-1)
+        angle = torch.atan2(ortho_norm, along) - self.radians
+        p = ortho / ortho_norm.clamp_min(torch.finfo(work.dtype).tiny)[..., None]
+        rotated = norm[..., None] * (torch.cos(angle)[..., None] * unit + torch.sin(angle)[..., None] * p)
+        rotated = torch.where((ortho_norm > 0)[..., None], rotated, work).to(hidden.dtype)
+        return _masked(rotated, hidden, mask)
 
 
 def patch(

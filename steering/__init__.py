@@ -48,7 +48,8 @@ from steering.vectors import (
 
 from .apply import Backend, Mode, attach, steer
 from .bake import BakeError, BakeMode, bake
-from .data import bundled_datasets, load_lines, load_pairs
+from .conditions import Condition, find_condition
+from .data import bundled_datasets, load_lines, load_pairs, load_prompts
 from .generate import generate
 from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
 
@@ -66,6 +67,7 @@ __all__ = [
     "Backend",
     "BakeError",
     "BakeMode",
+    "Condition",
     "ContrastPair",
     "DatasetError",
     "HookGroup",
@@ -88,8 +90,10 @@ __all__ = [
     "bundled_datasets",
     "decoder_layers",
     "extract",
+    "find_condition",
     "generate",
     "load_lines",
+    "load_prompts",
     "load_model",
     "load_pairs",
     "model_fingerprint",

@@ -1,10 +1,28 @@
 """Steer a model with vectors: `steer` (context manager) and `attach` (handle).
 
 Adding ``coef * v`` at each of the vector's layers turns a behaviour on
-(positive coef) or off (negative). ``mode="ablate"`` instead projects the
-vector's direction out of the residual stream (coef is ignored). Several
-vectors apply together; their deltas are summed per layer once, up front, so
-each layer runs one hook whatever the number of vectors.
+(positive coef) or off (negative). Other modes (`MODES`), each an op of
+`hooks.patch` chosen by name:
+
+=============  =============================================================
+add            ``h + coef * v``
+ablate         project the direction out (coef is ignored)
+clamp          set the projection on the unit direction ``u`` to
+               ``coef * |v|`` (a multiple of the vector's own scale; for an
+               absolute value, steer with ``v.normalized()``)
+angular        rotate ``h`` towards ``u`` by ``coef`` degrees in the plane of
+               the two, keeping ``|h|`` (negative: away)
+affine_ablate  set the projection to the reference mean's, ``mu . u``
+               (coef is ignored; the vector must hold ``reference``)
+affine_add     set it to ``mu . u + coef * |v|``: the affine edit relative to
+               the reference mean (``coef=1`` moves a mean-difference vector's
+               projection to the positives' mean)
+=============  =============================================================
+
+Several vectors apply together; with ``add`` their deltas are summed per
+layer once, up front, so each layer runs one hook whatever the number of
+vectors; ``ablate`` removes their span; the other modes take one vector per
+layer. ``condition=`` (`steering.conditions`) gates all of it per sequence.
 
 Two backends carry the addition. ``hook`` registers a forward hook per layer
 (`hooks.patch`): it handles every site, positions, ablation and per-row
@@ -40,11 +58,16 @@ from steering.hooks import (
     AblateOp,
     AddOp,
     ApplyTo,
+    GatedOp,
     HookGroup,
     LayerError,
     Op,
+    PromptGate,
+    RotateOp,
+    SetProjectionOp,
     Site,
     SteeringError,
+    decoder_stack,
     layer_device,
     layer_dtype,
     patch,
@@ -56,7 +79,9 @@ from steering.hooks.positions import check_positions
 from steering.vectors import SteeringVector, check_coef
 from steering.vectors.model_info import check_fits
 
-Mode = Literal["add", "ablate"]
+from .conditions import Combine, Condition, as_conditions, decision
+
+Mode = Literal["add", "ablate", "clamp", "angular", "affine_add", "affine_ablate"]
 MODES: tuple[str, ...] = get_args(Mode)
 Backend = Literal["auto", "hook", "fold"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -128,6 +153,8 @@ def build_ops(
     check_model: bool = True,
 ) -> tuple[dict[int, Op], str]:
     """Per-layer operations for ``vector`` (and the site they act at)."""
+    _check_mode(mode)
+    terms = _as_terms(vector, coef)
     by_layer, site = _layer_terms(model, vector, coef, layers, check_model)
     ops: dict[int, Op] = {}
     for layer, items in by_layer.items():
@@ -136,12 +163,46 @@ def build_ops(
         elif mode == "ablate":
             ops[layer] = AblateOp(torch.stack([d for d, _ in items]))
         else:
-            raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
+            if len(items) > 1:
+                raise SteeringError(f"mode={mode!r} takes one vector per layer; layer {layer} has {len(items)}")
+            (direction, c), owner = items[0], next(v for v, _ in terms if layer in v.directions)
+            ops[layer] = _single_op(mode, direction, c, owner, layer)
     return ops, site
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise SteeringError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def _single_op(mode: str, direction: Tensor, coef: float, vector: SteeringVector, layer: int) -> Op:
+    """The op of a one-vector mode at ``layer`` (see the module docs)."""
+    scale = float(direction.double().norm())
+    if mode == "clamp":
+        return SetProjectionOp(direction, coef * scale)
+    if mode == "angular":
+        if abs(coef) > 180:
+            raise SteeringError(f"mode='angular' takes coef in degrees, within [-180, 180]; got {coef!r}")
+        return RotateOp(direction, coef)
+    if vector.reference is None:
+        raise SteeringError(
+            f"mode={mode!r} needs a vector with a reference mean (extract(..., reference=True) or method='mean_centred'); "
+            f"this {vector.method} vector has none"
+        )
+    unit = direction.double() / max(scale, 1e-12)
+    base = float(vector.reference[layer].double() @ unit)
+    return SetProjectionOp(direction, base + (coef * scale if mode == "affine_add" else 0.0))
+
+
 def choose_backend(
-    model: nn.Module, layers: Iterable[int], site: str, *, apply_to: ApplyTo = "all", mode: Mode = "add", backend: Backend = "auto"
+    model: nn.Module,
+    layers: Iterable[int],
+    site: str,
+    *,
+    apply_to: ApplyTo = "all",
+    mode: Mode = "add",
+    backend: Backend = "auto",
+    conditional: bool = False,
 ) -> tuple[str, str | None]:
     """Resolve ``backend`` to ``"hook"`` or ``"fold"``, with why folding is impossible (or ``None``).
 
@@ -157,7 +218,9 @@ def choose_backend(
     if backend == "hook":
         return "hook", None
     if mode != "add":
-        reason: str | None = f"mode={mode!r} needs the hook backend"
+        reason: str | None = f"mode={mode!r} needs the hook backend (it depends on each activation, so no constant bias carries it)"
+    elif conditional:
+        reason = "conditional steering needs the hook backend (the gate differs per sequence)"
     elif apply_to != "all":
         reason = f"apply_to={apply_to!r} needs the hook backend"
     else:
@@ -190,6 +253,8 @@ def attach(
     layers: Iterable[int] | None = None,
     backend: Backend = "auto",
     check_model: bool = True,
+    condition: Condition | Sequence[Condition] | None = None,
+    combine: Combine = "and",
     positions: ApplyTo | None = None,
 ) -> HookGroup:
     """Start steering and return the `HookGroup` that stops it (``.remove()``).
@@ -205,12 +270,16 @@ def attach(
     terms = _as_terms(vector, coef)
     coefs = [c for _, c in terms]
     coef_text = coefs if len(coefs) > 1 else coefs[0]
-    if mode not in MODES:
-        raise SteeringError(f"unknown mode {mode!r}; choose 'add' or 'ablate'")
+    _check_mode(mode)
     check_positions(apply_to)
+    conditions = None if condition is None else as_conditions(condition)
+    if conditions is not None:
+        for c in conditions:
+            _check_fits(model, c.vector, check_model)
     deltas, site = build_deltas(model, vector, coef, layers=layers, check_model=check_model)
-    chosen, _ = choose_backend(model, deltas, site, apply_to=apply_to, mode=mode, backend=backend)
-    label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} apply_to={apply_to} backend={chosen}"
+    chosen, _ = choose_backend(model, deltas, site, apply_to=apply_to, mode=mode, backend=backend, conditional=conditions is not None)
+    when = "" if conditions is None else f" condition={f' {combine} '.join(map(str, conditions))}"
+    label = f"steer layers={sorted(deltas)} site={site} mode={mode} coef={coef_text} apply_to={apply_to} backend={chosen}{when}"
     if chosen == "fold":
         # A zero delta changes nothing: leave that bias (or its absence) alone.
         nonzero = {layer: d for layer, d in deltas.items() if bool(d.any())}
@@ -220,7 +289,19 @@ def attach(
         ops: dict[int, Op] = {layer: AddOp(d.to(layer_device(model, layer), layer_dtype(model, layer))) for layer, d in deltas.items()}
     else:
         ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
-    return patch(model, ops, site=cast(Site, site), positions=apply_to, label=label)
+    if conditions is None:
+        return patch(model, ops, site=cast(Site, site), positions=apply_to, label=label)
+    gate_layers, decide = decision(conditions, combine)
+    stack = decoder_stack(model)
+    gate = PromptGate(stack, gate_layers, decide, site=cast(Site, conditions[0].vector.site))
+    gated: dict[int, Op] = {layer: GatedOp(op, gate) for layer, op in ops.items()}
+    group = patch(model, gated, site=cast(Site, site), positions=apply_to, label=label)
+    try:
+        group.add_pre_hook(stack, gate, with_kwargs=True)
+    except BaseException:
+        group.remove()
+        raise
+    return group
 
 
 @contextmanager
@@ -234,6 +315,8 @@ def steer(
     layers: Iterable[int] | None = None,
     backend: Backend = "auto",
     check_model: bool = True,
+    condition: Condition | Sequence[Condition] | None = None,
+    combine: Combine = "and",
     positions: ApplyTo | None = None,
 ) -> Iterator[HookGroup]:
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
@@ -247,7 +330,9 @@ def steer(
             ``|coef| * norm <= 1e5`` for the vector's largest layer norm.
         apply_to: which tokens to change: ``all``, ``prompt`` or ``generated``
             (absolute positions, correct under the KV cache).
-        mode: ``add`` the scaled vector, or ``ablate`` its direction.
+        mode: one of `MODES` (see the module docs): ``add`` the scaled vector,
+            ``ablate`` its direction, ``clamp`` or ``affine_add`` /
+            ``affine_ablate`` its projection, or rotate (``angular``, coef in degrees).
         layers: restrict to these layers of the vector (default: all of its
             layers); negative indices count from the end of the model.
         backend: ``auto`` (fold into a bias where exact, else hooks), ``hook``,
@@ -255,6 +340,10 @@ def steer(
         check_model: compare each vector's recorded model fingerprint with
             ``model`` (``unknown`` passes); ``False`` steers with a vector from
             another checkpoint of the same shape.
+        condition: a `Condition` or a list of them: steer only the sequences
+            whose prompt meets it (read once per sequence; the other rows run
+            exactly unsteered). Needs the hook backend.
+        combine: ``"and"`` (every condition holds) or ``"or"`` (any does).
         positions: deprecated name of ``apply_to`` (warns).
 
     Raises:
@@ -267,7 +356,18 @@ def steer(
         ...     out = model.generate(**inputs, max_new_tokens=20)
     """
     apply_to = renamed("apply_to", apply_to, positions, "all")
-    group = attach(model, vector, coef, apply_to=apply_to, mode=mode, layers=layers, backend=backend, check_model=check_model)
+    group = attach(
+        model,
+        vector,
+        coef,
+        apply_to=apply_to,
+        mode=mode,
+        layers=layers,
+        backend=backend,
+        check_model=check_model,
+        condition=condition,
+        combine=combine,
+    )
     try:
         yield group
     finally:

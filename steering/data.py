@@ -6,6 +6,7 @@ Bundled sets live in ``steering/datasets/<name>.jsonl`` (see its README);
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -60,3 +61,30 @@ def load_lines(name_or_path: str | Path) -> list[str]:
     if not lines:
         raise DatasetError(f"{path}: file has no non-empty lines")
     return lines
+
+
+def load_prompts(name_or_path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line, as `load_lines`) or a ``.json`` list.
+
+    A JSON list may hold strings or objects with an ``instruction`` or
+    ``prompt`` field (e.g. the harmful / harmless splits of Arditi et al.).
+
+    Raises:
+        DatasetError: naming the file and the first item that is neither.
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        return load_lines(path)
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(items, list) or not items:
+        raise DatasetError(f"{path}: expected a non-empty JSON list of prompts")
+    prompts: list[str] = []
+    for k, item in enumerate(items):
+        text = item if isinstance(item, str) else item.get("instruction", item.get("prompt")) if isinstance(item, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(f"{path}: item {k} is not a prompt (a string, or an object with 'instruction' or 'prompt')")
+        prompts.append(text)
+    return prompts

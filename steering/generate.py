@@ -13,6 +13,7 @@ from steering.hooks import ApplyTo, SteeringError, input_device, renamed
 from steering.vectors.text import encode_prompt, pad_batch, pad_token_id
 
 from .apply import Mode, VectorSpec, steer
+from .conditions import Combine, Condition
 
 
 def _check_not_empty(ids: list[list[int]], prompts: list[str], start: int) -> None:
@@ -48,6 +49,8 @@ def generate(
     chat: bool | None = None,
     batch_size: int = 16,
     check_model: bool = True,
+    condition: Condition | Sequence[Condition] | None = None,
+    combine: Combine = "and",
     positions: ApplyTo | None = None,
     **gen_kwargs: Any,
 ) -> str | list[str]:
@@ -68,6 +71,8 @@ def generate(
         chat: apply the chat template (default: when the tokenizer has one).
         batch_size: prompts per ``generate`` call.
         check_model: as in `steer` (``False`` steers with a vector from another checkpoint).
+        condition, combine: as in `steer`: steer only the prompts that meet the
+            condition(s); the others come out exactly as unsteered.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``do_sample=True``).
 
     Raises:
@@ -88,7 +93,11 @@ def generate(
     pad_id = pad_token_id(tokenizer)
     device = input_device(model)
     outputs: list[str] = []
-    context = steer(model, vector, coef, apply_to=apply_to, mode=mode, check_model=check_model) if vector is not None else nullcontext()
+    context = (
+        steer(model, vector, coef, apply_to=apply_to, mode=mode, check_model=check_model, condition=condition, combine=combine)
+        if vector is not None
+        else nullcontext()
+    )
     with context:
         for start in range(0, len(prompt_list), batch_size):
             chunk = prompt_list[start : start + batch_size]

@@ -199,6 +199,37 @@ def _plan_shared(encoded: dict[str, Tensor], pad_id: int, device: torch.device) 
     return plan_shared(rows[:half], rows[half:], pad_id, device)
 
 
+@torch.no_grad()
+def corpus_means(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    layers: Iterable[int] | int | None,
+    *,
+    read: Read = "last",
+    site: Site = "block_output",
+    batch_size: int = 16,
+) -> dict[int, Tensor]:
+    """Mean activation (float64) per layer over plain ``texts``, each read as in `collect_stats` (``last`` or ``mean``)."""
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise SteeringError("the corpus holds no non-empty texts")
+    indices = resolve_layers(model, layers)
+    device = next(model.parameters()).device
+    sums = {i: torch.zeros(hidden_size(model), dtype=torch.float64) for i in indices}
+    current: dict[str, Tensor] = {}
+
+    def add(layer: int, hidden: Tensor) -> None:
+        sums[layer] += read_rows(hidden, current["_reduce"]).detach().to("cpu", torch.float64).sum(0)
+
+    with capture(model, indices, add, site=site, stop_after_last=True):
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            current = _encode(tokenizer, chunk, [""] * len(chunk), [True] * len(chunk), read, device)
+            run_until_stopped(model, **{k: v for k, v in current.items() if not k.startswith("_")}, use_cache=False)
+    return {i: s / len(texts) for i, s in sums.items()}
+
+
 def extract(
     model: nn.Module,
     tokenizer: Any,
@@ -210,6 +241,8 @@ def extract(
     site: Site = "block_output",
     batch_size: int = 16,
     progress: bool | None = None,
+    corpus: Sequence[str] | None = None,
+    reference: bool = False,
     position: Read | None = None,
 ) -> SteeringVector:
     """Extract a steering vector from contrastive pairs.
@@ -225,6 +258,11 @@ def extract(
         site: hook site to read (`hooks.SITES`).
         batch_size: pairs per forward pass (two sequences each).
         progress: show a progress bar (default: on long runs in a terminal).
+        corpus: generic texts whose mean activation is the negative side of
+            ``method="mean_centred"`` (read as ``read`` says); refused by the other methods.
+        reference: store the reference mean with the vector (the negatives'
+            mean, or the corpus mean), for the affine modes of `steering.steer`;
+            always stored with a corpus.
         position: deprecated name of ``read`` (warns).
 
     Returns:
@@ -235,6 +273,12 @@ def extract(
     """
     read = renamed("read", read, position, "last")
     chosen = get_method(method)
+    if chosen.needs_corpus != (corpus is not None):
+        raise SteeringError(
+            f"method {method!r} needs a generic corpus: pass corpus=texts"
+            if chosen.needs_corpus
+            else f"corpus= is for method='mean_centred'; method {method!r} reads the pairs' negatives"
+        )
     pair_list = as_pairs(pairs)
     stats = collect_stats(
         model,
@@ -248,6 +292,10 @@ def extract(
         needs_samples=chosen.needs_samples,
         progress=progress,
     )
+    if corpus is not None:
+        means = corpus_means(model, tokenizer, corpus, list(stats), read=read, site=site, batch_size=batch_size)
+        for layer, s in stats.items():
+            s.corpus_mean = means[layer]
     directions = {i: chosen.fn(s) for i, s in stats.items()}
     for layer, direction in directions.items():
         if not bool(torch.isfinite(direction).all()):
@@ -263,4 +311,5 @@ def extract(
         read=read,
         n_pairs=len(pair_list),
         dataset_sha256=dataset_sha256(pair_list),
+        reference={i: s.reference.float() for i, s in stats.items()} if reference or corpus is not None else None,
     )

@@ -1,7 +1,9 @@
 """Safetensors files for steering vectors: atomic writes, validated reads.
 
 Layout: one float32 tensor ``layers.{i}`` of shape ``[hidden_size]`` per layer,
-and a string metadata header that describes the vector on its own
+optionally a reference mean ``reference.{i}`` for each of those layers
+(format version 2: files with it; files without it are still written as
+version 1, so older readers keep reading them), and a string metadata header that describes the vector on its own
 (``format=steering-vector``, ``format_version``, model, fingerprint, sizes,
 site, method, read (``last``/``mean``; files before issue 11 call it ``position``), pair count, dataset hash, library version). Every
 problem found on load raises `VectorFileError` naming the file and the field.
@@ -25,7 +27,8 @@ from steering.hooks import LayerError, SteeringError
 from .model_info import VectorMismatchError, check_fits
 
 FORMAT = "steering-vector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this library reads and writes (2: optional ``reference.{i}`` tensors)."""
 REQUIRED = (
     "format",
     "format_version",
@@ -40,7 +43,7 @@ REQUIRED = (
     "dataset_sha256",
     "steering_version",
 )
-_LAYER_KEY = re.compile(r"layers\.(\d+)")
+_LAYER_KEY = re.compile(r"(layers|reference)\.(\d+)")
 _INT_FIELDS = ("hidden_size", "num_layers", "n_pairs")
 
 
@@ -95,17 +98,28 @@ def _umask() -> int:
     return umask
 
 
-def write_vector_file(path: str | Path, directions: Mapping[int, torch.Tensor], metadata: Mapping[str, str]) -> Path:
-    """Write ``directions`` and a vector's ``metadata`` to ``path`` (safetensors), atomically. Returns the path.
+def write_vector_file(
+    path: str | Path,
+    directions: Mapping[int, torch.Tensor],
+    metadata: Mapping[str, str],
+    *,
+    reference: Mapping[int, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``directions`` (and ``reference`` means) and a vector's ``metadata`` to ``path`` (safetensors), atomically.
+
+    Returns the path. ``format_version`` is 2 with a reference mean and 1
+    without, the oldest version that holds what is written.
 
     The file layer of `vectors.vector.save_vector`; it knows no vector type (the
     vector type imports this module, never the other way round).
     """
     tensors = {f"layers.{i}": t.contiguous() for i, t in directions.items()}
+    if reference is not None:
+        tensors.update({f"reference.{i}": t.contiguous() for i, t in reference.items()})
     metadata = {
         **metadata,
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1" if reference is None else str(FORMAT_VERSION),
         "steering_version": _version(),  # the library that wrote this file
     }
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -157,11 +171,12 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
         )
 
     directions: dict[int, torch.Tensor] = {}
+    reference: dict[int, torch.Tensor] = {}
     for key, tensor in tensors.items():
         match = _LAYER_KEY.fullmatch(key)
-        if match is None:
+        if match is None or (match.group(1) == "reference" and ints["format_version"] < 2):
             raise VectorFileError(f"{path}: unexpected tensor {key!r} (expected names like 'layers.12')")
-        layer = int(match.group(1))
+        layer = int(match.group(2))
         if tuple(tensor.shape) != (ints["hidden_size"],):
             raise VectorFileError(
                 f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected ({ints['hidden_size']},) from hidden_size"
@@ -172,9 +187,13 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
             raise VectorFileError(f"{path}: tensor {key!r} contains NaN or inf values")
         if not 0 <= layer < ints["num_layers"]:
             raise VectorFileError(f"{path}: tensor {key!r} is outside the file's num_layers={ints['num_layers']}")
-        directions[layer] = tensor.float()
+        (directions if match.group(1) == "layers" else reference)[layer] = tensor.float()
     if not directions:
         raise VectorFileError(f"{path}: the file holds no 'layers.{{i}}' tensors")
+    if reference and sorted(reference) != sorted(directions):
+        raise VectorFileError(
+            f"{path}: 'reference.{{i}}' tensors for layers {sorted(reference)} do not match the directions' layers {sorted(directions)}"
+        )
 
     if model is not None:
         _check_model(path, meta, ints, directions, model, allow_model_mismatch)
@@ -183,6 +202,7 @@ def read_vector_file(path: str | Path, model: Any = None, *, allow_model_mismatc
     extra = {k: v for k, v in meta.items() if k not in REQUIRED or k == "steering_version"}
     return dict(
         directions=directions,
+        reference=reference or None,
         hidden_size=ints["hidden_size"],
         num_layers=ints["num_layers"],
         n_pairs=ints["n_pairs"],

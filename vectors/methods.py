@@ -12,6 +12,9 @@ pca_diff   first principal component of the pair differences (uncentred),
 probe      logistic-regression weight direction (standardised features),
            sign as above, scaled to the mean-difference norm; the one method
            that keeps the activations (``n_pairs x 2 x hidden`` floats)
+mean_centred  mean of positive activations minus the mean over a generic
+           corpus (``extract(..., corpus=texts)``; Jorgensen et al. 2023):
+           the pairs' negatives are not used
 =========  ==================================================================
 """
 
@@ -37,6 +40,7 @@ class LayerStats:
     keep_outer: bool = False
     keep_samples: bool = False
     n: int = 0
+    corpus_mean: Tensor | None = None
     pos_sum: Tensor = field(init=False)
     neg_sum: Tensor = field(init=False)
     diff_outer: Tensor | None = field(init=False, default=None)
@@ -69,6 +73,13 @@ class LayerStats:
         """Mean positive minus mean negative activation (float64)."""
         return (self.pos_sum - self.neg_sum) / max(self.n, 1)
 
+    @property
+    def reference(self) -> Tensor:
+        """The reference mean the direction is relative to: the corpus mean if one was read, else the negatives' mean."""
+        if self.corpus_mean is not None:
+            return self.corpus_mean
+        return self.neg_sum / max(self.n, 1)
+
 
 @dataclass(frozen=True)
 class Method:
@@ -77,6 +88,7 @@ class Method:
     fn: Callable[[LayerStats], Tensor]
     needs_outer: bool = False
     needs_samples: bool = False
+    needs_corpus: bool = False
     doc: str = ""
 
 
@@ -139,10 +151,18 @@ def probe(stats: LayerStats) -> Tensor:
     return (weight / weight.norm().clamp_min(1e-12) * reference.norm()).float()
 
 
+def mean_centred(stats: LayerStats) -> Tensor:
+    """Mean of positive activations minus the corpus mean (see module docs)."""
+    if stats.corpus_mean is None:
+        raise SteeringError("method 'mean_centred' needs a generic corpus: extract(..., corpus=texts)")
+    return (stats.pos_sum / max(stats.n, 1) - stats.corpus_mean).float()
+
+
 _METHODS: dict[str, Method] = {
     "mean_diff": Method(mean_diff, doc="mean(positive) - mean(negative)"),
     "pca_diff": Method(pca_diff, needs_outer=True, doc="first principal component of pair differences"),
     "probe": Method(probe, needs_samples=True, doc="logistic-regression weight direction"),
+    "mean_centred": Method(mean_centred, needs_corpus=True, doc="mean(positive) - mean(generic corpus)"),
 }
 METHODS: Mapping[str, Method] = MappingProxyType(_METHODS)
 """The registered methods by name: a read-only view; add one with `register_method`."""

@@ -47,6 +47,9 @@ class SteeringVector:
         n_pairs: number of contrastive pairs used.
         dataset_sha256: hash of the pairs' content.
         extra: further string metadata, kept through save and load.
+        reference: optional layer -> reference mean activation ``[hidden_size]``
+            (the mean of the negative side or of a generic corpus), for the
+            affine modes of `steering.steer`; same layers as ``directions``.
 
     Example:
         >>> v = SteeringVector({12: torch.ones(576)}, hidden_size=576, num_layers=30)
@@ -65,10 +68,20 @@ class SteeringVector:
     n_pairs: int = 0
     dataset_sha256: str = UNKNOWN
     extra: Mapping[str, str] = field(default_factory=dict)
+    reference: Mapping[int, Tensor] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "directions", self._clean(self.directions, "direction"))
+        object.__setattr__(self, "extra", MappingProxyType({str(k): str(v) for k, v in self.extra.items()}))
+        if self.reference is not None:
+            reference = self._clean(self.reference, "reference mean")
+            if list(reference) != self.layers:
+                raise VectorMismatchError(f"the reference mean has layers {list(reference)} but the directions have {self.layers}")
+            object.__setattr__(self, "reference", reference)
+
+    def _clean(self, tensors: Mapping[int, Tensor], what: str) -> Mapping[int, Tensor]:
         clean: dict[int, Tensor] = {}
-        for layer, tensor in sorted(self.directions.items()):
+        for layer, tensor in sorted(tensors.items()):
             if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
                 raise VectorMismatchError(f"layer {layer!r} is outside 0..{self.num_layers - 1}")
             if not isinstance(tensor, Tensor) or tuple(tensor.shape) != (self.hidden_size,):
@@ -79,12 +92,11 @@ class SteeringVector:
             if not bool(torch.isfinite(copy).all()):
                 # Caught here, where it is made (e.g. v * nan, or a float32 overflow), not as an
                 # empty generation later or a file that `load` refuses.
-                raise VectorValueError(f"layer {layer}: the direction holds NaN or inf values; a steering vector must be finite")
+                raise VectorValueError(f"layer {layer}: the {what} holds NaN or inf values; a steering vector must be finite")
             clean[layer] = copy
         if not clean:
             raise VectorMismatchError("a steering vector needs at least one layer")
-        object.__setattr__(self, "directions", MappingProxyType(clean))
-        object.__setattr__(self, "extra", MappingProxyType({str(k): str(v) for k, v in self.extra.items()}))
+        return MappingProxyType(clean)
 
     # ----------------------------------------------------------------- views
     @property
@@ -120,7 +132,7 @@ class SteeringVector:
 
     def metadata(self) -> dict[str, str]:
         """All metadata as strings (the safetensors header, minus format fields)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("directions", "extra")}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("directions", "extra", "reference")}
         return {**dict(self.extra), **{k: str(v) for k, v in fields.items()}}
 
     # ------------------------------------------------------------ arithmetic
@@ -153,7 +165,11 @@ class SteeringVector:
         for layer, tensor in other.directions.items():
             out[layer] = out[layer] + tensor if layer in out else tensor
         method = self.method if self.method == other.method else "combination"
-        return dataclasses.replace(self, directions=out, method=method, n_pairs=self.n_pairs + other.n_pairs, dataset_sha256=UNKNOWN)
+        # A sum has no one reference mean, unless both operands share it.
+        reference = self.reference if _same_reference(self, other) and set(out) == set(self.directions) else None
+        return dataclasses.replace(
+            self, directions=out, method=method, n_pairs=self.n_pairs + other.n_pairs, dataset_sha256=UNKNOWN, reference=reference
+        )
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         if not isinstance(other, SteeringVector):
@@ -189,7 +205,7 @@ class SteeringVector:
     # ---------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` as safetensors with a metadata header (atomically)."""
-        return write_vector_file(path, self.directions, self.metadata())
+        return write_vector_file(path, self.directions, self.metadata(), reference=self.reference)
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
@@ -198,7 +214,9 @@ class SteeringVector:
 
     # --------------------------------------------------------------- helpers
     def _with(self, directions: Mapping[int, Tensor]) -> SteeringVector:
-        return dataclasses.replace(self, directions=directions)
+        # The reference mean is a point in activation space: scaling or negating the direction keeps it.
+        reference = None if self.reference is None else {i: self.reference[i] for i in directions}
+        return dataclasses.replace(self, directions=directions, reference=reference)
 
     def _check_same_space(self, other: SteeringVector, verb: str) -> None:
         if self.hidden_size != other.hidden_size:
@@ -214,6 +232,13 @@ class SteeringVector:
             f"SteeringVector(model={self.model!r}, site={self.site}, method={self.method}, "
             f"read={self.read}, n_pairs={self.n_pairs}, norms={{{norms}}})"
         )
+
+
+def _same_reference(a: SteeringVector, b: SteeringVector) -> bool:
+    if a.reference is None or b.reference is None:
+        return False
+    shared = set(a.reference) & set(b.reference)
+    return all(bool(torch.equal(a.reference[i], b.reference[i])) for i in shared)
 
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:

@@ -62,6 +62,7 @@ class GenerationRequest:
     # The steering terms as the client gave them (checked): an engine that validates
     # in its own process again (vLLM's front end) is handed these.
     terms: tuple[dict[str, Any], ...] = ()
+    gate: Callable[[nn.Module, Sequence[int]], bool] | None = None  # conditional steering: read from the prompt at prefill
 
 
 @dataclass(frozen=True)
@@ -372,14 +373,17 @@ class Engine:
         try:
             seq.sampler = Sampler(seq.request.sampling, self._device)
             seq.stream = TextStream(self.codec, seq.request.stop)
-            seq.deltas = seq.request.steering.to(self._placement)
+            steering = seq.request.steering
+            if steering and seq.request.gate is not None and not seq.request.gate(self.model, seq.request.prompt_ids):
+                steering = NO_STEERING  # the condition does not hold: this row runs unsteered
+            seq.deltas = steering.to(self._placement)
             self._set_rows([seq], "prompt")
             try:
                 logits, cache, mask = prefill(self.model, seq.request.prompt_ids, self._device, last_logits_only=self._last_only)
             finally:
                 self._steering.disarm()
             self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
-            if seq.request.steering:
+            if seq.deltas:
                 self.metrics.steered.inc()
             if not self._advance(seq, seq.sampler(logits)):
                 self._batch.join(cache, mask, self.model)

@@ -58,6 +58,23 @@ class SteeringTerm(_Body):
         return self
 
 
+class ConditionTerm(_Body):
+    """A condition of conditional steering: steer this request only if its prompt meets it.
+
+    Attributes:
+        vector: file stem of the condition vector (e.g. a ``steering run
+            experiment=condition_point`` run's ``condition.safetensors``, copied in).
+        layer: the condition layer (in the vector; negative counts from the end).
+        threshold: cosine threshold in ``[-1, 1]``.
+        above: the condition holds for cosines above the threshold (``false``: below).
+    """
+
+    vector: str
+    layer: int
+    threshold: FiniteFloat = Field(ge=-1.0, le=1.0)
+    above: bool = True
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -80,6 +97,13 @@ class _Generation(_Body):
         "vector from the server's vectors directory (or, with mode 'ablate', projecting its direction out). "
         "GET /v1/vectors lists the vectors.",
     )
+    steering_condition: list[ConditionTerm] | None = Field(
+        default=None,
+        description="Conditional steering: the request's steering applies only if its prompt meets these conditions "
+        "(cosine of the prompt's mean hidden state at the layer with the vector, against the threshold), combined "
+        "by steering_combine; otherwise it runs unsteered.",
+    )
+    steering_combine: Literal["and", "or"] = "and"
     user: str | None = None
     # Accepted only at their neutral values (see `neutral_fields`).
     frequency_penalty: FiniteFloat | None = None

@@ -13,6 +13,7 @@ vector file that does not fit the model 422     invalid_vector
 ``coef`` outside ``check_coef``         422     coef_out_of_range
 ``coef`` given with ``mode: ablate``    422     invalid_coef
 ablating a zero direction               422     invalid_vector
+a mode other than add / ablate          422     unsupported_mode
 layer not in the vector                 422     layer_not_in_vector
 more terms than ``max_vectors``         422     too_many_vectors
 ``max_tokens`` above the limit          422     max_tokens_exceeded
@@ -26,11 +27,12 @@ chat without a chat template            400     no_chat_template
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steering.hooks import LayerError, normalize_layer
+from steering.conditions import Condition, prompt_gate
+from steering.hooks import LayerError, SteeringError, normalize_layer
 from steering.vectors import CoefError, VectorFileError, check_coef
 
 from .config import ServerConfig
@@ -41,6 +43,9 @@ from .sampling import SamplingParams
 from .schemas import ChatCompletionRequest, CompletionRequest, SteeringTerm, _Generation
 from .text import Codec
 from .vector_store import VectorNameError, VectorNotFound, VectorStore
+
+SERVED_MODES: tuple[str, ...] = ("add", "ablate")
+"""The modes the server applies per row; the others (`steering.apply.MODES`) are refused with 422."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,14 @@ def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: 
                     )
                 wanted.append(index)
             layers = tuple(dict.fromkeys(wanted))
+        if term.mode not in SERVED_MODES:
+            raise APIError(
+                422,
+                f"{where}.mode: {term.mode!r} is a library and CLI mode (st.steer, steering generate); the server applies "
+                f"{' and '.join(SERVED_MODES)} per row",
+                param=f"{where}.mode",
+                code="unsupported_mode",
+            )
         if term.mode == "ablate":
             zero = [i for i in layers if not vector.directions[i].abs().max() > 0]
             if zero:
@@ -193,9 +206,36 @@ def _max_tokens(requested: int | None, prompt_len: int, ctx: ServingContext, fie
     return requested if requested is not None else min(cfg.default_max_tokens, room)
 
 
+def resolve_condition(body: _Generation, ctx: ServingContext) -> Callable[[Any, Sequence[int]], bool] | None:
+    """The prefill gate of ``steering_condition`` (an `APIError` naming ``steering_condition[i].<field>``), or ``None``."""
+    if not body.steering_condition:
+        return None
+    if not body.steering:
+        raise APIError(
+            422, "steering_condition without steering: there is nothing to gate", param="steering_condition", code="invalid_value"
+        )
+    conditions = []
+    for i, term in enumerate(body.steering_condition):
+        where = f"steering_condition[{i}]"
+        try:
+            vector = ctx.store.get(term.vector)
+        except VectorNameError as exc:
+            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
+        except VectorNotFound as exc:
+            raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
+        except VectorFileError as exc:
+            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
+        try:
+            conditions.append(Condition(vector, term.layer, float(term.threshold), term.above))
+        except SteeringError as exc:
+            raise APIError(422, f"{where}.layer: {exc}", param=f"{where}.layer", code="layer_not_in_vector") from None
+    return prompt_gate(conditions, body.steering_combine)
+
+
 def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, prompt_field: str) -> Prepared:
     steering = resolve_steering(body.steering, ctx)
     terms = tuple({**t.model_dump(exclude_unset=True, exclude={"positions"}), "apply_to": t.apply_to} for t in body.steering or ())
+    gate = resolve_condition(body, ctx)
     temperature = ctx.config.default_temperature if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     # Choice j of a seeded request draws with seed + j: reproducible, and the n choices differ.
@@ -206,7 +246,7 @@ def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, pro
     for i, ids in enumerate(prompts):
         where = prompt_field if len(prompts) == 1 else f"{prompt_field}[{i}]"
         limit = _max_tokens(requested, len(ids), ctx, field, where)
-        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering, terms) for s in samplings)
+        requests.extend(GenerationRequest(tuple(ids), limit, s, tuple(body.stop_list()), steering, terms, gate) for s in samplings)
     return Prepared(requests, sum(len(ids) for ids in prompts))
 
 

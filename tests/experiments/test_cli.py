@@ -249,3 +249,40 @@ def test_empty_prompt_without_chat_is_a_clear_error(capsys, tiny_folder: Path) -
     code, _, err = _run(capsys, "generate", f"model={tiny_folder}", "prompt=", "chat=false", "max_new_tokens=2")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "the prompt ('') is empty after tokenization" in err and "reshape" not in err
+
+
+def test_cli_mean_centred_corpus_and_affine_mode(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The train leaves at noon.\nA map of the town.\n")
+    out_file = tmp_path / "vec.safetensors"
+    code, out, err = _run(
+        capsys,
+        "extract",
+        f"model={tiny_folder}",
+        f"data={pairs_file}",
+        "layers=[1]",
+        "method=mean_centred",
+        f"corpus={corpus}",
+        f"out={out_file}",
+    )
+    assert code == 0, err
+    vec = st.SteeringVector.load(out_file)
+    assert vec.method == "mean_centred" and vec.reference is not None and vec.layers == [1]
+    model, tok = st.load_model(str(tiny_folder))
+    want = st.generate(model, tok, "Hello there", vec, coef=2.0, mode="affine_add", max_new_tokens=5)
+    code, out, err = _run(
+        capsys,
+        "generate",
+        f"model={tiny_folder}",
+        f"vector={out_file}",
+        "coef=2",
+        "mode=affine_add",
+        "prompt=Hello there",
+        "max_new_tokens=5",
+    )
+    assert code == 0, err
+    assert out.strip() == want.strip()
+    code, out, err = _run(
+        capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[1]", "method=mean_centred", f"out={out_file}"
+    )
+    assert code != 0 and "needs a generic corpus" in err

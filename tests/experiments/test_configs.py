@@ -88,6 +88,9 @@ def test_bad_overrides_fail_with_hydra_errors(override: str, error: type[Excepti
     [
         (["task=train"], "task='train'"),
         (["method.name=magic"], "method.name='magic'"),
+        (["method.name=mean_centred"], "needs method.corpus"),
+        (["method.corpus=neutral.txt"], "method.corpus is for method=mean_centred"),
+        (["task=condition"], "needs condition.positives"),
         (["sweep.apply_to=middle"], "sweep.apply_to='middle'"),
         (["metric.use=[generation_score,telepathy]"], "telepathy"),
         (["metric.effect=joy"], "metric.effect='joy'"),

@@ -25,6 +25,11 @@ SWEEP_PLOTS = ["effect_vs_coef.png", "heatmap.png", "side_effects.png"]
 
 def _overrides(name: str, tiny_dir: Path, out: Path, ab_file: Path) -> list[str]:
     extra = [f"data.path={ab_file}"] if name == "caa_ab" else []
+    if name == "condition_point":  # two prompt families instead of ../shared/data
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for side, words in (("positives", "the sea and the boat"), ("negatives", "a cat sat on the mat")):
+            (out.parent / f"{side}.txt").write_text("".join(f"{words} {k}\n" for k in range(8)))
+            extra.append(f"condition.{side}={out.parent / f'{side}.txt'}")
     return [f"experiment={name}", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}", *extra]
 
 
@@ -38,6 +43,15 @@ def test_every_experiment_runs_and_writes_its_files(name: str, tiny_dir: Path, a
     assert "<img" in html and "data:image/png;base64," in html and 'src="plots/' not in html  # self-contained
     assert "Config" in html and str(tiny_dir) in html
     assert (out / "config.yaml").read_text().startswith("name: " + name)
+    if saved["task"] == "condition":
+        assert (out / "plots" / "condition_layers.png").stat().st_size > 1000
+        assert set(saved["layers"]) == {"0", "1"} and saved["best_layer"] == saved["condition"]["layer"]
+        cond = saved["condition"]
+        vector = st.SteeringVector.load(out / "condition.safetensors")
+        assert vector.layers == [cond["layer"]] and -1 <= cond["threshold"] <= 1
+        rows = read_metrics(out / "metrics.csv")
+        assert {r["metric"] for r in rows} >= {"condition_held_out_accuracy", "condition_threshold"}
+        return
     if saved["task"] == "probe":
         assert (out / "plots" / "probe_layers.png").stat().st_size > 1000
         assert isinstance(saved["best_layer"], int) and set(saved["layers"]) == {"0", "1"}
@@ -243,3 +257,31 @@ def test_flat_behaviour_is_reported_not_hidden(tiny_dir: Path, ab_file: Path, tm
     html = (out / "report.html").read_text()
     assert "No cell steers this behaviour within the budget" in html
     assert "wrong_sign" in html
+
+
+def test_generate_with_a_condition_run_matches_the_library(tiny_dir: Path, ab_file: Path, tmp_path: Path, capsys) -> None:
+    """steering generate condition=<condition_point run> steers exactly when st.generate(condition=) does."""
+    out = tmp_path / "cond"
+    run(compose_run(_overrides("condition_point", tiny_dir, out, ab_file)))
+    model, tok = st.load_model(str(tiny_dir))
+    from steering.experiments.summary import load_condition
+
+    condition = load_condition(out, model)
+    vec_path = tmp_path / "up.safetensors"
+    vec = st.extract(model, tok, [("the sea and the boat", "a cat sat on the mat")], layers=[0, 2])
+    vec.save(vec_path)
+    for prompt in ("the sea and the boat 3", "a cat sat on the mat 5"):
+        capsys.readouterr()
+        args = ["generate", f"model={tiny_dir}", f"vector={vec_path}", "coef=6", f"prompt={prompt}", "max_new_tokens=5", f"condition={out}"]
+        assert main(args) == 0
+        text = capsys.readouterr().out.strip()
+        assert text == st.generate(model, tok, prompt, vec, 6.0, max_new_tokens=5, condition=condition).strip()
+    with pytest.raises(st.SteeringError, match="not a condition run"):
+        load_condition(_sweep_like(tmp_path), model)
+
+
+def _sweep_like(tmp_path: Path) -> Path:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"task": "sweep"}))
+    return folder

@@ -198,3 +198,26 @@ def test_negative_layers_count_from_the_models_end_as_in_the_library(client: Ope
     """``layers: [-1]`` is the model's last layer, as in ``st.steer(layers=[-1])`` (hooks.normalize_layer)."""
     last = chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [2]}]).choices[0].message.content
     assert chat(client, PROMPTS[3], [{"vector": "up", "coef": 5.0, "layers": [-1]}]).choices[0].message.content == last
+
+
+def test_steering_condition_gates_each_request_like_the_library(client: OpenAI, reference, vecs) -> None:
+    """steering_condition: the request is steered only if its prompt meets it, as st.generate(condition=) decides."""
+    from steering.conditions import Condition, prompt_means
+
+    model, tok = reference
+    side, up = st.SteeringVector.load(vecs / "side.safetensors"), st.SteeringVector.load(vecs / "up.safetensors")
+    prompts = PROMPTS[:4]
+    means = prompt_means(model, tok, prompts, [1])[1]
+    scores = sorted(float(s) for s in (means @ side.directions[1].double()) / (means.norm(dim=1) * side.directions[1].norm()))
+    cut = (scores[1] + scores[2]) / 2  # two prompts on each side
+    condition = Condition(side, 1, cut)
+    on = condition.holds(means).tolist()
+    assert sum(on) == 2
+    for prompt, holds in zip(prompts, on):
+        body = {"steering": [{"vector": "up", "coef": 4.0}], "steering_condition": [{"vector": "side", "layer": 1, "threshold": cut}]}
+        got = client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0, extra_body=body
+        )
+        text = got.choices[0].message.content
+        assert text == st.generate(model, tok, prompt, up, 4.0, max_new_tokens=16, condition=condition)
+        assert text == (st.generate(model, tok, prompt, up, 4.0, max_new_tokens=16) if holds else _reference(reference, vecs, prompt))
