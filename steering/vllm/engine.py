@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from steering.server.engine import EngineBusy, EngineClosed, Event, Failed, Finished, GenerationRequest, Sink, TextDelta
+from steering.server.errors import APIError
 from steering.server.metrics import ServerMetrics
 from steering.server.text import Codec, TextStream
 
@@ -102,7 +103,19 @@ class VLLMEngine:
         return self
 
     def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
-        """Queue ``requests`` (all or none); see `steering.server.Engine.submit`."""
+        """Queue ``requests`` (all or none); see `steering.server.Engine.submit`.
+
+        Raises:
+            APIError: 422 for conditional steering (``steering_condition``), which
+                the plugin does not apply: the gate is read in the HF engine only.
+        """
+        if any(r.gate is not None for r in requests):
+            raise APIError(
+                422,
+                "steering_condition is not supported with engine=vllm: conditional steering runs on the default HF engine",
+                param="steering_condition",
+                code="unsupported_for_engine",
+            )
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shut down")

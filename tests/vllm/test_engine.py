@@ -84,3 +84,19 @@ def test_events_and_bounded_configs_in_flight() -> None:
         assert {p.extra_args["steering"][0]["vector"] for p in steered} == {"a", "b", "c"}
     finally:
         engine.close()
+
+
+def test_conditional_steering_is_refused_not_ignored() -> None:
+    """A gated request would run unconditionally in vLLM: the engine answers 422 instead."""
+    require_vllm()
+    from steering.server.errors import APIError
+
+    engine = vllm_engine.VLLMEngine(FakeLLM(), Codec(Tok(), [0]), torch.nn.Linear(1, 1), max_batch_size=8, max_configs=2).start()
+    try:
+        gated = GenerationRequest((1, 2, 3), 3, terms=({"vector": "a", "coef": 1.0},), gate=lambda model, ids: True)
+        with pytest.raises(APIError, match="steering_condition") as err:
+            engine.generate(gated, timeout=30)
+        assert err.value.status == 422
+        assert engine.generate(request("a"), timeout=30).text == "xxx"  # the engine keeps serving
+    finally:
+        engine.close()
