@@ -30,7 +30,6 @@ from tiny_models import NUM_LAYERS, make_tiny
 
 import steering as st
 from steering.interop import export_gguf, import_gguf
-from steering.vectors.text import encode_prompt
 
 PEERS_PYTHON = REPO_ROOT / "benchmarks" / ".venv-peers" / "bin" / "python"
 PEER_SCRIPT = Path(__file__).resolve().parents[1] / "repeng_peer.py"
@@ -126,37 +125,3 @@ def test_our_vector_loads_in_repeng_and_steers_the_same(tiny) -> None:
     model, prompts, theirs, vector = tiny["model"], tiny["prompts"], tiny["loaded"], tiny["vector"]
     assert theirs["model_type"] == vector.model  # repeng reads our hint: the vector's model id
     check_same(theirs, ours(model, prompts, vector, TINY_COEF["ours"], 12), plain_tokens(model, prompts, 12))
-
-
-# -------------------------------------------------------------- SmolLM2
-SMOL_LAYERS = [-20, 11, 12, 13]  # -20 is block 10
-SMOL_COEF = 6.0
-SMOL_PROMPTS = st.load_lines("sentiment_eval_prompts.txt")[:3]
-SMOL_TOKENS = 16
-
-
-@pytest.mark.slow
-def test_smollm2_repeng_vector_both_ways(smollm2, tmp_path: Path) -> None:
-    """repeng's vector steers `st.steer` like ControlModel; ours steers ControlModel like `st.steer`."""
-    model, tok = smollm2
-    folder = st.models.model_cache_dir() / "smollm2-135m-instruct"
-    if not (folder / "config.json").is_file():
-        missing(f"{folder} has no converted SmolLM2 (st.load_model writes it)")
-    pairs = st.load_pairs("sentiment")[:32]
-    mine = st.extract(model, tok, pairs, layers=[10, 11, 12, 13])
-    export_gguf(mine, tmp_path / "ours.gguf")
-    prompts = [encode_prompt(tok, p) for p in SMOL_PROMPTS]
-    texts = [[(p.prompt or "") + " " + p.positive, (p.prompt or "") + " " + p.negative] for p in pairs]
-    job = {"model": str(folder), "prompts": prompts, "max_new_tokens": SMOL_TOKENS}
-    trained, loaded = run_repeng(
-        [
-            {**job, "layers": SMOL_LAYERS, "coef": SMOL_COEF, "train": {"pairs": texts, "gguf": str(tmp_path / "repeng.gguf")}},
-            {**job, "layers": [10, 11, 12, 13], "coef": 1.0, "load": str(tmp_path / "ours.gguf")},
-        ],
-        tmp_path,
-    )
-    vector = import_gguf(tmp_path / "repeng.gguf", model)
-    assert trained["layer_ids"] == [10, 11, 12, 13] and vector.layers == [10, 11, 12, 13]
-    plain = plain_tokens(model, prompts, SMOL_TOKENS)
-    check_same(trained, ours(model, prompts, vector, SMOL_COEF, SMOL_TOKENS), plain)
-    check_same(loaded, ours(model, prompts, mine, 1.0, SMOL_TOKENS), plain)
