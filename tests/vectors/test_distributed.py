@@ -31,8 +31,9 @@ PAIRS = [  # with and without prompt, different lengths (batches pad); 9, so the
 
 
 def _torchrun(*args: str | Path, timeout: float = 600) -> None:
+    """``torchrun --nproc-per-node 2`` of ``args`` (a script and its arguments, or ``-m module ...``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SCRIPT, *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
     done = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -53,7 +54,7 @@ def test_two_processes_write_the_one_process_vector(tmp_path: Path) -> None:
     pairs_file.write_text("".join(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if v is not None}) + "\n" for p in pairs))
     out = tmp_path / "out"
     out.mkdir()
-    _torchrun(model_dir, pairs_file, out)
+    _torchrun(SCRIPT, model_dir, pairs_file, out)
 
     model, tok = st.load_model(model_dir)
     loaded = st.load_pairs(pairs_file)
@@ -71,3 +72,28 @@ def test_two_processes_write_the_one_process_vector(tmp_path: Path) -> None:
     assert all(r["world"] == 2 for r in ranks)
     # each process ran its own share of the pairs: 5 + 4 for the CLI runs, 1 + 0 for the single pair
     assert [r["seen"] for r in ranks] == [[5, 5, 5, 1], [4, 4, 4, 0]]
+
+
+@pytest.mark.slow
+def test_two_processes_on_smollm2(smollm2, tmp_path: Path) -> None:
+    """The README command on SmolLM2 (fewer pairs): the CLI under torchrun writes the one-process vector."""
+    model, tok = smollm2
+    pairs = st.load_pairs("sentiment")[:21]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if v is not None}) + "\n" for p in pairs))
+    out = tmp_path / "sentiment.safetensors"
+    _torchrun(
+        "-m",
+        "steering.experiments.cli",
+        "extract",
+        "model=smollm2-135m-instruct",
+        f"data={data}",
+        "layers=[10,12]",
+        "method=pca_diff",
+        f"out={out}",
+    )
+    spread = st.SteeringVector.load(out, model)
+    alone = st.extract(model, tok, st.load_pairs(data), [10, 12], method="pca_diff")
+    assert (spread.n_pairs, spread.dataset_sha256) == (21, alone.dataset_sha256)
+    for layer in (10, 12):
+        assert _cos(spread.directions[layer], alone.directions[layer]) >= 0.99999
