@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         table(
             [
-                [r["method"], str(r["pairs"]), f"{r['model_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['above_after_load_mib']:.0f}", f"{r['pairs_per_s']:.1f}"]
+                [
+                    r["method"],
+                    str(r["pairs"]),
+                    f"{r['model_mib']:.0f}",
+                    f"{r['peak_mib']:.0f}",
+                    f"{r['above_after_load_mib']:.0f}",
+                    f"{r['pairs_per_s']:.1f}",
+                ]
                 for r in rows
             ],
             ["method", "pairs", "model MiB", "peak MiB", "above loaded MiB", "pairs/s"],

@@ -11,6 +11,7 @@ import pytest
 import torch
 from real_resources import missing
 
+import steering as st
 from steering.experiments import ray_sweep
 from steering.experiments.results import read_metrics
 from steering.experiments.run import compose_run, run
@@ -76,8 +77,8 @@ def test_interrupted_ray_sweep_keeps_every_finished_cell(ray: Any, tiny_dir: Pat
 
     monkeypatch.setattr(ray_sweep, "ray_runner", stopped_after_two)
     out = tmp_path / "stopped"
-    with pytest.raises(KeyboardInterrupt):
-        run(compose_run(_sweep(tiny_dir, out, "sweep.backend=ray")))
+    with pytest.raises(KeyboardInterrupt):  # a model handed to run() goes to the workers as it is
+        run(compose_run(_sweep(tiny_dir, out, "sweep.backend=ray")), loaded=st.load_model(tiny_dir))
     assert not ray.is_initialized()  # actors killed, cluster stopped
     measured = {r["cell"] for r in read_metrics(out / "metrics.csv") if r["cell"] is not None}
     assert 0 in measured and len(measured) == 3  # the baseline and the two cells that came back
