@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from _common import ROOT, machine_info, parse_layers, setup_torch, table, write_results
+from _common import RESULTS, ROOT, machine_info, parse_layers, setup_torch, table, write_results
 from extract import peak_rss_mib, reset_peak_rss, rss_mib
 
 TARGET_ABOVE_MODEL_MIB = 64
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_torch(args.device, args.threads)
     counts = [int(c) for c in args.counts.split(",") if c]
     methods = [m for m in args.methods.split(",") if m]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    payload = {"benchmark": "extract-memory-pairs", "machine": machine_info(args.device, args.threads), "config": vars(args), "runs": rows}
+    out = args.out or str(RESULTS / f"extract-memory-pairs-{args.device.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     for method in methods:
         for count in counts:
             cmd = [sys.executable, __file__, "--child", f"{method}:{count}", "--model", args.model, "--layers", args.layers]
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(line[len("MEMORY ") :]))
             r = rows[-1]
             print(f"  {method} {count} pairs: +{r['above_after_load_mib']:.0f} MiB, {r['pairs_per_s']:.1f} pairs/s", flush=True)
+            if not args.no_save:  # after every run: a long run stopped early keeps what it measured
+                write_results("extract-memory-pairs", {**payload, "complete": False}, out)
     print(
         table(
             [
@@ -154,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         worst, spread = max(above), max(above) - min(above)
         verdicts[method] = {"worst_above_mib": worst, "spread_mib": spread, "met": worst <= TARGET_ABOVE_MODEL_MIB}
         print(f"{method}: at most +{worst:.0f} MiB above the loaded model, spread {spread:.0f} MiB (target <= {TARGET_ABOVE_MODEL_MIB})")
-    payload = {"benchmark": "extract-memory-pairs", "machine": machine_info(args.device, args.threads), "config": vars(args), "runs": rows}
-    payload["verdicts"] = verdicts
     if not args.no_save:
-        print(f"results: {write_results('extract-memory-pairs', payload, args.out)}")
+        print(f"results: {write_results('extract-memory-pairs', {**payload, 'verdicts': verdicts, 'complete': True}, out)}")
     return 0
 
 
