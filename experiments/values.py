@@ -151,12 +151,14 @@ CHECKS: dict[str, dict[str, Check]] = {
         "top_p": number(0.0, 1.0),
         "seed": integer(),
     },
+    "bake": {**_MODEL, "coef": number(), "layers": layers()},
     "convert": {
         **_MODEL,
         "layers": layers(),
         "num_layers": integer(1, optional=True),
         "layer": integer(0, optional=True),
         "llama_cpp": boolean(),
+        "coef": number(),
     },
     "compare": {
         "layers": layers(),

@@ -1,4 +1,4 @@
-"""The commands that make, use and inspect one vector: ``extract``, ``generate``, ``convert`` and ``info``.
+"""The commands that make, use and inspect one vector: ``extract``, ``generate``, ``bake``, ``convert`` and ``info``.
 
 Each takes a composed config (``conf/<command>.yaml``) and prints its result;
 errors are raised and turned into one line by `experiments.cli`.
@@ -141,6 +141,25 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any) -> dict[float, str
     return results
 
 
+def bake_command(cfg: DictConfig) -> Path:
+    """Bake ``cfg.vector`` into ``cfg.model``'s weights and write the folder ``cfg.out`` (`steering.bake`)."""
+    model, tok = _load(cfg)
+    layers = None if cfg.layers is None else _layers(cfg.layers)
+    out = st.bake(
+        model,
+        str(cfg.vector),
+        float(cfg.coef),
+        out=str(cfg.out),
+        tokenizer=tok,
+        mode=cfg.mode,
+        layers=layers,
+        check_model=not cfg.allow_model_mismatch,
+    )
+    what = f"coef {float(cfg.coef):+g}" if cfg.mode == "add" else "ablated direction"
+    print(f"baked {cfg.vector} ({cfg.mode}, {what}, layers {layers or 'all'}) into {out}")
+    return out
+
+
 def convert_command(cfg: DictConfig) -> Path:
     """Convert ``cfg.input`` to ``cfg.out`` (formats by suffix, see ``conf/convert.yaml``)."""
     from steering.interop import read_any_vector, write_any_vector
@@ -153,6 +172,8 @@ def convert_command(cfg: DictConfig) -> Path:
     vector = read_any_vector(source, model, allow_model_mismatch=bool(cfg.allow_model_mismatch), **foreign)
     if cfg.layers is not None:
         vector = vector.select(_layers(cfg.layers))
+    if cfg.format is not None:
+        return _convert_to_format(cfg, vector, model, out)
     options: dict[str, Any] = {}
     if out.suffix == ".gguf":
         options["llama_cpp"] = bool(cfg.llama_cpp)
@@ -160,6 +181,21 @@ def convert_command(cfg: DictConfig) -> Path:
         options["model_suffix"] = str(cfg.model_suffix)
     written = write_any_vector(vector, out, **options)
     print(f"wrote {written} (layers {vector.layers}, model {vector.model})")
+    return written
+
+
+def _convert_to_format(cfg: DictConfig, vector: st.SteeringVector, model: Any, out: Path) -> Path:
+    """``format=lm-eval``: lm-evaluation-harness' ``steered`` file, with hookpoints from the model."""
+    from steering.interop import export_lm_eval
+
+    if cfg.format != "lm-eval":
+        raise st.SteeringError(f"format={cfg.format}: unknown format; choose lm-eval, or leave it null to go by the suffix of out")
+    if model is None:
+        if vector.model == "unknown":
+            raise st.SteeringError("format=lm-eval names hookpoints by the model's modules: pass model=")
+        model = st.load_model(vector.model)[0]
+    written = export_lm_eval(vector, out, model, coef=float(cfg.coef), mode=cfg.mode, check_model=not cfg.allow_model_mismatch)
+    print(f"wrote {written} (lm-eval steered, {cfg.mode}, coef {float(cfg.coef):+g}, layers {vector.layers}, model {vector.model})")
     return written
 
 

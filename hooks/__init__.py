@@ -6,6 +6,7 @@ knows nothing of steering vectors. Every registration is owned by a
 """
 
 from .cache import CACHE_KEYWORDS, cache_kwargs, cache_length, forward_parameters, output_cache
+from .devices import input_device, layer_device, layer_dtype, module_device, offloaded_tensor, wide_dtype
 from .errors import ConfigError, LayerError, SteeringError
 from .fold import FOLD_TARGETS, FoldConflictError, fold, fold_blocker, share
 from .handles import HookGroup
@@ -56,9 +57,14 @@ __all__ = [
     "fold",
     "fold_blocker",
     "forward_parameters",
+    "input_device",
+    "layer_device",
+    "layer_dtype",
+    "module_device",
     "normalize_layer",
     "normalize_layers",
     "num_layers",
+    "offloaded_tensor",
     "past_length",
     "output_cache",
     "pad_ids",
@@ -76,4 +82,5 @@ __all__ = [
     "span_basis",
     "unpack",
     "unpack_inputs",
+    "wide_dtype",
 ]

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from .devices import wide_dtype
 from .errors import LayerError
 from .fold import claim
 from .handles import HookGroup
@@ -101,17 +102,23 @@ def span_basis(directions: Tensor) -> Tensor:
 
 
 class AblateOp:
-    """Project the span of ``directions`` (``[k, d_model]``) out of the hidden states."""
+    """Project the span of ``directions`` (``[k, d_model]``) out of the hidden states.
+
+    The projection runs in float32 at least (`wide_dtype`) and the result is
+    cast back once: in bf16, ``hidden - projection`` rounded term by term
+    leaves a residue along the direction of about 1% of its norm.
+    """
 
     def __init__(self, directions: Tensor) -> None:
         self._basis = _Cast(span_basis(directions))
 
     def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        basis = self._basis.like(hidden)
-        projection = (hidden @ basis.T) @ basis
+        wide = hidden.to(wide_dtype(hidden.dtype))
+        basis = self._basis.like(wide)
+        projection = (wide @ basis.T) @ basis
         if mask is not None:
             projection = projection * mask[:, None].to(projection.dtype)
-        return hidden - projection
+        return (wide - projection).to(hidden.dtype)
 
 
 def patch(

@@ -123,10 +123,12 @@ class PositionTracker:
         """Boolean ``[seq]`` mask of the tokens to patch, or ``None`` for all of them."""
         if positions == "all":
             return None
-        absolute = torch.arange(seq_len, device=device) + self.offset
+        # Tensor positions (static cache) live where the inputs went; a layer may run elsewhere.
+        offset, prompt_len = (x.to(device) if isinstance(x, Tensor) else x for x in (self.offset, self.prompt_len))
+        absolute = torch.arange(seq_len, device=device) + offset
         if positions == "prompt":
-            return absolute < self.prompt_len
-        return absolute >= self.prompt_len
+            return absolute < prompt_len
+        return absolute >= prompt_len
 
     def select(self, positions: str, seq_len: int, device: torch.device) -> Tensor | bool:
         """Like `mask`, but ``True`` when every token is patched and ``False`` when none is.

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .devices import wide_dtype
+
 Side = Literal["left", "right"]
 
 
@@ -80,8 +82,13 @@ def read_rows(hidden: Tensor, how: Tensor) -> Tensor:
     or the mean over the tokens of mask ``how`` (``[batch, seq]``).
 
     ``how`` comes from `read_indices` (read ``last``) or `completion_mask` (read ``mean``).
+    A mean is summed in float32 at least (`hooks.devices.wide_dtype`) from the first
+    op, and returned in that dtype: a bf16 sum over a long completion would round
+    every partial sum to 8 bits of mantissa.
     """
+    how = how.to(hidden.device)  # no-op unless the model is spread over devices
     if how.dim() == 1:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), how]
-    weights = how.to(hidden.dtype)
-    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+    wide = wide_dtype(hidden.dtype)
+    weights = how.to(device=hidden.device, dtype=wide)
+    return (hidden.to(wide) * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)

@@ -47,6 +47,7 @@ from steering.vectors import (
 )
 
 from .apply import Backend, Mode, attach, steer
+from .bake import BakeError, BakeMode, bake
 from .data import bundled_datasets, load_lines, load_pairs
 from .generate import generate
 from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
@@ -63,6 +64,8 @@ __all__ = [
     "SITES",
     "ApplyTo",
     "Backend",
+    "BakeError",
+    "BakeMode",
     "ContrastPair",
     "DatasetError",
     "HookGroup",
@@ -81,6 +84,7 @@ __all__ = [
     "VectorFileError",
     "VectorMismatchError",
     "attach",
+    "bake",
     "bundled_datasets",
     "decoder_layers",
     "extract",

@@ -12,7 +12,9 @@ deltas. ``fold`` adds the constant delta to the bias of the block's last MLP
 linear layer (`hooks.fold`), so steered generation runs exactly the code of
 plain generation, with no Python per token and no graph break under
 ``torch.compile``; biases are restored bit for bit on exit. ``auto`` (the
-default) folds whenever that is exact: ``mode="add"``, ``apply_to="all"``, the
+default) folds whenever that is exact (in float32; in bf16/fp16 the bias add
+rounds differently from the hook path's residual add, so tokens may differ,
+see the README): ``mode="add"``, ``apply_to="all"``, the
 ``block_output`` or ``mlp_output`` site, an architecture listed in
 `hooks.fold.FOLD_TARGETS` (not Gemma 2/3 at ``block_output``) and a model in
 eval mode; otherwise it uses hooks.
@@ -34,7 +36,21 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import AblateOp, AddOp, ApplyTo, HookGroup, LayerError, Op, Site, SteeringError, patch, renamed, resolve_layers
+from steering.hooks import (
+    AblateOp,
+    AddOp,
+    ApplyTo,
+    HookGroup,
+    LayerError,
+    Op,
+    Site,
+    SteeringError,
+    layer_device,
+    layer_dtype,
+    patch,
+    renamed,
+    resolve_layers,
+)
 from steering.hooks.fold import fold, fold_blocker, fold_conflict
 from steering.hooks.positions import check_positions
 from steering.vectors import SteeringVector, check_coef
@@ -200,7 +216,8 @@ def attach(
         nonzero = {layer: d for layer, d in deltas.items() if bool(d.any())}
         return fold(model, nonzero, site=site, label=label)
     if mode == "add":
-        ops: dict[int, Op] = {layer: AddOp(d) for layer, d in deltas.items()}
+        # Moved and cast once per layer, to where that layer runs (models spread over devices).
+        ops: dict[int, Op] = {layer: AddOp(d.to(layer_device(model, layer), layer_dtype(model, layer))) for layer, d in deltas.items()}
     else:
         ops, site = build_ops(model, vector, coef, mode=mode, layers=layers, check_model=False)  # checked above
     return patch(model, ops, site=cast(Site, site), positions=apply_to, label=label)

@@ -9,7 +9,7 @@ from typing import Any, cast, overload
 import torch
 from torch import nn
 
-from steering.hooks import ApplyTo, SteeringError, renamed
+from steering.hooks import ApplyTo, SteeringError, input_device, renamed
 from steering.vectors.text import encode_prompt, pad_batch, pad_token_id
 
 from .apply import Mode, VectorSpec, steer
@@ -86,7 +86,7 @@ def generate(
         # Silence "temperature is set but do_sample=False" from the model's defaults.
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     pad_id = pad_token_id(tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     outputs: list[str] = []
     context = steer(model, vector, coef, apply_to=apply_to, mode=mode, check_model=check_model) if vector is not None else nullcontext()
     with context:

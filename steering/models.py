@@ -33,10 +33,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
-from steering.hooks import SteeringError
+from steering.hooks import SteeringError, decoder_layers_path, normalize_layer
+from steering.hooks import num_layers as count_layers
 
 if TYPE_CHECKING:  # keep torch/transformers imports lazy: nothing happens on import
     import torch
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "ModelLoadError",
     "ModelSpec",
+    "block_device_map",
     "load_model",
     "model_cache_dir",
     "register_model",
@@ -290,7 +293,7 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
 
 
-def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hf_folder(folder: Path, dtype: torch.dtype, placement: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not folder.is_dir():
@@ -300,8 +303,8 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, 
         hint = f"; to load a GGUF, pass the file itself, e.g. {folder / ggufs[0]}" if ggufs else ""
         raise ModelLoadError(f"Folder {folder} is not a Hugging Face model folder: it has no config.json{hint}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True, **placement)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(f"Could not load a causal LM from {folder}: {exc}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -310,7 +313,7 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, 
     return model, tokenizer
 
 
-def _finalize(model, tokenizer, device: torch.device, name_or_path: str):
+def _finalize(model, tokenizer, device: torch.device | None, name_or_path: str):
     model.config._name_or_path = name_or_path
     tokenizer.name_or_path = name_or_path
     # Batched generation with a decoder-only model needs a pad token and left
@@ -326,7 +329,8 @@ def _finalize(model, tokenizer, device: torch.device, name_or_path: str):
         gen.pad_token_id = tokenizer.pad_token_id
     if gen.eos_token_id is None and tokenizer.eos_token_id is not None:
         gen.eos_token_id = tokenizer.eos_token_id
-    model.to(device)
+    if device is not None:  # None: placed by accelerate (device_map), never moved as a whole
+        model.to(device)
     model.eval()
     return model, tokenizer
 
@@ -334,10 +338,60 @@ def _finalize(model, tokenizer, device: torch.device, name_or_path: str):
 # --------------------------------------------------------------------------- public API
 
 
+def block_device_map(model: nn.Module, blocks: Mapping[int, int | str], rest: int | str = "cpu") -> dict[str, int | str]:
+    """A ``device_map`` for `load_model` that places decoder blocks one by one.
+
+    Every decoder block is named (``blocks[i]`` where given, else ``rest``), and
+    so is every other top-level part (embeddings, final norm, LM head: ``rest``).
+    ``model`` is any copy of the architecture: loaded, or built empty under
+    accelerate's ``init_empty_weights``.
+
+    Args:
+        model: a model of the architecture to place.
+        blocks: layer index (negative counts from the end) -> a GPU index, ``"cpu"`` or ``"disk"``.
+        rest: where the other blocks and parts go.
+
+    Example:
+        >>> block_device_map(model, {i: "disk" for i in range(20, 30)}, rest=0)  # doctest: +SKIP
+        {'model.layers.0': 0, ..., 'model.layers.29': 'disk', 'model.embed_tokens': 0, 'model.norm': 0, 'lm_head': 0}
+    """
+    path = decoder_layers_path(model)
+    depth = count_layers(model)
+    placed = {normalize_layer(i, depth, type(model).__name__): device for i, device in blocks.items()}
+    out: dict[str, int | str] = {f"{path}.{i}": placed.get(i, rest) for i in range(depth)}
+    parts = path.split(".")
+    for level in range(len(parts)):  # the siblings of every module on the way down to the block list
+        parent = model.get_submodule(".".join(parts[:level]))
+        for name, _ in parent.named_children():
+            if name != parts[level]:
+                out[".".join([*parts[:level], name])] = rest
+    return out
+
+
+def _placement(device: Any, device_map: Any, max_memory: Any, offload_folder: Any) -> tuple[torch.device | None, dict[str, Any]]:
+    """The device to move the model to (``None``: accelerate places it) and the ``from_pretrained`` placement keywords."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ModelLoadError("max_memory and offload_folder place a model over devices: give device_map too (e.g. device_map='auto')")
+        return _resolve_device(device), {}
+    if device is not None:
+        raise ModelLoadError(f"give device={device!r} or device_map, not both (device_map places the model; device moves it whole)")
+    placement: dict[str, Any] = {"device_map": dict(device_map) if isinstance(device_map, Mapping) else device_map}
+    if max_memory is not None:
+        placement["max_memory"] = dict(max_memory)
+    if offload_folder is not None:
+        placement["offload_folder"] = os.fspath(offload_folder)
+    return None, placement
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | Mapping[str, Any] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, ready for steering.
 
@@ -349,20 +403,34 @@ def load_model(
             any torch device / device string.
         dtype: ``None`` (float32), a ``torch.dtype``, or ``"float32"``,
             ``"bfloat16"``, ``"float16"``.
+        device_map: spread the model over devices with accelerate, as
+            transformers' ``from_pretrained`` does: ``"auto"``, ``"balanced"``,
+            ``"sequential"``, or ``{module name: device}`` where a device is a
+            GPU index, ``"cpu"`` or ``"disk"`` (e.g. ``{"model.layers.20": "disk"}``).
+            Not with ``device``.
+        max_memory: with ``device_map``, the most each device may hold,
+            e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
+        offload_folder: with ``device_map``, where weights mapped to
+            ``"disk"`` are written and read back from.
 
     Returns:
-        ``(model, tokenizer)``: the model in eval mode on ``device`` in
-        ``dtype``; ``model.config._name_or_path`` is the registry name or the
-        given path.  The tokenizer has a pad token (eos if it had none) and
-        pads on the left; ``model.generation_config.pad_token_id`` is set.
+        ``(model, tokenizer)``: the model in eval mode on ``device`` (or where
+        ``device_map`` put each part) in ``dtype``;
+        ``model.config._name_or_path`` is the registry name or the given path.
+        The tokenizer has a pad token (eos if it had none) and pads on the
+        left; ``model.generation_config.pad_token_id`` is set.
 
     Raises:
         ModelLoadError: unknown name, missing package (the message gives the
-            ``pip install`` line), folder without ``config.json``, or a file
-            transformers cannot load.
+            ``pip install`` line), folder without ``config.json``, a file
+            transformers cannot load, or ``device`` together with ``device_map``.
+
+    Example:
+        >>> model, tok = load_model("smollm2-135m-instruct", dtype="bfloat16",
+        ...     device_map={"": "cpu"})  # doctest: +SKIP
     """
     torch_dtype = _resolve_dtype(dtype)
-    torch_device = _resolve_device(device)
+    torch_device, placement = _placement(device, device_map, max_memory, offload_folder)
 
     key = os.fspath(name_or_path)
     spec = MODEL_REGISTRY.get(key) or MODEL_REGISTRY.get(key.lower())
@@ -372,7 +440,7 @@ def load_model(
         if not _is_complete_cache(target):
             gguf = spec.gguf_path()
             _convert_gguf_to_cache(gguf, target, {"source": "registry", "name": spec.name})
-        model, tokenizer = _load_hf_folder(target, torch_dtype)
+        model, tokenizer = _load_hf_folder(target, torch_dtype, placement)
         return _finalize(model, tokenizer, torch_device, spec.name)
 
     path = Path(key).expanduser()
@@ -383,10 +451,10 @@ def load_model(
             st = path.stat()
             source = {"source": "gguf", "file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
             _convert_gguf_to_cache(path, target, source)
-        model, tokenizer = _load_hf_folder(target, torch_dtype)
+        model, tokenizer = _load_hf_folder(target, torch_dtype, placement)
         return _finalize(model, tokenizer, torch_device, str(path))
     if path.is_dir():
-        model, tokenizer = _load_hf_folder(path, torch_dtype)
+        model, tokenizer = _load_hf_folder(path, torch_dtype, placement)
         return _finalize(model, tokenizer, torch_device, key)
     if path.is_file():
         raise ModelLoadError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face model folder")

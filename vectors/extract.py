@@ -34,6 +34,7 @@ from steering.hooks import (
     capture,
     check_site,
     completion_mask,
+    input_device,
     num_layers,
     position_ids,
     read_indices,
@@ -117,7 +118,7 @@ def collect_stats(
         raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     width = hidden_size(model)
     stats = {i: LayerStats(width, keep_sketch=needs_sketch, keep_samples=needs_samples) for i in indices}
-    device = next(model.parameters()).device
+    device = input_device(model)
     shard = data_parallel(device, distributed)
     texts = [pair_texts(tokenizer, p) for p in pairs]
     # Similar lengths in one batch waste less compute on padding; sums do not care about order.

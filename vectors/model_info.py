@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import LayerError, SteeringError
+from steering.hooks import LayerError, SteeringError, offloaded_tensor
 from steering.hooks import num_layers as count_layers
 from steering.hooks.fold import unfolded_parameters
 from steering.hooks.sites import site_module
@@ -94,17 +95,35 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     if version != FINGERPRINT_VERSION:
         raise ValueError(f"fingerprint format {version} is not known to this library (it computes 1 and {FINGERPRINT_VERSION})")
     samples: list[Tensor] = []
+    offloaded = _OFFLOADED_SAMPLES.setdefault(model, {})
     for name, param in unfolded_parameters(model):
         digest.update(f"{name}{tuple(param.shape)};".encode())
-        if param.device.type == "meta" or param.numel() == 0:  # offloaded: shape only
-            continue
-        flat = param.detach().reshape(-1)
-        samples.append(flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR].float())
+        if param.device.type == "meta":  # offloaded by accelerate: sampled where it keeps the value, once
+            if name not in offloaded:
+                value = offloaded_tensor(model, name)
+                if value is None:  # an empty model (init_empty_weights, not loaded yet): shape only
+                    continue
+                offloaded[name] = _sample(value)
+            samples.append(offloaded[name])
+        elif param.numel():
+            samples.append(_sample(param))
     if samples:
         # One transfer to the CPU for all tensors (they may live on several devices).
         joined = torch.cat([s.to(samples[0].device) for s in samples])
         digest.update(joined.to("cpu", torch.bfloat16).float().numpy().tobytes())
     return f"fp{FINGERPRINT_VERSION}:{digest.hexdigest()[:16]}"
+
+
+# Samples of offloaded weights, per model: reading them back from disk costs a full tensor
+# each, and `steer` checks the fingerprint on every call. Offloaded weights cannot change
+# in place (they live in accelerate's weights map), so the samples stay valid.
+_OFFLOADED_SAMPLES: weakref.WeakKeyDictionary[nn.Module, dict[str, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _sample(tensor: Tensor) -> Tensor:
+    """Up to `_SAMPLES_PER_TENSOR` evenly strided float32 values of ``tensor`` (empty for an empty one)."""
+    flat = tensor.detach().reshape(-1)
+    return flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR].float()
 
 
 def _digest_v1(digest: hashlib._Hash, embeddings: Tensor) -> None:

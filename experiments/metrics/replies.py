@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import cache_kwargs, output_cache, pad_ids, position_ids
+from steering.hooks import cache_kwargs, input_device, output_cache, pad_ids, position_ids
 from steering.vectors.text import format_prompt, pad_token_id, separator, tokenize
 
 
@@ -97,7 +97,7 @@ def reply_logprobs(model: nn.Module, batch: ReplyBatch) -> Tensor:
     the prompt, column ``k`` predicts reply token ``k`` (0-based) for ``k <
     reply``. Columns past a row's reply length are padding.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompt_ids = batch.prompt_ids.to(device)
     prompt_mask = batch.prompt_mask.to(device)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), use_cache=True, logits_to_keep=1)

@@ -29,6 +29,7 @@ from steering.hooks import (
     capture,
     check_site,
     completion_mask,
+    input_device,
     position_ids,
     read_indices,
     read_rows,
@@ -181,7 +182,7 @@ def text_features(
         raise SteeringError("no texts given")
     indices = resolve_layers(model, layers)
     check_site(site)
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows: dict[int, list[Tensor]] = {i: [] for i in indices}
     how: Tensor = torch.empty(0)
 

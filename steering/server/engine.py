@@ -37,13 +37,13 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from steering.hooks import HookGroup, SteeringError
+from steering.hooks import HookGroup, SteeringError, input_device
 from steering.hooks.fold import share
 from steering.vectors import hidden_size
 
 from .kv_batch import KVBatch, forward_parameters, prefill
 from .metrics import ServerMetrics
-from .row_steering import NO_STEERING, Phase, RowDeltas, RowSteering
+from .row_steering import NO_STEERING, Phase, RowDeltas, RowSteering, layer_placement
 from .sampling import Sampler, SamplingParams
 from .text import Codec, TextStream
 
@@ -162,8 +162,8 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.metrics = metrics or ServerMetrics()
-        param = next(model.parameters())
-        self._device, self._dtype = param.device, param.dtype
+        self._device = input_device(model)  # input ids; each layer's steering goes where that layer runs
+        self._placement = layer_placement(model)
         self._width = hidden_size(model)
         accepted = forward_parameters(model)
         self._last_only = "logits_to_keep" in accepted
@@ -369,7 +369,7 @@ class Engine:
         try:
             seq.sampler = Sampler(seq.request.sampling, self._device)
             seq.stream = TextStream(self.codec, seq.request.stop)
-            seq.deltas = seq.request.steering.to(self._device, self._dtype)
+            seq.deltas = seq.request.steering.to(self._placement)
             self._set_rows([seq], "prompt")
             try:
                 logits, cache, mask = prefill(self.model, seq.request.prompt_ids, self._device, last_logits_only=self._last_only)
@@ -413,7 +413,7 @@ class Engine:
 
     def _set_rows(self, rows: list[_Sequence], phase: Phase) -> None:
         deltas, ids = [s.deltas for s in rows], [s.id for s in rows]
-        self._steering.set_rows(deltas, phase, ids=ids, width=self._width, device=self._device, dtype=self._dtype)
+        self._steering.set_rows(deltas, phase, ids=ids, width=self._width, placement=self._placement)
 
     def _advance(self, seq: _Sequence, token: int) -> bool:
         """Record ``token`` for ``seq`` and send its text; return whether ``seq`` is finished."""

@@ -32,7 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from steering.hooks import Site, record
+from steering.hooks import Site, input_device, record
 from steering.hooks.cache import cache_kwargs
 from steering.vectors import SteeringVector, VectorFileError
 
@@ -150,7 +150,7 @@ def project(model: nn.Module, job: ReadJob) -> list[float]:
 
     Runs the model: call it only on the thread that owns it (`Engine.call`).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     cache = DynamicCache()  # filled in place by the prompt pass, read by the completion pass
     rows: list[Tensor] = []
     with torch.inference_mode():

@@ -36,11 +36,12 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import HookGroup, LayerError, Site, patch, span_basis
+from steering.hooks import HookGroup, LayerError, Site, layer_device, layer_dtype, num_layers, patch, span_basis, wide_dtype
 from steering.vectors import SteeringVector
 
 Key = tuple[str, int]  # (site, layer)
 Phase = Literal["prompt", "generated"]
+Placement = Mapping[int, tuple[torch.device, torch.dtype]]  # layer -> where it runs, in which dtype
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,31 @@ class RowDeltas:
     def ablation(self, phase: Phase) -> Mapping[Key, Tensor]:
         return self.ablate_prompt if phase == "prompt" else self.ablate_generated
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> RowDeltas:
-        """A copy with every tensor on ``device`` in ``dtype`` (done once per request)."""
-        move = lambda table: MappingProxyType({k: v.to(device=device, dtype=dtype) for k, v in table.items()})  # noqa: E731
-        return RowDeltas(move(self.prompt), move(self.generated), move(self.ablate_prompt), move(self.ablate_generated))
+    def to(self, placement: Placement) -> RowDeltas:
+        """A copy with each layer's tensors where that layer runs (done once per request).
+
+        Deltas take the layer's dtype; ablation bases its `wide_dtype`, since
+        the projection runs in float32 at least.
+        """
+
+        def move(table: Mapping[Key, Tensor], wide: bool) -> Mapping[Key, Tensor]:
+            out = {}
+            for key, value in table.items():
+                device, dtype = placement[key[1]]
+                out[key] = value.to(device=device, dtype=wide_dtype(dtype) if wide else dtype)
+            return MappingProxyType(out)
+
+        return RowDeltas(
+            move(self.prompt, False), move(self.generated, False), move(self.ablate_prompt, True), move(self.ablate_generated, True)
+        )
 
 
 NO_STEERING = RowDeltas()
+
+
+def layer_placement(model: nn.Module) -> Placement:
+    """``layer -> (device, dtype)`` for every decoder block: where per-row tables must live."""
+    return MappingProxyType({i: (layer_device(model, i), layer_dtype(model, i)) for i in range(num_layers(model))})
 
 
 def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
@@ -133,9 +152,10 @@ class _RowOp:
         if not owner.armed:
             return hidden
         basis = owner.ablation.get(self._key)
-        if basis is not None:  # [B, k, d]: project each row's span out, as AblateOp does
-            basis = self._fit(basis, hidden)
-            hidden = hidden - (hidden @ basis.transpose(1, 2)) @ basis
+        if basis is not None:  # [B, k, d]: project each row's span out, as AblateOp does (in float32 at least)
+            wide = hidden.to(wide_dtype(hidden.dtype))
+            basis = self._fit(basis, wide)
+            hidden = (wide - (wide @ basis.transpose(1, 2)) @ basis).to(hidden.dtype)
         delta = owner.table.get(self._key)
         if delta is not None:
             hidden = hidden + self._fit(delta, hidden)[:, None, :]
@@ -144,7 +164,8 @@ class _RowOp:
     def _fit(self, rows: Tensor, hidden: Tensor) -> Tensor:
         if rows.shape[0] != hidden.shape[0]:
             raise LayerError(f"step table for {self._key} has {rows.shape[0]} rows but the batch has {hidden.shape[0]}")
-        return rows if rows.dtype == hidden.dtype else rows.to(hidden.dtype)
+        # Tables are built where each layer runs (`RowDeltas.to`); this cast is only a safety net.
+        return rows if rows.dtype == hidden.dtype and rows.device == hidden.device else rows.to(hidden.device, hidden.dtype)
 
 
 class RowSteering:
@@ -183,13 +204,12 @@ class RowSteering:
             op = _RowOp(self, (site, layer))
             self._groups[(site, layer)] = patch(self._model, {layer: op}, site=cast(Site, site), label=f"serve rows {site}[{layer}]")
 
-    def set_rows(
-        self, rows: Sequence[RowDeltas], phase: Phase, *, ids: Sequence[object], width: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
+    def set_rows(self, rows: Sequence[RowDeltas], phase: Phase, *, ids: Sequence[object], width: int, placement: Placement) -> None:
         """Make ``rows`` (one per batch row, in order) the table of the next pass.
 
         ``ids`` identify the rows; the stacked table is reused while they and
         ``phase`` stay the same (decode steps of an unchanged batch).
+        ``placement`` is where each layer runs (`layer_placement`).
         """
         key = (phase, *ids)
         self.armed = True
@@ -200,12 +220,17 @@ class RowSteering:
         keys = set().union(*(t.keys() for t in tables)) if tables else set()
         ablate_keys = set().union(*(b.keys() for b in bases)) if bases else set()
         self.ensure(keys | ablate_keys)
-        zero = torch.zeros(width, device=device, dtype=dtype)
-        self.table = {k: torch.stack([t.get(k, zero) for t in tables]) for k in keys}
+        table: dict[Key, Tensor] = {}
+        for k in keys:
+            device, dtype = placement[k[1]]
+            zero = torch.zeros(width, device=device, dtype=dtype)
+            table[k] = torch.stack([t.get(k, zero) for t in tables])
+        self.table = table
         ablation: dict[Key, Tensor] = {}
         for k in ablate_keys:
             rank = max(b[k].shape[0] for b in bases if k in b)
-            stacked = torch.zeros(len(rows), rank, width, device=device, dtype=dtype)
+            device, dtype = placement[k[1]]
+            stacked = torch.zeros(len(rows), rank, width, device=device, dtype=wide_dtype(dtype))
             for i, b in enumerate(bases):
                 if k in b:
                     stacked[i, : b[k].shape[0]] = b[k]

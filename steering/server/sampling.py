@@ -40,6 +40,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
+        self._device = device
         self._generator: torch.Generator | None = None
         if not params.greedy:
             seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -50,7 +51,8 @@ class Sampler:
     def __call__(self, logits: Tensor) -> int:
         if self._generator is None:
             return int(torch.argmax(logits))
-        scores = logits.float() / self.params.temperature
+        # The logits of a model spread over devices come from its last one.
+        scores = logits.to(self._device, torch.float32) / self.params.temperature
         if self.params.top_p < 1.0:
             scores = top_p_filter(scores, self.params.top_p)
         probs = torch.softmax(scores, dim=-1)

@@ -20,7 +20,7 @@ from steering.experiments.config import compose_config
 from steering.experiments.serve import choose_torch_threads, server_config
 from steering.hooks import AblateOp, AddOp, patch, span_basis
 from steering.server import ConfigError, RowSteering, ServerConfig, Term, VectorStore, build_row_deltas, vector_store
-from steering.server.row_steering import NO_STEERING
+from steering.server.row_steering import NO_STEERING, layer_placement
 from steering.server.sampling import Sampler, SamplingParams, top_p_filter
 from steering.server.text import Codec, TextStream
 from steering.server.vector_store import VectorNameError, VectorNotFound
@@ -217,7 +217,7 @@ def test_row_steering_adds_each_rows_delta_and_zero_rows_are_exact() -> None:
             steered = model(ids).logits
         rows = RowSteering(model)
         deltas = build_row_deltas([Term(vec, 3.0, (1,))])
-        rows.set_rows([NO_STEERING, deltas], "prompt", ids=[1, 2], width=32, device=torch.device("cpu"), dtype=torch.float32)
+        rows.set_rows([NO_STEERING, deltas], "prompt", ids=[1, 2], width=32, placement=layer_placement(model))
         mixed = model(ids).logits
         rows.disarm()
         after = model(ids).logits
@@ -243,7 +243,7 @@ def test_row_ablation_projects_each_rows_span_out_and_zero_rows_are_exact() -> N
         with patch(model, {1: AblateOp(torch.stack([a.directions[1], b.directions[1]]))}), patch(model, {1: AddOp(2.0 * b.directions[1])}):
             ref_two = model(ids).logits  # hooks run in registration order: ablate, then add
         rows = RowSteering(model)
-        rows.set_rows([NO_STEERING, one, two], "prompt", ids=[1, 2, 3], width=32, device=torch.device("cpu"), dtype=torch.float32)
+        rows.set_rows([NO_STEERING, one, two], "prompt", ids=[1, 2, 3], width=32, placement=layer_placement(model))
         assert rows.ablation[("block_output", 1)].shape == (3, 2, 32)  # ranks 0, 1, 2 padded to 2
         mixed = model(ids).logits
         rows.remove()
