@@ -51,7 +51,7 @@ from .report import write_report
 from .results import MetricsWriter
 from .schema import check, migrate_renamed, register_schema
 from .summary import VECTOR, condition_summary, probe_summary, sweep_summary, write_summary
-from .sweep import SweepResult, grid, run_sweep
+from .sweep import CellRunner, SweepResult, grid, run_sweep, serial_cells
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
     pairs, held_out = _pairs(cfg)
     needs = set().union(*(METRICS[name].needs for name in cfg.metric.use))
     data = load_eval_data(cfg, needs, pairs, held_out)
+    given = loaded
     if loaded is None:
         log.info("loading model %s", cfg.model.name)
         loaded = st.load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
@@ -141,10 +142,16 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
     ctx = Context(model, tokenizer, cfg, data)
     if cfg.task == "probe":
         return _probe(ctx, out_dir, yaml, start)
-    return _sweep(ctx, pairs, out_dir, yaml, start)
+    runner: CellRunner = serial_cells
+    if cfg.sweep.backend == "ray":
+        from .ray_sweep import ray_runner
+
+        sweep = cfg.sweep
+        runner = ray_runner(int(sweep.workers), sweep.ray_address, int(sweep.cpus_per_worker), shipped=given)
+    return _sweep(ctx, pairs, out_dir, yaml, start, runner)
 
 
-def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float) -> dict[str, Any]:
+def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float, runner: CellRunner) -> dict[str, Any]:
     cfg = ctx.cfg
     rows = grid(cfg, ctx.model)
     layers = sorted({i for row in rows for i in row})
@@ -163,7 +170,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
     )
     vector.save(out_dir / VECTOR)
     log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))
-    result = run_sweep(ctx, vector, rows, out_dir)
+    result = run_sweep(ctx, vector, rows, out_dir, runner)
     summary = sweep_summary(cfg, result, time.perf_counter() - start)
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)

@@ -24,6 +24,7 @@ from steering.vectors import METHODS, READS
 from .metrics import METRICS, produced_values
 
 TASKS = ("sweep", "probe", "condition")
+BACKENDS = ("serial", "ray")
 
 
 @dataclass
@@ -75,6 +76,10 @@ class SweepConf:
     site: str = "block_output"
     apply_to: str = "all"  # all | prompt | generated: the tokens steered
     positions: str | None = None  # deprecated name of apply_to
+    backend: str = "serial"  # serial | ray: where the steered cells are measured
+    workers: int = 2  # ray: actors, one model each
+    cpus_per_worker: int = 1  # ray: CPUs (torch threads) per actor
+    ray_address: str | None = None  # ray: a running cluster (null = $RAY_ADDRESS, else a local one)
 
 
 @dataclass
@@ -188,6 +193,9 @@ def check(cfg: DictConfig) -> None:
             if cfg.method.name == "mean_centred"
             else f"method.corpus is for method=mean_centred, not {cfg.method.name}"
         )
+    _choice("sweep.backend", cfg.sweep.backend, BACKENDS)
+    if cfg.sweep.workers < 1 or cfg.sweep.cpus_per_worker < 1:
+        raise ConfigError(f"sweep.workers={cfg.sweep.workers} and sweep.cpus_per_worker={cfg.sweep.cpus_per_worker} must be >= 1")
     if cfg.method.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
     if not 0.0 <= cfg.data.holdout < 1.0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,23 +81,42 @@ def grid(cfg: DictConfig, model: nn.Module) -> list[tuple[int, ...]]:
     return plan_windows(num_layers(model), resolve_starts(model, cfg.sweep.layers), windows)
 
 
-def _measure(ctx: Context, cell: Cell, names: list[str]) -> dict[str, float]:
+def measure(ctx: Context, cell: Cell) -> CellResult:
+    """Measure ``cell`` with every cell metric of the config; its texts stay in ``cell.cache``."""
+    names = [n for n in ctx.cfg.metric.use if METRICS[n].kind == "cell"]
     values: dict[str, float] = {}
     for name in names:
         values.update(METRICS[name].fn(ctx, cell))
-    return values
-
-
-def _result(cell: Cell, values: dict[str, float]) -> CellResult:
+    if any("prompts" in METRICS[n].needs for n in names):
+        text_metrics.generations(ctx, cell)  # cached: the generations the metrics scored
     return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values)
 
 
-def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...]], out_dir: Path) -> SweepResult:
+CellRunner = Callable[[Context, list[Cell]], Iterator[tuple[Cell, CellResult]]]
+"""Measures cells and yields each with its result as it finishes, in any order.
+
+Each yielded cell carries the ``cache`` its metrics filled (generations,
+scores, A/B logit differences), which row aggregates and the report read.
+"""
+
+
+def serial_cells(ctx: Context, cells: list[Cell]) -> Iterator[tuple[Cell, CellResult]]:
+    """The one-process `CellRunner`: every cell in turn on ``ctx.model``."""
+    for cell in cells:
+        yield cell, measure(ctx, cell)
+
+
+def run_sweep(
+    ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...]], out_dir: Path, runner: CellRunner = serial_cells
+) -> SweepResult:
     """Measure the baseline, then every cell of ``rows`` x the non-zero ``sweep.coefs``.
 
+    The baseline and the per-layer metrics run here; the steered cells run on
+    ``runner`` (`serial_cells`, or Ray workers: `experiments.distributed`).
     Values are appended to ``out_dir/metrics.csv`` (and generations to
-    ``generations.jsonl``) as each cell finishes. A ``KeyboardInterrupt``
-    stops the sweep and returns what was measured, with ``interrupted`` set.
+    ``generations.jsonl``) as each cell finishes, and a row's aggregates as
+    soon as its last cell is in. A ``KeyboardInterrupt`` stops the sweep and
+    returns what was measured, with ``interrupted`` set.
     """
     cfg = ctx.cfg
     cell_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "cell"]
@@ -116,10 +136,9 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
                 result.layers.setdefault(layer, {}).update(values)
                 metrics_file.aggregate(str(layer), [layer], values)
 
-        def finish(cell: Cell) -> CellResult:
-            measured = _result(cell, _measure(ctx, cell, cell_metrics))
+        def finish(cell: Cell, measured: CellResult) -> CellResult:
             if texts_file is not None:
-                texts = text_metrics.generations(ctx, cell)
+                texts = cell.cache["generations"]
                 result.generations[cell.index] = texts
                 texts_file.cell(measured, ctx.data.prompts, texts, cell.cache.get("scores"))
             value = measured.values.get(effect, math.nan)
@@ -128,31 +147,34 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
             return measured
 
         baseline_cell = Cell(0, apply_to=apply_to)
-        result.baseline = finish(baseline_cell)
+        result.baseline = finish(baseline_cell, measure(ctx, baseline_cell))
         for row in rows:
             metrics_file.cell(result.baseline, label=window_label(row), layers=row)
-        index = 1
+        cells: list[Cell] = []
         for row in rows:
             row_vector = vector.select(row)
-            row_cells = [baseline_cell]
             for coef in coefs:
-                cell = Cell(index, row, coef, row_vector, apply_to)
-                index += 1
-                measured = finish(cell)
-                metrics_file.cell(measured)
-                result.cells.append(measured)
-                row_cells.append(cell)
+                cells.append(Cell(1 + len(cells), row, coef, row_vector, apply_to))
+        done: dict[tuple[int, ...], list[Cell]] = {row: [] for row in rows}
+        for cell, measured in runner(ctx, cells):
+            metrics_file.cell(finish(cell, measured))
+            result.cells.append(measured)
+            row_cells = done[cell.layers]
+            row_cells.append(cell)
+            if len(row_cells) < len(coefs):
+                continue
+            row_cells.sort(key=lambda c: c.index)
             aggregates: dict[str, float] = {}
             for name in cell_metrics:
                 row_fn = METRICS[name].row
                 if row_fn is not None:
-                    aggregates.update(row_fn(ctx, row_cells))
+                    aggregates.update(row_fn(ctx, [baseline_cell, *row_cells]))
             if aggregates:
-                result.rows[window_label(row)] = aggregates
-                metrics_file.aggregate(window_label(row), row, aggregates)
+                result.rows[window_label(cell.layers)] = aggregates
+                metrics_file.aggregate(window_label(cell.layers), cell.layers, aggregates)
             # Keep only what later steps read: the generations (report) live in `result`.
-            for cell in row_cells[1:]:
-                cell.cache.clear()
+            for done_cell in row_cells:
+                done_cell.cache.clear()
     except KeyboardInterrupt:
         result.interrupted = True
         log.warning("sweep interrupted after %d of %d cells; keeping what was measured", bar.n, result.planned)
@@ -161,4 +183,5 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
         metrics_file.close()
         if texts_file is not None:
             texts_file.close()
+    result.cells.sort(key=lambda c: c.index)  # other runners finish in any order
     return result

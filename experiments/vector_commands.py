@@ -12,6 +12,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, ListConfig
 
 import steering as st
+from steering.vectors.distributed import is_main_process, local_device
 
 
 def _load(cfg: DictConfig):  # -> (model, tokenizer)
@@ -26,12 +27,17 @@ def _layers(value: object) -> list[int]:
 
 
 def extract_command(cfg: DictConfig) -> Path:
-    """Extract a vector from ``cfg.data`` and save it to ``cfg.out``."""
+    """Extract a vector from ``cfg.data`` and save it to ``cfg.out``.
+
+    Under ``torchrun`` / ``accelerate launch`` the processes split the pairs
+    (`steering.vectors.distributed`; ``device=cuda`` is each one's own GPU)
+    and rank 0 alone writes the file.
+    """
     out = Path(cfg.out)
     if out.suffix != ".safetensors":
         raise st.SteeringError(f"out={out}: the output file must end in .safetensors")
     pairs = st.load_pairs(cfg.data)
-    model, tok = _load(cfg)
+    model, tok = st.load_model(cfg.model, device=local_device(cfg.device), dtype=cfg.dtype)
     vector = st.extract(
         model,
         tok,
@@ -44,6 +50,8 @@ def extract_command(cfg: DictConfig) -> Path:
         corpus=None if cfg.corpus is None else st.load_lines(cfg.corpus),
         reference=bool(cfg.reference),
     )
+    if not is_main_process():
+        return out
     vector.save(out)
     norms = ", ".join(f"{i}: {n:.3f}" for i, n in vector.norms().items())
     print(f"saved {out} ({vector.method}, {vector.n_pairs} pairs, {vector.site}, read={vector.read}; norms {norms})")

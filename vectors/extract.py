@@ -44,6 +44,7 @@ from steering.hooks import (
     run_until_stopped,
 )
 
+from .distributed import data_parallel, gather_samples, reduce_stats
 from .methods import LayerStats, get_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, as_pairs, dataset_sha256
@@ -90,17 +91,21 @@ def collect_stats(
     read: Read = "last",
     site: Site = "block_output",
     batch_size: int = 16,
-    needs_outer: bool = False,
+    needs_sketch: bool = False,
     needs_samples: bool = False,
     progress: bool | None = None,
     share_prefix: bool = True,
+    distributed: bool | None = None,
     position: Read | None = None,
 ) -> dict[int, LayerStats]:
     """Run the pairs through the model and return running statistics per layer.
 
     With ``share_prefix`` (and ``read="last"``), the tokens a pair's two
-    texts begin with run once per batch (see `vectors.prefix`). ``position``
-    is the deprecated name of ``read``.
+    texts begin with run once per batch (see `vectors.prefix`). Under
+    torch.distributed (``distributed=None`` detects it, see
+    `vectors.distributed`) this process runs its share of the pairs and the
+    statistics returned are those of all pairs. ``position`` is the
+    deprecated name of ``read``.
     """
     position = renamed("read", read, position, "last")
     indices = resolve_layers(model, layers)
@@ -112,8 +117,9 @@ def collect_stats(
     if tokenizer.pad_token_id is None:
         raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     width = hidden_size(model)
-    stats = {i: LayerStats(width, keep_outer=needs_outer, keep_samples=needs_samples) for i in indices}
+    stats = {i: LayerStats(width, keep_sketch=needs_sketch, keep_samples=needs_samples) for i in indices}
     device = input_device(model)
+    shard = data_parallel(device, distributed)
     texts = [pair_texts(tokenizer, p) for p in pairs]
     # Similar lengths in one batch waste less compute on padding; sums do not care about order.
     if share_prefix and position == "last":
@@ -121,6 +127,8 @@ def collect_stats(
         order = sorted(range(len(texts)), key=keys.__getitem__)
     else:
         order = sorted(range(len(texts)), key=lambda k: len(texts[k][0]) + len(texts[k][1]))
+    if shard is not None:  # every world-th pair of the length order: equal shares of equal lengths
+        order = order[shard.rank :: shard.world]
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     disable = (not progress) if progress is not None else (True if len(batches) < 8 else None)
 
@@ -161,7 +169,11 @@ def collect_stats(
             run_until_stopped(model, **inputs, use_cache=False)
             if device.type == "cpu":
                 _trim_heap()
-    if needs_samples:
+    if shard is not None:
+        reduce_stats(stats, shard)
+        if needs_samples:
+            gather_samples(stats, torch.as_tensor(order, dtype=torch.long))
+    elif needs_samples:
         # Samples back in the pairs' own order (batches ran length-sorted), so row k is pair k.
         back = torch.as_tensor(order).argsort()
         for s in stats.values():
@@ -243,6 +255,7 @@ def extract(
     progress: bool | None = None,
     corpus: Sequence[str] | None = None,
     reference: bool = False,
+    distributed: bool | None = None,
     position: Read | None = None,
 ) -> SteeringVector:
     """Extract a steering vector from contrastive pairs.
@@ -263,6 +276,10 @@ def extract(
         reference: store the reference mean with the vector (the negatives'
             mean, or the corpus mean), for the affine modes of `steering.steer`;
             always stored with a corpus.
+        distributed: split the pairs over the torch.distributed processes
+            (``None``: when torchrun / accelerate launched this one, see
+            `vectors.distributed`); every process returns the whole vector.
+            ``False``: this process extracts every pair itself.
         position: deprecated name of ``read`` (warns).
 
     Returns:
@@ -288,9 +305,10 @@ def extract(
         read=read,
         site=site,
         batch_size=batch_size,
-        needs_outer=chosen.needs_outer,
+        needs_sketch=chosen.needs_sketch,
         needs_samples=chosen.needs_samples,
         progress=progress,
+        distributed=distributed,
     )
     if corpus is not None:
         means = corpus_means(model, tokenizer, corpus, list(stats), read=read, site=site, batch_size=batch_size)

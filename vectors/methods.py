@@ -8,7 +8,8 @@ it needs. Methods are registered by name in `METHODS`, so configs can pick one.
 mean_diff  mean of positive activations minus mean of negative ones
 pca_diff   first principal component of the pair differences (uncentred),
            sign chosen so positives project higher, scaled to the mean
-           difference's component along it
+           difference's component along it; read from a streaming sketch
+           (below), exact when ``hidden <= SKETCH_RANK``
 probe      logistic-regression weight direction (standardised features),
            sign as above, scaled to the mean-difference norm; the one method
            that keeps the activations (``n_pairs x 2 x hidden`` floats)
@@ -16,10 +17,21 @@ mean_centred  mean of positive activations minus the mean over a generic
            corpus (``extract(..., corpus=texts)``; Jorgensen et al. 2023):
            the pairs' negatives are not used
 =========  ==================================================================
+
+``pca_diff`` needs the second moment ``C = sum_i d_i d_i^T`` of the pair
+differences. A ``d x d`` float64 matrix per layer is 4 GiB at 32 layers of
+4096, so `LayerStats` keeps a Nyström sketch instead (Tropp et al. 2017,
+"Fixed-rank approximation of a positive-semidefinite matrix from streaming
+data"): ``Y = C @ Omega`` for a fixed seeded Gaussian ``Omega`` of
+``d x SKETCH_RANK`` (2 MiB per layer at 4096). ``Y`` is a sum over pairs, so
+batches, and processes under data-parallel extraction, simply add up; the top
+eigenvector of ``Y (Omega^T Y)^+ Y^T`` is the direction. Where ``d <=
+SKETCH_RANK``, ``Omega`` is the identity and the sketch is ``C`` itself (exact).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,19 +43,41 @@ from torch import Tensor
 
 from steering.hooks import SteeringError
 
+SKETCH_RANK = 128
+"""Columns of the ``pca_diff`` sketch (see module docs): ``hidden x 128`` float64 per layer."""
+
+
+@functools.lru_cache(maxsize=4)
+def sketch_basis(hidden_size: int, rank: int = SKETCH_RANK) -> Tensor:
+    """The fixed test matrix ``Omega`` ``[hidden, min(hidden, rank)]`` (float64; read-only, shared by all layers).
+
+    The identity where ``hidden <= rank`` (the sketch is then exact), else a
+    Gaussian from a fixed seed, so every process and every run draws the same one.
+    """
+    if hidden_size <= rank:
+        return torch.eye(hidden_size, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(hidden_size * 1_000_003 + rank)
+    return torch.randn(hidden_size, rank, generator=generator, dtype=torch.float64)
+
 
 @dataclass
 class LayerStats:
-    """Running statistics of one layer's activations over the pairs seen so far."""
+    """Running statistics of one layer's activations over the pairs seen so far.
+
+    Everything but the samples is a sum over pairs, so stats of disjoint
+    shards add up (`vectors.distributed` reduces them across processes).
+    """
 
     hidden_size: int
-    keep_outer: bool = False
+    keep_sketch: bool = False
     keep_samples: bool = False
+    sketch_rank: int = SKETCH_RANK
     n: int = 0
     corpus_mean: Tensor | None = None
     pos_sum: Tensor = field(init=False)
     neg_sum: Tensor = field(init=False)
-    diff_outer: Tensor | None = field(init=False, default=None)
+    sketch_basis: Tensor | None = field(init=False, default=None)
+    diff_sketch: Tensor | None = field(init=False, default=None)
     pos_samples: list[Tensor] = field(init=False, default_factory=list)
     neg_samples: list[Tensor] = field(init=False, default_factory=list)
 
@@ -51,8 +85,9 @@ class LayerStats:
         # float64 accumulators: sums over thousands of pairs lose digits in float32.
         self.pos_sum = torch.zeros(self.hidden_size, dtype=torch.float64)
         self.neg_sum = torch.zeros(self.hidden_size, dtype=torch.float64)
-        if self.keep_outer:
-            self.diff_outer = torch.zeros(self.hidden_size, self.hidden_size, dtype=torch.float64)
+        if self.keep_sketch:
+            self.sketch_basis = sketch_basis(self.hidden_size, self.sketch_rank)
+            self.diff_sketch = torch.zeros_like(self.sketch_basis)
 
     def update(self, pos: Tensor, neg: Tensor) -> None:
         """Add a batch of ``[batch, hidden]`` positive and negative activations."""
@@ -61,9 +96,10 @@ class LayerStats:
         self.n += pos.shape[0]
         self.pos_sum += pos.sum(0)
         self.neg_sum += neg.sum(0)
-        if self.diff_outer is not None:
+        if self.diff_sketch is not None:
+            assert self.sketch_basis is not None
             diff = pos - neg
-            self.diff_outer += diff.T @ diff
+            self.diff_sketch += diff.T @ (diff @ self.sketch_basis)
         if self.keep_samples:
             self.pos_samples.append(pos.float())
             self.neg_samples.append(neg.float())
@@ -86,7 +122,7 @@ class Method:
     """An extraction method: ``fn(stats) -> direction`` plus the statistics it needs."""
 
     fn: Callable[[LayerStats], Tensor]
-    needs_outer: bool = False
+    needs_sketch: bool = False
     needs_samples: bool = False
     needs_corpus: bool = False
     doc: str = ""
@@ -97,11 +133,25 @@ def mean_diff(stats: LayerStats) -> Tensor:
     return stats.mean_diff.float()
 
 
+def top_eigenvector(sketch: Tensor, basis: Tensor) -> Tensor:
+    """Top eigenvector of the PSD ``C`` whose sketch is ``sketch = C @ basis`` (Nyström, see module docs)."""
+    # A shift by nu keeps the core well conditioned; eigenvalues move by nu, eigenvectors do not.
+    nu = float(torch.finfo(torch.float64).eps) * (sketch.shape[0] ** 0.5) * float(torch.linalg.matrix_norm(sketch, 2))
+    shifted = sketch + nu * basis
+    core = basis.T @ shifted
+    values, vectors = torch.linalg.eigh((core + core.T) / 2)
+    keep = values > values.max() * 1e-12
+    # C + nu*basis-span ~ F F^T with F = shifted V diag(values)^-1/2; its top left singular vector is the answer.
+    factor = shifted @ (vectors[:, keep] / values[keep].sqrt())
+    left, _, _ = torch.linalg.svd(factor, full_matrices=False)
+    return left[:, 0]
+
+
 def pca_diff(stats: LayerStats) -> Tensor:
     """First principal component of the pair differences (see module docs)."""
-    assert stats.diff_outer is not None
-    _, vecs = torch.linalg.eigh(stats.diff_outer / max(stats.n, 1))
-    top = vecs[:, -1]  # eigh sorts eigenvalues in ascending order
+    if stats.diff_sketch is None or stats.sketch_basis is None:
+        raise SteeringError("pca_diff needs stats collected with keep_sketch=True")
+    top = top_eigenvector(stats.diff_sketch, stats.sketch_basis)
     along = float(stats.mean_diff @ top)
     # Sign toward the positives; magnitude = the mean difference's component.
     return (top * along).float()
@@ -160,7 +210,7 @@ def mean_centred(stats: LayerStats) -> Tensor:
 
 _METHODS: dict[str, Method] = {
     "mean_diff": Method(mean_diff, doc="mean(positive) - mean(negative)"),
-    "pca_diff": Method(pca_diff, needs_outer=True, doc="first principal component of pair differences"),
+    "pca_diff": Method(pca_diff, needs_sketch=True, doc="first principal component of pair differences"),
     "probe": Method(probe, needs_samples=True, doc="logistic-regression weight direction"),
     "mean_centred": Method(mean_centred, needs_corpus=True, doc="mean(positive) - mean(generic corpus)"),
 }

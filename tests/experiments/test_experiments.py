@@ -127,15 +127,15 @@ def test_same_seed_same_numbers_when_sampling(tiny_dir: Path, tmp_path: Path) ->
 
 def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = sweep_module._measure
+    real = sweep_module.measure
 
-    def measure(ctx, cell, names):
+    def measure(ctx, cell):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return real(ctx, cell, names)
+        return real(ctx, cell)
 
-    monkeypatch.setattr(sweep_module, "_measure", measure)
+    monkeypatch.setattr(sweep_module, "measure", measure)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         run(compose_run(["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}"]))

@@ -366,7 +366,7 @@ def test_pca_diff_on_synthetic_stats():
     d = 10
     u = torch.zeros(d, dtype=torch.float64)
     u[3] = 1.0
-    stats = LayerStats(d, keep_outer=True)
+    stats = LayerStats(d, keep_sketch=True)
     base = torch.randn(50, d, generator=g, dtype=torch.float64)
     # differences: mostly along -u (variance) with the mean along -u too
     diffs = -(3 + torch.rand(50, 1, generator=g, dtype=torch.float64)) * u + 0.1 * torch.randn(50, d, generator=g, dtype=torch.float64)
@@ -374,6 +374,44 @@ def test_pca_diff_on_synthetic_stats():
     out = METHODS["pca_diff"].fn(stats).double()
     assert cos(out, -u) > 0.99  # sign follows the positives (mean diff is along -u)
     torch.testing.assert_close(out.norm(), abs(stats.mean_diff @ out / out.norm()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n", [5, 40, 400])  # fewer pairs than the sketch's rank, and more
+def test_pca_diff_sketch_matches_exact_pca(n):
+    """hidden 256 > rank 32: the Nyström sketch gives the exact top eigenvector of the uncentred second moment."""
+    g = torch.Generator().manual_seed(n)
+    d = 256
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    u /= u.norm()
+    # a spectrum like real pair differences: one strong direction, a slowly decaying tail
+    tail = torch.randn(d, d, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d, dtype=torch.float64)
+    diffs = (2 + torch.rand(n, 1, generator=g, dtype=torch.float64)) * u + 0.02 * torch.randn(n, d, generator=g, dtype=torch.float64) @ tail
+    base = torch.randn(n, d, generator=g, dtype=torch.float64)
+    sketched = LayerStats(d, keep_sketch=True, sketch_rank=32)
+    for k in range(0, n, 7):  # batches of any size add up
+        sketched.update(base[k : k + 7] + diffs[k : k + 7], base[k : k + 7])
+    assert sketched.diff_sketch is not None and sketched.diff_sketch.shape == (d, 32)
+    values, vecs = torch.linalg.eigh(diffs.T @ diffs / n)
+    assert values[-1] > 2 * values[-2]  # a clear top eigenvector
+    top = vecs[:, -1]
+    assert abs(cos(diffs.mean(0), top)) < 0.99999  # pca is not simply the mean difference here
+    out = METHODS["pca_diff"].fn(sketched).double()
+    assert abs(cos(out, top)) > 0.9999
+    assert float(out @ sketched.mean_diff) > 0
+    # magnitude: the mean difference's component along it
+    assert float(out.norm()) == pytest.approx(abs(float(sketched.mean_diff @ top)), rel=1e-3)
+
+
+def test_pca_diff_sketch_is_a_sum_over_shards():
+    """Stats of two halves, added, are the stats of all pairs (what data-parallel extraction reduces)."""
+    g = torch.Generator().manual_seed(7)
+    pos, neg = torch.randn(30, 200, generator=g), torch.randn(30, 200, generator=g)
+    whole, a, b = (LayerStats(200, keep_sketch=True, sketch_rank=16) for _ in range(3))
+    whole.update(pos, neg)
+    a.update(pos[:11], neg[:11])
+    b.update(pos[11:], neg[11:])
+    assert whole.diff_sketch is not None and a.diff_sketch is not None and b.diff_sketch is not None
+    torch.testing.assert_close(a.diff_sketch + b.diff_sketch, whole.diff_sketch)
 
 
 def test_mean_diff_method_on_stats():
@@ -597,18 +635,18 @@ def test_stats_keep_samples_only_when_needed(llama_mod):
         PAIRS,
         [0, 1],
         batch_size=4,
-        needs_outer=METHODS["mean_diff"].needs_outer,
+        needs_sketch=METHODS["mean_diff"].needs_sketch,
         needs_samples=METHODS["mean_diff"].needs_samples,
     )
     assert set(lean) == {0, 1}
     for s in lean.values():
         assert s.n == len(PAIRS)
         assert s.pos_samples == [] and s.neg_samples == []
-        assert s.diff_outer is None
+        assert s.diff_sketch is None
         assert s.pos_sum.dtype == torch.float64
 
     probe = METHODS["probe"]
-    full = collect_stats(model, tok, PAIRS, [0, 1], batch_size=4, needs_outer=probe.needs_outer, needs_samples=probe.needs_samples)
+    full = collect_stats(model, tok, PAIRS, [0, 1], batch_size=4, needs_sketch=probe.needs_sketch, needs_samples=probe.needs_samples)
     for i, s in full.items():
         assert s.n == len(PAIRS)
         assert sum(t.shape[0] for t in s.pos_samples) == len(PAIRS)
@@ -617,14 +655,14 @@ def test_stats_keep_samples_only_when_needed(llama_mod):
         torch.testing.assert_close(s.mean_diff, lean[i].mean_diff)
 
     pca = METHODS["pca_diff"]
-    outer = collect_stats(model, tok, PAIRS, [0], batch_size=4, needs_outer=pca.needs_outer, needs_samples=pca.needs_samples)
-    assert outer[0].diff_outer is not None and outer[0].diff_outer.shape == (32, 32)
-    assert outer[0].pos_samples == []
+    sketched = collect_stats(model, tok, PAIRS, [0], batch_size=4, needs_sketch=pca.needs_sketch, needs_samples=pca.needs_samples)
+    assert sketched[0].diff_sketch is not None and sketched[0].diff_sketch.shape == (32, 32)  # hidden 32 <= rank: exact
+    assert sketched[0].pos_samples == []
 
 
 def test_method_registry_flags():
-    assert not METHODS["mean_diff"].needs_samples and not METHODS["mean_diff"].needs_outer
-    assert METHODS["pca_diff"].needs_outer and not METHODS["pca_diff"].needs_samples
+    assert not METHODS["mean_diff"].needs_samples and not METHODS["mean_diff"].needs_sketch
+    assert METHODS["pca_diff"].needs_sketch and not METHODS["pca_diff"].needs_samples
     assert METHODS["probe"].needs_samples
 
 

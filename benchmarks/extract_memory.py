@@ -1,0 +1,167 @@
+"""Does extraction memory stay flat up to 10,000 pairs? Peak memory and pairs/s per method and pair count.
+
+Pairs: every bundled data set's pairs (prompt and completion joined, as in
+``benchmarks/extract.py``) under a dozen framings ("Honestly, ...", "In one
+line: ...", ...), so 10,000 pairs are 10,000 different texts, not one set cycled.
+
+Each (method, count) runs in a fresh process: load the model, extract 4 pairs
+(warms the allocator), note the resident memory, reset the peak counter
+(Linux ``clear_refs``), extract ``count`` pairs and report the peak resident
+memory (CPU) or peak allocated GPU memory above that point, and the pairs/s.
+The goal: at most 64 MiB above the loaded model at every count, and flat.
+
+Example:
+    .venv/bin/python benchmarks/extract_memory.py --counts 100,1000,10000 --layers 0-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import RESULTS, ROOT, machine_info, parse_layers, setup_torch, table, write_results
+from extract import peak_rss_mib, reset_peak_rss, rss_mib
+
+TARGET_ABOVE_MODEL_MIB = 64
+FRAMES = (
+    "",
+    "Honestly, ",
+    "In one line: ",
+    "Quick note. ",
+    "As I said before, ",
+    "Well... ",
+    "Reply: ",
+    "To be clear, ",
+    "(overheard) ",
+    "Story time. ",
+    "For the record, ",
+    "Answer: ",
+)
+
+
+def make_pairs(n: int) -> list[Any]:
+    """``n`` distinct pairs: the bundled sets' pairs under each framing in turn (ValueError past the pool)."""
+    import steering as st
+
+    base = []
+    for name in st.bundled_datasets():
+        for p in st.load_pairs(name):
+            prefix = f"{p.prompt} " if p.prompt else ""
+            base.append((prefix + p.positive, prefix + p.negative))
+    pool = [st.ContrastPair(frame + pos, frame + neg) for frame in FRAMES for pos, neg in base]
+    if n > len(pool):
+        raise ValueError(f"{n} pairs asked, {len(pool)} distinct ones can be made")
+    return pool[:n]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--counts", default="100,1000,10000", help="pair counts (default 100,1000,10000)")
+    p.add_argument("--methods", default="mean_diff,pca_diff", help="methods (default mean_diff,pca_diff)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
+    p.add_argument("--layers", default="10-20", help="layers to extract, e.g. 0-2 (default 10-20)")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", default=None, help="results JSON path")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def child(args: argparse.Namespace) -> int:
+    """One extraction of ``--child METHOD:COUNT``; print its memory and speed as JSON."""
+    setup_torch(args.device, args.threads)
+    import torch
+
+    import steering as st
+
+    method, count = args.child.split(":")
+    model, tok = st.load_model(args.model, device=args.device)
+    model_mib = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+    pairs = make_pairs(int(count))
+    layers = parse_layers(args.layers)
+    st.extract(model, tok, pairs[:4], layers=layers, method=method, batch_size=args.batch_size, progress=False)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mib()
+    was_reset = reset_peak_rss()
+    start = time.perf_counter()
+    st.extract(model, tok, pairs, layers=layers, method=method, batch_size=args.batch_size, progress=False)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+    out = {
+        "method": method,
+        "pairs": int(count),
+        "model_mib": model_mib,
+        "after_load_mib": base,
+        "peak_mib": peak,
+        "above_after_load_mib": peak - base,
+        "peak_reset_after_load": was_reset,
+        "seconds": seconds,
+        "pairs_per_s": int(count) / seconds,
+    }
+    print("MEMORY " + json.dumps(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        return child(args)
+    setup_torch(args.device, args.threads)
+    counts = [int(c) for c in args.counts.split(",") if c]
+    methods = [m for m in args.methods.split(",") if m]
+    rows: list[dict[str, Any]] = []
+    payload = {"benchmark": "extract-memory-pairs", "machine": machine_info(args.device, args.threads), "config": vars(args), "runs": rows}
+    out = args.out or str(RESULTS / f"extract-memory-pairs-{args.device.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    for method in methods:
+        for count in counts:
+            cmd = [sys.executable, __file__, "--child", f"{method}:{count}", "--model", args.model, "--layers", args.layers]
+            cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("MEMORY ")), None)
+            if line is None:
+                raise SystemExit(f"{method} with {count} pairs failed:\n{proc.stderr[-2000:]}")
+            rows.append(json.loads(line[len("MEMORY ") :]))
+            r = rows[-1]
+            print(f"  {method} {count} pairs: +{r['above_after_load_mib']:.0f} MiB, {r['pairs_per_s']:.1f} pairs/s", flush=True)
+            if not args.no_save:  # after every run: a long run stopped early keeps what it measured
+                write_results("extract-memory-pairs", {**payload, "complete": False}, out)
+    print(
+        table(
+            [
+                [
+                    r["method"],
+                    str(r["pairs"]),
+                    f"{r['model_mib']:.0f}",
+                    f"{r['peak_mib']:.0f}",
+                    f"{r['above_after_load_mib']:.0f}",
+                    f"{r['pairs_per_s']:.1f}",
+                ]
+                for r in rows
+            ],
+            ["method", "pairs", "model MiB", "peak MiB", "above loaded MiB", "pairs/s"],
+        )
+    )
+    verdicts = {}
+    for method in methods:
+        above = [r["above_after_load_mib"] for r in rows if r["method"] == method]
+        worst, spread = max(above), max(above) - min(above)
+        verdicts[method] = {"worst_above_mib": worst, "spread_mib": spread, "met": worst <= TARGET_ABOVE_MODEL_MIB}
+        print(f"{method}: at most +{worst:.0f} MiB above the loaded model, spread {spread:.0f} MiB (target <= {TARGET_ABOVE_MODEL_MIB})")
+    if not args.no_save:
+        print(f"results: {write_results('extract-memory-pairs', {**payload, 'verdicts': verdicts, 'complete': True}, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
