@@ -6,6 +6,19 @@ window of ``w`` layers starting at ``L`` steers ``L .. L+w-1``, each with
 the same for every row, so it is measured once, first; then each row's
 non-zero coefficients, and the row's aggregates (e.g. the A/B slope) as soon
 as the row is complete. Every cell's values go to disk when it finishes.
+
+The grid adapts to the model and to where the budget binds:
+
+- ``sweep.depth`` gives the window starts as fractions of the model's depth
+  (``0.4`` is layer 12 of 30 and layer 7 of 18) instead of fixed indices;
+- ``sweep.refine`` rounds of bisection per row and sign: between the
+  strongest coefficient inside the budget (or 0) and the weakest one beyond
+  it, the midpoint is measured (e.g. +-3 between +-2 and +-4, then +-1 below
+  +-2 when +-2 already breaks it), so the strength is found where it matters.
+
+Then the *prompting* baseline (``data.instructions``): two cells with no
+vector, the instruction for the behaviour (coef +1) and for its opposite
+(coef -1) before each prompt, measured by the same metrics.
 """
 
 from __future__ import annotations
@@ -22,10 +35,17 @@ from tqdm.auto import tqdm
 import steering as st
 from steering.hooks import num_layers, resolve_layers
 
-from .metrics import METRICS, Cell, Context, window_label
+from .metrics import METRICS, Cell, Context, choice_values, window_label
 from .metrics import text as text_metrics
 from .results import CellResult, GenerationsWriter, MetricsWriter
 from .schema import ConfigError
+from .select import choose
+
+# Rounds of the choice check: each measures the choice metrics on at most one
+# cell per direction; a cell that breaks their budget is set aside and the
+# next best picked. Past this many rounds the rest stay unmeasured (and so
+# out of budget), which bounds the cost of a vector that breaks them everywhere.
+MAX_CHOICE_CHECKS = 6
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +61,8 @@ class SweepResult:
     generations: dict[int, list[str]] = field(default_factory=dict)
     interrupted: bool = False
     planned: int = 0
+    prompting: list[CellResult] = field(default_factory=list)
+    scores: dict[int, list[float]] = field(default_factory=dict)
 
 
 def plan_windows(model_layers: int, layers: list[int] | None, windows: list[int]) -> list[tuple[int, ...]]:
@@ -74,10 +96,52 @@ def resolve_starts(model: nn.Module, layers: list[int] | None) -> list[int] | No
         raise ConfigError(f"sweep.layers={list(layers)}: {exc}") from None
 
 
+def depth_starts(model_layers: int, depth: list[float], windows: list[int]) -> list[int]:
+    """Window starts at fractions of the depth: ``round(f * model_layers)``, kept where the widest window fits.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1).
+    """
+    starts: list[int] = []
+    for fraction in depth:
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"sweep.depth has {fraction}: fractions of the depth are in [0, 1)")
+        start = min(round(fraction * model_layers), model_layers - max(windows))
+        if start not in starts:
+            starts.append(max(start, 0))
+    return starts
+
+
 def grid(cfg: DictConfig, model: nn.Module) -> list[tuple[int, ...]]:
-    """The rows for ``cfg.sweep`` on ``model``."""
+    """The rows for ``cfg.sweep`` on ``model`` (``sweep.depth`` wins over ``sweep.layers``)."""
     windows = [int(w) for w in cfg.sweep.window]
+    if cfg.sweep.depth is not None:
+        return plan_windows(num_layers(model), depth_starts(num_layers(model), [float(f) for f in cfg.sweep.depth], windows), windows)
     return plan_windows(num_layers(model), resolve_starts(model, cfg.sweep.layers), windows)
+
+
+def next_coefs(measured: list[CellResult], budget: dict[str, float]) -> list[float]:
+    """One bisection step per sign over one row's cells (see module docs); ``[]`` where nothing binds.
+
+    ``budget`` holds the grid's values only (choice metrics are measured later).
+    """
+    out = []
+    for sign in (1.0, -1.0):
+        side = sorted((c for c in measured if sign * c.coef > 0), key=lambda c: abs(c.coef))
+        inside = [abs(c.coef) for c in side if c.within(budget)]
+        strongest = max(inside, default=0.0)
+        beyond = [abs(c.coef) for c in side if abs(c.coef) > strongest and not c.within(budget)]
+        if beyond:
+            midpoint = round((strongest + min(beyond)) / 2, 3)
+            if midpoint not in {abs(c.coef) for c in side} and midpoint > 0:
+                out.append(sign * midpoint)
+    return out
+
+
+def instructions(cfg: DictConfig) -> dict[float, str]:
+    """The prompting cells' instructions by sign: ``data.instructions.positive`` (+1), ``.negative`` (-1)."""
+    given = dict(cfg.data.instructions or {})
+    return {sign: str(given[name]) for name, sign in (("positive", 1.0), ("negative", -1.0)) if given.get(name)}
 
 
 def _measure(ctx: Context, cell: Cell, names: list[str]) -> dict[str, float]:
@@ -104,8 +168,12 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
     coefs = [float(c) for c in cfg.sweep.coefs if float(c) != 0.0]
     apply_to = str(cfg.sweep.apply_to)
     effect = str(cfg.metric.effect)
+    refine = int(cfg.sweep.refine)
+    grid_budget = {str(k): float(v) for k, v in cfg.budget.items() if k not in choice_values(cfg)}
+    asked = instructions(cfg)
     wants_text = any("prompts" in METRICS[n].needs for n in cell_metrics)
-    result = SweepResult(baseline=None, cells=[], planned=1 + len(rows) * len(coefs))
+    planned = 1 + len(rows) * (len(coefs) + 2 * refine) + len(asked)
+    result = SweepResult(baseline=None, cells=[], planned=planned)
     bar = tqdm(total=result.planned, desc="sweep", unit="cell", disable=not cfg.progress)
     metrics_file = MetricsWriter(out_dir / "metrics.csv")
     texts_file = GenerationsWriter(out_dir / "generations.jsonl") if wants_text else None
@@ -121,6 +189,8 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
             if texts_file is not None:
                 texts = text_metrics.generations(ctx, cell)
                 result.generations[cell.index] = texts
+                if "scores" in cell.cache:
+                    result.scores[cell.index] = cell.cache["scores"]
                 texts_file.cell(measured, ctx.data.prompts, texts, cell.cache.get("scores"))
             value = measured.values.get(effect, math.nan)
             bar.set_postfix_str(f"{measured.label} coef={cell.coef:+g} {effect}={value:.3f}")
@@ -132,16 +202,27 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
         for row in rows:
             metrics_file.cell(result.baseline, label=window_label(row), layers=row)
         index = 1
+        for sign, instruction in asked.items():
+            cell = Cell(index, (), sign, None, apply_to, instruction=instruction)
+            index += 1
+            measured = finish(cell)
+            metrics_file.cell(measured)
+            result.prompting.append(measured)
         for row in rows:
             row_vector = vector.select(row)
             row_cells = [baseline_cell]
-            for coef in coefs:
-                cell = Cell(index, row, coef, row_vector, apply_to)
-                index += 1
-                measured = finish(cell)
-                metrics_file.cell(measured)
-                result.cells.append(measured)
-                row_cells.append(cell)
+            row_results: list[CellResult] = []
+            todo = list(coefs)
+            for _ in range(refine + 1):
+                for coef in todo:
+                    cell = Cell(index, row, coef, row_vector, apply_to)
+                    index += 1
+                    measured = finish(cell)
+                    metrics_file.cell(measured)
+                    result.cells.append(measured)
+                    row_results.append(measured)
+                    row_cells.append(cell)
+                todo = next_coefs(row_results, grid_budget)
             aggregates: dict[str, float] = {}
             for name in cell_metrics:
                 row_fn = METRICS[name].row
@@ -162,3 +243,57 @@ def run_sweep(ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...
         if texts_file is not None:
             texts_file.close()
     return result
+
+
+def check_choice(ctx: Context, vector: st.SteeringVector, result: SweepResult, out_dir: Path) -> None:
+    """Measure the ``choice`` metrics (e.g. ``capability``) where the choice needs them, appending to ``metrics.csv``.
+
+    They are measured on the baseline, the prompting cells and the cell each
+    direction would choose on the grid's budget; a cell that breaks the
+    choice metrics' budget is set aside and the next best measured, for at
+    most `MAX_CHOICE_CHECKS` rounds. `summary.sweep_summary` then chooses
+    with the whole budget among the measured cells.
+    """
+    cfg = ctx.cfg
+    names = [n for n in cfg.metric.use if METRICS[n].kind == "choice"]
+    if not names or result.baseline is None:
+        return
+    budget = {str(k): float(v) for k, v in cfg.budget.items()}
+    grid_budget = {k: v for k, v in budget.items() if k not in choice_values(cfg)}
+    asked = instructions(cfg)
+    apply_to = str(cfg.sweep.apply_to)
+    with MetricsWriter(out_dir / "metrics.csv") as writer:
+
+        def measure(res: CellResult) -> None:
+            if res.index == 0:
+                cell = Cell(0, apply_to=apply_to)
+            elif not res.layers:
+                cell = Cell(res.index, (), res.coef, None, apply_to, instruction=asked[res.coef])
+            else:
+                cell = Cell(res.index, res.layers, res.coef, vector.select(res.layers), apply_to)
+            values = _measure(ctx, cell, names)
+            res.values.update(values)
+            measured = CellResult(res.index, res.label, res.layers, res.coef, res.layer_coef, values)
+            if res.index == 0:  # as in run_sweep: the baseline is written once per row
+                for label, layers in dict.fromkeys((c.label, c.layers) for c in result.cells):
+                    writer.cell(measured, label=label, layers=layers)
+            else:
+                writer.cell(measured)
+            log.info("%s coef=%+g: %s", res.label, res.coef, ", ".join(f"{k}={v:.3f}" for k, v in values.items()))
+
+        for res in [result.baseline, *result.prompting]:
+            measure(res)
+        by_index = {c.index: c for c in result.cells}
+        set_aside: set[int] = set()
+        for _ in range(MAX_CHOICE_CHECKS):
+            pool = [c for c in result.cells if c.index not in set_aside]
+            picks = choose(pool, result.baseline, str(cfg.metric.effect), grid_budget, float(cfg.select.min_delta))
+            todo = [by_index[p["cell"]] for p in picks.values() if p.get("cell") is not None]
+            todo = [c for c in todo if not all(k in c.values for k in choice_values(cfg))]
+            if not todo:
+                return
+            for res in todo:
+                measure(res)
+                if not res.within(budget):
+                    set_aside.add(res.index)
+        log.warning("choice check: stopped after %d rounds; cells not measured count as over budget", MAX_CHOICE_CHECKS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_resources import shared_data
 
 import steering as st
 from steering.experiments import sweep as sweep_module
@@ -25,6 +26,8 @@ SWEEP_PLOTS = ["effect_vs_coef.png", "heatmap.png", "side_effects.png"]
 
 def _overrides(name: str, tiny_dir: Path, out: Path, ab_file: Path) -> list[str]:
     extra = [f"data.path={ab_file}"] if name == "caa_ab" else []
+    if name == "sentiment_auto":
+        extra = [f"eval.capability={shared_data('caa', 'test', 'mmlu', 'mmlu.json')}"]
     return [f"experiment={name}", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}", *extra]
 
 
@@ -49,7 +52,7 @@ def test_every_experiment_runs_and_writes_its_files(name: str, tiny_dir: Path, a
     assert {"best_layer", "best_coef", "directions", "baseline", "budget", "side_effects"} <= set(saved)
     assert set(saved["directions"]) == {"positive", "negative"}
     rows = read_metrics(out / "metrics.csv")
-    cells = {(r["layer"], r["coef"]) for r in rows if r["cell"] is not None}
+    cells = {(r["layer"], r["coef"]) for r in rows if r["cell"] is not None and r["layer"] != "prompt"}
     assert cells == {(layer, coef) for layer in ("0", "1") for coef in (-2.0, 0.0, 2.0)}
     vector = st.SteeringVector.load(out / "vector.safetensors")
     assert vector.layers == [0, 1]
