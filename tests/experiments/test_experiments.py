@@ -246,3 +246,45 @@ def test_flat_behaviour_is_reported_not_hidden(tiny_dir: Path, ab_file: Path, tm
     html = (out / "report.html").read_text()
     assert "No cell steers this behaviour within the budget" in html
     assert "wrong_sign" in html
+
+
+def test_sweep_shows_prompting_pareto_and_per_prompt_results(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    summary = run(compose_run([*_tiny_sweep(tiny_dir, out), "sweep.refine=1", "budget.kl=0.05"]))
+    assert set(summary["prompting"]) == {"positive", "negative"}
+    assert summary["instructions"]["positive"].startswith("Reply in a happy")
+    assert set(summary["pareto"]) == {"positive", "negative"}
+    rows = read_metrics(out / "metrics.csv")
+    prompting = {r["coef"] for r in rows if r["layer"] == "prompt"}
+    assert prompting == {1.0, -1.0}
+    assert {"wrong_way", "delta_median", "degenerate"} <= {r["metric"] for r in rows}
+    html = (out / "report.html").read_text()
+    assert "Prompting baseline" in html and "Pareto front" in html and "prompting: positive instruction" in html
+    assert (out / "plots" / "pareto.png").stat().st_size > 1000 and (out / "plots" / "per_example.png").stat().st_size > 1000
+
+
+def test_capability_bound_sets_chosen_cells_aside(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "capability"
+    mmlu = shared_data("caa", "test", "mmlu", "mmlu.json")
+    overrides = [
+        *_tiny_sweep(tiny_dir, out),
+        "metric.use=[generation_score,neutral_ppl,kl,repetition,capability]",
+        f"eval.capability={mmlu}",
+        "budget.degenerate=1",  # every grid cell in the grid's budget: each gets picked in turn
+        "+budget.capability_drop=-1",  # no cell can keep it: every pick is measured, then set aside
+    ]
+    summary = run(compose_run(overrides))
+    assert {d["status"] for d in summary["directions"].values()} == {"no cell within budget"}
+    assert summary["baseline"]["capability_drop"] == 0.0 and 0.0 <= summary["baseline"]["capability"] <= 1.0
+    measured = {r["cell"] for r in read_metrics(out / "metrics.csv") if r["metric"] == "capability"}
+    assert {0, 1, 2} <= measured and len(measured) == 3 + 4  # baseline, 2 prompting cells, then all 4 grid cells
+
+
+def test_caa_extraction_is_balanced_over_the_answer_letter(tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "balanced"
+    summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), "data.max_pairs=5"]))
+    assert summary["extraction_letters"] == {"A": 5, "B": 5}  # each of 5 items as given and swapped
+    assert isinstance(summary["steers"], bool)
+    assert "Matching answer letter in the extraction pairs" in (out / "report.html").read_text()
+    unbalanced = run(compose_run([*_overrides("caa_ab", tiny_dir, tmp_path / "as_given", ab_file), "data.max_pairs=5", "data.balance_letters=false"]))
+    assert sum(unbalanced["extraction_letters"].values()) == 5
