@@ -178,3 +178,21 @@ def test_bad_capability_files_are_named(tmp_path: Path, content: str, message: s
         load_capability(str(path), None)
     with pytest.raises(st.DatasetError, match="no such file"):
         load_capability(str(tmp_path / "absent.json"), None)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_gemma3_neutral_text_is_read_from_bos(gemma3) -> None:
+    """Gemma-3-270M has no chat template: neutral sentences follow its BOS alone, as in training."""
+    model, tok = gemma3
+    cfg = compose_run(["out_dir=/tmp/unused", "eval.batch_size=2", "model=gemma3"])
+    ctx = Context(model, tok, cfg, EvalData(neutral=NEUTRAL))
+    assert neutral_ppl(ctx, Cell(0))["neutral_ppl"] == 1.0
+    assert ctx.cache["neutral"].batches[0].prompt_ids.tolist() == [[tok.bos_token_id]]
+    nll = 0.0
+    for sentence in NEUTRAL:  # the same perplexity from a plain forward over tok(sentence) (BOS added by the tokenizer)
+        ids = tok(sentence, return_tensors="pt")["input_ids"]
+        assert ids[0, 0] == tok.bos_token_id
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        nll -= float(logprobs.gather(1, ids[0, 1:, None]).sum())
+    assert ctx.cache["neutral"].nll == pytest.approx(nll, rel=1e-4)
