@@ -121,7 +121,7 @@ _OPTION = re.compile(r"^(\s*)\(([AB])\)(.*)$", re.MULTILINE)
 
 
 def swap_letters(pair: ContrastPair) -> ContrastPair:
-    """An A/B pair with the texts of options (A) and (B) swapped, and its answer letters with them.
+    r"""An A/B pair with the texts of options (A) and (B) swapped, and its answer letters with them.
 
     Extracting from each item and its swap balances the answer letter, so a
     direction cannot carry "A vs B" instead of the behaviour.
