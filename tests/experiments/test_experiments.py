@@ -286,5 +286,7 @@ def test_caa_extraction_is_balanced_over_the_answer_letter(tiny_dir: Path, ab_fi
     assert summary["extraction_letters"] == {"A": 5, "B": 5}  # each of 5 items as given and swapped
     assert isinstance(summary["steers"], bool)
     assert "Matching answer letter in the extraction pairs" in (out / "report.html").read_text()
-    unbalanced = run(compose_run([*_overrides("caa_ab", tiny_dir, tmp_path / "as_given", ab_file), "data.max_pairs=5", "data.balance_letters=false"]))
+    unbalanced = run(
+        compose_run([*_overrides("caa_ab", tiny_dir, tmp_path / "as_given", ab_file), "data.max_pairs=5", "data.balance_letters=false"])
+    )
     assert sum(unbalanced["extraction_letters"].values()) == 5
