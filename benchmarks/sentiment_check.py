@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--neutral", type=int, default=60)
     parser.add_argument("--mmlu", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: results/sentiment-check-<model>-<date>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     summary = json.loads((args.run / "summary.json").read_text())
@@ -196,7 +197,7 @@ def main() -> None:
         "run_config": config,
     }
     stamp = time.strftime("%Y-%m-%d")
-    path = RESULTS / f"sentiment-check-{summary['model']}-{stamp}.json"
+    path = args.out or RESULTS / f"sentiment-check-{Path(summary['model']).name}-{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps({k: v for k, v in payload.items() if k not in ("run_config", "machine")}, indent=1)[:4000])
     print(f"written to {path}")
