@@ -75,12 +75,16 @@ def prompt_ids(tok: Any, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch: int = 10) -> list[str]:
     out = []
-    for prompt in prompts:  # one at a time: no padding to get right
-        ids = torch.tensor([prompt_ids(tok, prompt)])
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-        out.append(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for start in range(0, len(prompts), batch):  # left-padded batches, HF's own position handling
+        rows = [prompt_ids(tok, p) for p in prompts[start : start + batch]]
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        out += [tok.decode(row[width:], skip_special_tokens=True) for row in gen]
     return out
 
 
