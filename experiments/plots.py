@@ -235,7 +235,8 @@ def pareto(
     """Change of the effect (towards each direction) against budget use (`select.excess`); front joined, P = prompting."""
     from .select import DIRECTIONS, excess
 
-    grid_budget = {k: v for k, v in budget.items() if any(k in c.values for c in cells)}
+    # The grid's budget: values every cell has (choice metrics such as capability are measured on a few).
+    grid_budget = {k: v for k, v in budget.items() if all(k in c.values for c in cells)}
     fig = new_figure(10.0, 4.0)
     axes = fig.subplots(1, 2, squeeze=False)[0]
     base = baseline.values.get(effect, math.nan)
