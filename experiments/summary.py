@@ -94,7 +94,7 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
             "rows": list(dict.fromkeys(c.label for c in result.cells)),
             "coefs": [float(c) for c in cfg.sweep.coefs],
             "planned": result.planned,
-            "measured": len(result.cells) + (result.baseline is not None),
+            "measured": len(result.cells) + len(result.prompting) + (result.baseline is not None),
         },
     )
     if result.baseline is None:

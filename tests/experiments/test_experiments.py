@@ -120,7 +120,7 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
 
     def measure(ctx, cell, names):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 6:  # baseline, 2 prompting cells, 2 grid cells, then Ctrl-C
             raise KeyboardInterrupt
         return real(ctx, cell, names)
 
@@ -129,9 +129,10 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         run(compose_run(["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}"]))
     rows = read_metrics(out / "metrics.csv")
-    assert sorted({r["cell"] for r in rows}) == [0, 1, 2]  # baseline and two cells made it
+    assert sorted({r["cell"] for r in rows}) == [0, 1, 2, 3, 4]  # baseline, prompting cells and two grid cells made it
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and summary["grid"]["measured"] == 3 and summary["grid"]["planned"] == 5
+    # planned: baseline, 2 prompting cells, 2 rows x 2 coefs
+    assert summary["interrupted"] is True and summary["grid"]["measured"] == 5 and summary["grid"]["planned"] == 7
     assert "interrupted" in (out / "report.html").read_text()
 
 
@@ -215,7 +216,8 @@ def test_cli_multirun_over_methods(tiny_dir: Path, tmp_path: Path) -> None:
         (["experiment=sentiment_sweep", "metric.effect=joy"], "metric.effect='joy'"),
         (["experiment=sentiment_sweep", "eval.prompts=/no/such/prompts.txt"], "eval.prompts=/no/such/prompts.txt"),
         (["experiment=sentiment_sweep", "metric.scorer=no_such_module_xyz:score", "metric.effect=score"], "cannot import"),
-        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "eval.ab_items"),
+        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0", "data.balance_letters=false"], "eval.ab_items"),
+        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "data.balance_letters=true"),
     ],
 )
 def test_cli_run_errors_name_the_problem(
