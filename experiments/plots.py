@@ -7,7 +7,11 @@ types (sweep cells), which the library may not import; the figure mechanics
 Sweep figures: the effect against the coefficient (one line per layer
 window), a layer x coefficient heatmap of the effect, and the side effects
 against the effect. Cells over the side-effect budget are drawn hollow (lines,
-scatter) or hatched (heatmap); the chosen cells carry a star. A/B runs add
+scatter) or hatched (heatmap); the chosen cells carry a star, the prompting
+baseline a "P". The Pareto figure puts every cell at (budget use, change of
+the effect) per direction, joins the front, and marks the prompting cells;
+the per-example figure shows, for the chosen and the prompting cells, how
+the per-prompt change of the effect is spread. A/B runs add
 the unsteered letter balance and the per-row steerability; probe runs plot
 probe accuracy and AUROC against the layer.
 """
@@ -141,9 +145,15 @@ def heatmap(
 
 
 def side_effects(
-    path: Path, baseline: CellResult, cells: Sequence[CellResult], effect: str, budget: Mapping[str, float], choices: Mapping[str, Any]
+    path: Path,
+    baseline: CellResult,
+    cells: Sequence[CellResult],
+    effect: str,
+    budget: Mapping[str, float],
+    choices: Mapping[str, Any],
+    prompting: Sequence[CellResult] = (),
 ) -> Path | None:
-    """Each measured side effect against the effect, with the budget line; colour = coefficient."""
+    """Each measured side effect against the effect, with the budget line; colour = coefficient, P = prompting."""
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
 
@@ -198,6 +208,9 @@ def side_effects(
         for c, x, y in zip(cells, xs, ys):
             if (c.label, c.coef) in chosen:
                 ax.plot(x, y, "*", ms=16, color="black", mfc="gold", zorder=5)
+        for c in prompting:
+            y = min(c.values.get(key, math.nan), top)
+            ax.plot(c.values.get(effect, math.nan), y, marker="$P$", ms=11, color="darkgreen" if c.coef > 0 else "purple", zorder=6)
         if key in budget:
             ax.axhline(budget[key], color="firebrick", ls="--", lw=1, label=f"budget {budget[key]:g}")
         ax.set_xlabel(effect)
@@ -207,6 +220,83 @@ def side_effects(
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes), label="coefficient", shrink=0.9)
     fig.suptitle("side effects against effect (star: chosen)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def pareto(
+    path: Path,
+    baseline: CellResult,
+    cells: Sequence[CellResult],
+    prompting: Sequence[CellResult],
+    effect: str,
+    budget: Mapping[str, float],
+    fronts: Mapping[str, Sequence[int]],
+) -> Path:
+    """Change of the effect (towards each direction) against budget use (`select.excess`); front joined, P = prompting."""
+    from .select import DIRECTIONS, excess
+
+    # The grid's budget: values every cell has (choice metrics such as capability are measured on a few).
+    grid_budget = {k: v for k, v in budget.items() if all(k in c.values for c in cells)}
+    fig = new_figure(10.0, 4.0)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    base = baseline.values.get(effect, math.nan)
+    by_index = {c.index: c for c in cells}
+    for ax, (direction, sign) in zip(axes, DIRECTIONS.items()):
+        side = [c for c in cells if sign * c.coef > 0]
+        uses = [min(excess(c, grid_budget), 5.0) for c in side]
+        gains = [sign * (c.values.get(effect, math.nan) - base) for c in side]
+        ax.scatter(uses, gains, s=22, c=[len(c.layers) for c in side], cmap="viridis", edgecolors="black", linewidths=0.3, label="cells")
+        front = [by_index[i] for i in fronts.get(direction, []) if i in by_index]
+        if front:
+            ax.plot(
+                [excess(c, grid_budget) for c in front],
+                [sign * (c.values[effect] - base) for c in front],
+                "-o",
+                color="firebrick",
+                ms=4,
+                lw=1.2,
+                label="Pareto front",
+            )
+        for c in prompting:
+            if sign * c.coef > 0:
+                use = min(excess(c, grid_budget), 5.0)
+                ax.plot(use, sign * (c.values.get(effect, math.nan) - base), marker="$P$", ms=13, color="darkgreen", label="prompting")
+        ax.axvline(1.0, color="grey", ls="--", lw=1, label="budget edge")
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_xlabel("budget use (largest value / limit; clipped at 5)")
+        ax.set_ylabel(f"{effect} change towards {direction}")
+        ax.set_title(direction, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("effect against side effect (colour: window size)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def per_example(path: Path, result: Any, effect: str, choices: Mapping[str, Any]) -> Path | None:
+    """Per-prompt change of the effect (cell score minus unsteered score) at the chosen and prompting cells."""
+    if 0 not in result.scores:
+        return None
+    chosen = _chosen(choices)
+    columns: list[tuple[str, list[float]]] = []
+    for c in [*result.prompting, *result.cells]:
+        label = None
+        if c.label == "prompt":
+            label = f"prompting {'+' if c.coef > 0 else '-'}"
+        elif (c.label, c.coef) in chosen:
+            label = f"{chosen[(c.label, c.coef)]}: {c.label} {c.coef:+g}"
+        if label is not None and c.index in result.scores:
+            columns.append((label, [s - b for s, b in zip(result.scores[c.index], result.scores[0])]))
+    if not columns:
+        return None
+    fig = new_figure(1.9 * len(columns) + 2.0, 3.8)
+    ax = fig.subplots()
+    ax.boxplot([v for _, v in columns], showmeans=True)
+    for i, (_, values) in enumerate(columns, start=1):
+        ax.scatter([i + 0.12] * len(values), values, s=8, alpha=0.5, color="black")
+    ax.set_xticks(range(1, len(columns) + 1), [label for label, _ in columns], fontsize=7)
+    ax.axhline(0.0, color="firebrick", lw=0.8)
+    ax.set_ylabel(f"per-prompt change of {effect}")
+    ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
 
 

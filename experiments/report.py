@@ -15,6 +15,7 @@ from typing import Any
 from steering.compare import to_jsonable
 
 from .html import data_uri, write_page
+from .metrics.base import PROMPTING
 from .results import CellResult
 
 
@@ -31,6 +32,9 @@ def _examples(
         for c in cells:
             if c.label == choice["window"] and c.coef == choice["grid_coef"] and c.index in generations:
                 columns.append((f"{direction}: layer {c.label}, coef {c.coef:+g}", generations[c.index]))
+    for c in cells:
+        if c.label == PROMPTING and c.index in generations:
+            columns.append((f"prompting: {'positive' if c.coef > 0 else 'negative'} instruction", generations[c.index]))
     if not columns or count < 1:
         return None
     return {"columns": columns, "prompts": list(prompts[:count])}

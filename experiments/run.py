@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 
 import steering as st
 from steering.hooks import Site, resolve_layers
-from steering.vectors import Read, atomic_write
+from steering.vectors import Read, atomic_write, swap_letters
 
 from . import plots
 from .config import conf_dir, config_yaml
@@ -50,8 +50,8 @@ from .metrics.text import make_scorer
 from .report import write_report
 from .results import MetricsWriter
 from .schema import check, migrate_renamed, register_schema
-from .summary import VECTOR, condition_summary, probe_summary, sweep_summary, write_summary
-from .sweep import CellRunner, SweepResult, grid, run_sweep, serial_cells
+from .summary import VECTOR, condition_summary, letter_counts, probe_summary, sweep_summary, write_summary
+from .sweep import CellRunner, SweepResult, check_choice, grid, run_sweep, serial_cells
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ def _pairs(cfg: DictConfig) -> tuple[list[st.ContrastPair], list[st.ContrastPair
     kept, held = split_pairs(pairs, float(cfg.data.holdout), int(cfg.seed))
     if cfg.data.max_pairs is not None:
         kept = kept[: int(cfg.data.max_pairs)]
+    if cfg.data.balance_letters:
+        try:
+            kept = [q for p in kept for q in (p, swap_letters(p))]
+        except st.DatasetError as exc:
+            raise st.DatasetError(f"data.balance_letters=true with data.path={cfg.data.path}: {exc}") from None
     return kept, held
 
 
@@ -171,7 +176,9 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
     vector.save(out_dir / VECTOR)
     log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))
     result = run_sweep(ctx, vector, rows, out_dir, runner)
-    summary = sweep_summary(cfg, result, time.perf_counter() - start)
+    if not result.interrupted:
+        check_choice(ctx, vector, result, out_dir)
+    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(pairs))
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)
     log.info("results in %s", out_dir)
@@ -197,9 +204,18 @@ def _sweep_report(ctx: Context, result: SweepResult, summary: dict[str, Any], ou
             f"layer x coefficient heatmap of {effect}",
         ),
     ]
-    side = plots.side_effects(figures_dir / "side_effects.png", result.baseline, result.cells, effect, budget, choices)
+    side = plots.side_effects(figures_dir / "side_effects.png", result.baseline, result.cells, effect, budget, choices, result.prompting)
     if side is not None:
-        figures.append((side, "side effects against effect"))
+        figures.append((side, "side effects against effect (P: prompting baseline)"))
+    figures.append(
+        (
+            plots.pareto(figures_dir / "pareto.png", result.baseline, result.cells, result.prompting, effect, budget, summary["pareto"]),
+            "effect against budget use, per direction: the Pareto front, the prompting baseline (P) and where the method lies",
+        )
+    )
+    spread = plots.per_example(figures_dir / "per_example.png", result, effect, choices)
+    if spread is not None:
+        figures.append((spread, f"per-prompt change of {effect} at the chosen and prompting cells"))
     if "letter_balance" in summary:
         figures.append(
             (
@@ -215,7 +231,7 @@ def _sweep_report(ctx: Context, result: SweepResult, summary: dict[str, Any], ou
         figures,
         yaml,
         baseline=result.baseline,
-        cells=result.cells,
+        cells=[*result.prompting, *result.cells],
         prompts=ctx.data.prompts,
         generations=result.generations,
         examples=int(ctx.cfg.report.examples),

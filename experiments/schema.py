@@ -43,6 +43,9 @@ class DataConf:
     path: str = MISSING  # bundled set name, or a .jsonl / CAA .json file
     max_pairs: int | None = None  # use the first N pairs (after the holdout split)
     holdout: float = 0.0  # fraction of pairs kept out of extraction for evaluation
+    # The prompting baseline: an instruction for the behaviour (positive) and its opposite (negative).
+    instructions: dict[str, str] = field(default_factory=dict)
+    balance_letters: bool = False  # A/B pairs: extract from each item and its A<->B swapped copy
 
 
 @dataclass
@@ -71,6 +74,8 @@ class SweepConf:
     """The grid: rows are layer windows, columns coefficients."""
 
     layers: list[int] | None = None  # first layer of each window (null = every layer)
+    depth: list[float] | None = None  # first layers as fractions of the depth (wins over layers)
+    refine: int = 0  # bisection rounds per row and sign where the budget binds
     window: list[int] = field(default_factory=lambda: [1])  # layers per cell; the coef is split over them
     coefs: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     site: str = "block_output"
@@ -100,6 +105,8 @@ class EvalConf:
     ab_items: str | None = None  # CAA A/B test items (null = the held-out part of data.path)
     max_ab_items: int | None = None
     test_fraction: float = 0.3  # probe_accuracy: pairs held out to test each probe
+    capability: str | None = None  # two-choice MMLU items (caa/test/mmlu/mmlu.json)
+    max_capability: int | None = None
 
 
 @dataclass
@@ -202,7 +209,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"data.holdout={cfg.data.holdout} must be in [0, 1)")
     if not 0.0 < cfg.eval.test_fraction < 1.0:
         raise ConfigError(f"eval.test_fraction={cfg.eval.test_fraction} must be in (0, 1)")
-    for key in ("data.max_pairs", "eval.max_prompts", "eval.max_neutral", "eval.max_ab_items"):
+    for key in ("data.max_pairs", "eval.max_prompts", "eval.max_neutral", "eval.max_ab_items", "eval.max_capability"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1 (or null for all)")
@@ -230,6 +237,12 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep.coefs={coefs} has no non-zero coefficient to test")
     if not cfg.sweep.window or any(w < 1 for w in cfg.sweep.window):
         raise ConfigError(f"sweep.window={list(cfg.sweep.window)} must list window sizes >= 1")
+    if cfg.sweep.refine < 0:
+        raise ConfigError(f"sweep.refine={cfg.sweep.refine} must be >= 0")
+    if cfg.sweep.depth is not None and (not cfg.sweep.depth or any(not 0.0 <= f < 1.0 for f in cfg.sweep.depth)):
+        raise ConfigError(f"sweep.depth={list(cfg.sweep.depth)} must list fractions of the depth in [0, 1)")
+    for key in cfg.data.instructions:
+        _choice("data.instructions", key, ("positive", "negative"))
     if cfg.sweep.layers is not None and not cfg.sweep.layers:
         raise ConfigError("sweep.layers is an empty list; give layer indices or null for every layer")
     values = produced_values(cfg)

@@ -28,7 +28,7 @@ DIRECTIONS = {"positive": 1.0, "negative": -1.0}
 SIDE_EFFECTS = ("neutral_ppl", "kl", "distinct2", "gen_ppl")
 
 
-def _excess(result: CellResult, budget: Mapping[str, float]) -> float:
+def excess(result: CellResult, budget: Mapping[str, float]) -> float:
     """How far over budget a cell is: the largest value/limit ratio (inf if unmeasured)."""
     ratios = []
     for key, limit in budget.items():
@@ -43,6 +43,7 @@ def describe(result: CellResult, baseline: CellResult, effect: str, budget: Mapp
     side_keys = [k for k in (*budget, *SIDE_EFFECTS) if k in result.values]
     value = result.values.get(effect, math.nan)
     return {
+        "cell": result.index,
         "best_layer": layers[0] if len(layers) == 1 else layers,
         "best_coef": result.layer_coef,
         "grid_coef": result.coef,
@@ -71,7 +72,7 @@ def choose(
             out[direction] = {"status": "not swept", "best_layer": None, "best_coef": None}
             continue
         if not within:
-            closest = min(candidates, key=lambda c: _excess(c, budget))
+            closest = min(candidates, key=lambda c: excess(c, budget))
             out[direction] = {
                 "status": "no cell within budget",
                 "best_layer": None,
@@ -84,3 +85,24 @@ def choose(
         chosen["status"] = "ok" if sign * chosen["delta"] >= min_delta else "no effect within budget"
         out[direction] = {"status": chosen.pop("status"), **chosen}
     return out
+
+
+def pareto_front(cells: Sequence[CellResult], baseline: CellResult, effect: str, budget: Mapping[str, float], sign: float) -> list[int]:
+    """Indices of the cells of one sign that no other cell beats on both effect and side effect.
+
+    The effect is ``sign`` x (change vs unsteered), larger is better; the side
+    effect is the budget use (`excess`: the largest value/limit ratio over the
+    grid's budgeted values, <= 1 inside the budget), smaller is better. Sorted by budget use.
+    """
+    base = baseline.values.get(effect, math.nan)
+    points = [
+        (excess(c, budget), sign * (c.values[effect] - base), c.index)
+        for c in cells
+        if sign * c.coef > 0 and math.isfinite(c.values.get(effect, math.nan)) and math.isfinite(excess(c, budget))
+    ]
+    front, best = [], -math.inf
+    for _use, gain, index in sorted(points, key=lambda p: (p[0], -p[1])):
+        if gain > best:
+            front.append(index)
+            best = gain
+    return front

@@ -6,6 +6,12 @@ layers of a window), ``best_coef`` (the coefficient applied at each of those
 layers, so ``steer(model, vec.select(layers), coef=best_coef,
 apply_to=apply_to)`` reproduces the cell), its values and side effects.
 The top-level ``best_layer``/``best_coef`` repeat the positive direction's.
+Beside them: ``prompting`` (the prompting cells, described as chosen cells
+are, with ``steering_beats_prompting`` per direction), ``pareto`` (per
+direction, the cells on the effect / budget-use front, `select.pareto_front`),
+for A/B runs ``letter_balance`` (unsteered answer shares),
+``extraction_letters`` (the matching letters of the pairs the vector was
+extracted from) and ``steers`` (whether any direction is ``ok``).
 Non-finite numbers are written as ``null`` (JSON has no NaN).
 """
 
@@ -22,7 +28,8 @@ import steering as st
 from steering.compare import to_jsonable
 from steering.vectors import atomic_write
 
-from .select import choose
+from .metrics import choice_values
+from .select import DIRECTIONS, choose, describe, pareto_front
 from .sweep import SweepResult
 
 SUMMARY = "summary.json"
@@ -46,8 +53,31 @@ def _common(cfg: DictConfig, runtime: float) -> dict[str, Any]:
     }
 
 
-def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float) -> dict[str, Any]:
-    """The summary of a sweep (see module docs)."""
+def letter_counts(pairs: list[st.ContrastPair]) -> dict[str, int] | None:
+    """How often each answer letter is the matching one, for A/B pairs (``None`` for other pairs)."""
+    letters = [p.positive.strip().lstrip("(") for p in pairs]
+    if not pairs or not all(p.prompt and p.positive.strip().startswith("(") and len(letter) == 1 for p, letter in zip(pairs, letters)):
+        return None
+    return {letter: letters.count(letter) for letter in sorted(set(letters))}
+
+
+def _prompting(result: SweepResult, directions: dict[str, Any], effect: str, budget: dict[str, float]) -> dict[str, Any]:
+    assert result.baseline is not None
+    out: dict[str, Any] = {}
+    for direction, sign in DIRECTIONS.items():
+        cells = [c for c in result.prompting if sign * c.coef > 0]
+        if not cells:
+            continue
+        shown = describe(cells[0], result.baseline, effect, budget)
+        chosen = directions[direction]
+        if chosen.get("best_layer") is not None:
+            shown["steering_beats_prompting"] = bool(sign * chosen["delta"] > sign * shown["delta"])
+        out[direction] = shown
+    return out
+
+
+def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters: dict[str, int] | None = None) -> dict[str, Any]:
+    """The summary of a sweep (see module docs); ``letters`` are the extraction pairs' `letter_counts`."""
     effect = str(cfg.metric.effect)
     budget = {str(k): float(v) for k, v in cfg.budget.items()}
     summary = _common(cfg, runtime)
@@ -64,7 +94,7 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float) -> dict[
             "rows": list(dict.fromkeys(c.label for c in result.cells)),
             "coefs": [float(c) for c in cfg.sweep.coefs],
             "planned": result.planned,
-            "measured": len(result.cells) + (result.baseline is not None),
+            "measured": len(result.cells) + len(result.prompting) + (result.baseline is not None),
         },
     )
     if result.baseline is None:
@@ -80,9 +110,17 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float) -> dict[
         directions=directions,
         baseline=dict(result.baseline.values),
     )
+    if result.prompting:
+        summary["prompting"] = _prompting(result, directions, effect, budget)
+        summary["instructions"] = {str(k): str(v) for k, v in cfg.data.instructions.items()}
+    grid_budget = {k: v for k, v in budget.items() if k not in choice_values(cfg)}
+    summary["pareto"] = {d: pareto_front(result.cells, result.baseline, effect, grid_budget, sign) for d, sign in DIRECTIONS.items()}
     shares = {k.removeprefix("share_"): v for k, v in result.baseline.values.items() if k.startswith("share_")}
     if shares:
         summary["letter_balance"] = shares
+        summary["steers"] = any(d["status"] == "ok" for d in directions.values())
+    if letters is not None:
+        summary["extraction_letters"] = letters
     if result.rows:
         summary["rows"] = result.rows
     if result.layers:

@@ -4,8 +4,22 @@ The grid's rows are layer windows (``sweep.layers`` x ``sweep.window``: a
 window of ``w`` layers starting at ``L`` steers ``L .. L+w-1``, each with
 ``coef / w``), its columns the coefficients. The baseline (coefficient 0) is
 the same for every row, so it is measured once, first; then each row's
-non-zero coefficients, and the row's aggregates (e.g. the A/B slope) as soon
-as the row is complete. Every cell's values go to disk when it finishes.
+non-zero coefficients (each refinement round over all rows at once, so a
+parallel runner gets the whole round), and the rows' aggregates (e.g. the A/B
+slope) after the last round. Every cell's values go to disk when it finishes.
+
+The grid adapts to the model and to where the budget binds:
+
+- ``sweep.depth`` gives the window starts as fractions of the model's depth
+  (``0.4`` is layer 12 of 30 and layer 7 of 18) instead of fixed indices;
+- ``sweep.refine`` rounds of bisection per row and sign: between the
+  strongest coefficient inside the budget (or 0) and the weakest one beyond
+  it, the midpoint is measured (e.g. +-3 between +-2 and +-4, then +-1 below
+  +-2 when +-2 already breaks it), so the strength is found where it matters.
+
+Then the *prompting* baseline (``data.instructions``): two cells with no
+vector, the instruction for the behaviour (coef +1) and for its opposite
+(coef -1) before each prompt, measured by the same metrics.
 """
 
 from __future__ import annotations
@@ -23,10 +37,17 @@ from tqdm.auto import tqdm
 import steering as st
 from steering.hooks import num_layers, resolve_layers
 
-from .metrics import METRICS, Cell, Context, window_label
+from .metrics import METRICS, Cell, Context, choice_values, window_label
 from .metrics import text as text_metrics
 from .results import CellResult, GenerationsWriter, MetricsWriter
 from .schema import ConfigError
+from .select import choose
+
+# Rounds of the choice check: each measures the choice metrics on at most one
+# cell per direction; a cell that breaks their budget is set aside and the
+# next best picked. Past this many rounds the rest stay unmeasured (and so
+# out of budget), which bounds the cost of a vector that breaks them everywhere.
+MAX_CHOICE_CHECKS = 6
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +63,8 @@ class SweepResult:
     generations: dict[int, list[str]] = field(default_factory=dict)
     interrupted: bool = False
     planned: int = 0
+    prompting: list[CellResult] = field(default_factory=list)
+    scores: dict[int, list[float]] = field(default_factory=dict)
 
 
 def plan_windows(model_layers: int, layers: list[int] | None, windows: list[int]) -> list[tuple[int, ...]]:
@@ -75,18 +98,66 @@ def resolve_starts(model: nn.Module, layers: list[int] | None) -> list[int] | No
         raise ConfigError(f"sweep.layers={list(layers)}: {exc}") from None
 
 
+def depth_starts(model_layers: int, depth: list[float], windows: list[int]) -> list[int]:
+    """Window starts at fractions of the depth: ``round(f * model_layers)``, kept where the widest window fits.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1).
+    """
+    starts: list[int] = []
+    for fraction in depth:
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"sweep.depth has {fraction}: fractions of the depth are in [0, 1)")
+        start = min(round(fraction * model_layers), model_layers - max(windows))
+        if start not in starts:
+            starts.append(max(start, 0))
+    return starts
+
+
 def grid(cfg: DictConfig, model: nn.Module) -> list[tuple[int, ...]]:
-    """The rows for ``cfg.sweep`` on ``model``."""
+    """The rows for ``cfg.sweep`` on ``model`` (``sweep.depth`` wins over ``sweep.layers``)."""
     windows = [int(w) for w in cfg.sweep.window]
+    if cfg.sweep.depth is not None:
+        return plan_windows(num_layers(model), depth_starts(num_layers(model), [float(f) for f in cfg.sweep.depth], windows), windows)
     return plan_windows(num_layers(model), resolve_starts(model, cfg.sweep.layers), windows)
+
+
+def next_coefs(measured: list[CellResult], budget: dict[str, float]) -> list[float]:
+    """One bisection step per sign over one row's cells (see module docs); ``[]`` where nothing binds.
+
+    ``budget`` holds the grid's values only (choice metrics are measured later).
+    """
+    out = []
+    for sign in (1.0, -1.0):
+        side = sorted((c for c in measured if sign * c.coef > 0), key=lambda c: abs(c.coef))
+        inside = [abs(c.coef) for c in side if c.within(budget)]
+        strongest = max(inside, default=0.0)
+        beyond = [abs(c.coef) for c in side if abs(c.coef) > strongest and not c.within(budget)]
+        if beyond:
+            midpoint = round((strongest + min(beyond)) / 2, 3)
+            if midpoint not in {abs(c.coef) for c in side} and midpoint > 0:
+                out.append(sign * midpoint)
+    return out
+
+
+def instructions(cfg: DictConfig) -> dict[float, str]:
+    """The prompting cells' instructions by sign: ``data.instructions.positive`` (+1), ``.negative`` (-1)."""
+    given = dict(cfg.data.instructions or {})
+    return {sign: str(given[name]) for name, sign in (("positive", 1.0), ("negative", -1.0)) if given.get(name)}
+
+
+def _measure(ctx: Context, cell: Cell, names: list[str]) -> dict[str, float]:
+    """The values of the metrics ``names`` on ``cell``."""
+    values: dict[str, float] = {}
+    for name in names:
+        values.update(METRICS[name].fn(ctx, cell))
+    return values
 
 
 def measure(ctx: Context, cell: Cell) -> CellResult:
     """Measure ``cell`` with every cell metric of the config; its texts stay in ``cell.cache``."""
     names = [n for n in ctx.cfg.metric.use if METRICS[n].kind == "cell"]
-    values: dict[str, float] = {}
-    for name in names:
-        values.update(METRICS[name].fn(ctx, cell))
+    values = _measure(ctx, cell, names)
     if any("prompts" in METRICS[n].needs for n in names):
         text_metrics.generations(ctx, cell)  # cached: the generations the metrics scored
     return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values)
@@ -114,8 +185,8 @@ def run_sweep(
     The baseline and the per-layer metrics run here; the steered cells run on
     ``runner`` (`serial_cells`, or Ray workers: `experiments.distributed`).
     Values are appended to ``out_dir/metrics.csv`` (and generations to
-    ``generations.jsonl``) as each cell finishes, and a row's aggregates as
-    soon as its last cell is in. A ``KeyboardInterrupt`` stops the sweep and
+    ``generations.jsonl``) as each cell finishes, and the rows' aggregates
+    after the last refinement round. A ``KeyboardInterrupt`` stops the sweep and
     returns what was measured, with ``interrupted`` set.
     """
     cfg = ctx.cfg
@@ -124,8 +195,12 @@ def run_sweep(
     coefs = [float(c) for c in cfg.sweep.coefs if float(c) != 0.0]
     apply_to = str(cfg.sweep.apply_to)
     effect = str(cfg.metric.effect)
+    refine = int(cfg.sweep.refine)
+    grid_budget = {str(k): float(v) for k, v in cfg.budget.items() if k not in choice_values(cfg)}
+    asked = instructions(cfg)
     wants_text = any("prompts" in METRICS[n].needs for n in cell_metrics)
-    result = SweepResult(baseline=None, cells=[], planned=1 + len(rows) * len(coefs))
+    planned = 1 + len(rows) * (len(coefs) + 2 * refine) + len(asked)
+    result = SweepResult(baseline=None, cells=[], planned=planned)
     bar = tqdm(total=result.planned, desc="sweep", unit="cell", disable=not cfg.progress)
     metrics_file = MetricsWriter(out_dir / "metrics.csv")
     texts_file = GenerationsWriter(out_dir / "generations.jsonl") if wants_text else None
@@ -140,6 +215,8 @@ def run_sweep(
             if texts_file is not None:
                 texts = cell.cache["generations"]
                 result.generations[cell.index] = texts
+                if "scores" in cell.cache:
+                    result.scores[cell.index] = cell.cache["scores"]
                 texts_file.cell(measured, ctx.data.prompts, texts, cell.cache.get("scores"))
             value = measured.values.get(effect, math.nan)
             bar.set_postfix_str(f"{measured.label} coef={cell.coef:+g} {effect}={value:.3f}")
@@ -150,30 +227,45 @@ def run_sweep(
         result.baseline = finish(baseline_cell, measure(ctx, baseline_cell))
         for row in rows:
             metrics_file.cell(result.baseline, label=window_label(row), layers=row)
-        cells: list[Cell] = []
+        index = 1
+        for sign, instruction in asked.items():
+            cell = Cell(index, (), sign, None, apply_to, instruction=instruction)
+            index += 1
+            measured = finish(cell, measure(ctx, cell))
+            metrics_file.cell(measured)
+            result.prompting.append(measured)
+        row_cells: dict[tuple[int, ...], list[Cell]] = {row: [] for row in rows}
+        row_results: dict[tuple[int, ...], list[CellResult]] = {row: [] for row in rows}
+        todo = {row: list(coefs) for row in rows}
+        for _ in range(refine + 1):
+            # One round: every row's next coefficients, measured on the runner (in any
+            # order); the bisection of the next round reads the whole round.
+            cells: list[Cell] = []
+            for row in rows:
+                row_vector = vector.select(row)
+                for coef in todo[row]:
+                    cells.append(Cell(index, row, coef, row_vector, apply_to))
+                    index += 1
+            if not cells:
+                break
+            for cell, measured in runner(ctx, cells):
+                metrics_file.cell(finish(cell, measured))
+                result.cells.append(measured)
+                row_results[cell.layers].append(measured)
+                row_cells[cell.layers].append(cell)
+            todo = {row: next_coefs(row_results[row], grid_budget) for row in rows}
         for row in rows:
-            row_vector = vector.select(row)
-            for coef in coefs:
-                cells.append(Cell(1 + len(cells), row, coef, row_vector, apply_to))
-        done: dict[tuple[int, ...], list[Cell]] = {row: [] for row in rows}
-        for cell, measured in runner(ctx, cells):
-            metrics_file.cell(finish(cell, measured))
-            result.cells.append(measured)
-            row_cells = done[cell.layers]
-            row_cells.append(cell)
-            if len(row_cells) < len(coefs):
-                continue
-            row_cells.sort(key=lambda c: c.index)
+            done = sorted(row_cells[row], key=lambda c: c.index)
             aggregates: dict[str, float] = {}
             for name in cell_metrics:
                 row_fn = METRICS[name].row
                 if row_fn is not None:
-                    aggregates.update(row_fn(ctx, [baseline_cell, *row_cells]))
+                    aggregates.update(row_fn(ctx, [baseline_cell, *done]))
             if aggregates:
-                result.rows[window_label(cell.layers)] = aggregates
-                metrics_file.aggregate(window_label(cell.layers), cell.layers, aggregates)
+                result.rows[window_label(row)] = aggregates
+                metrics_file.aggregate(window_label(row), row, aggregates)
             # Keep only what later steps read: the generations (report) live in `result`.
-            for done_cell in row_cells:
+            for done_cell in done:
                 done_cell.cache.clear()
     except KeyboardInterrupt:
         result.interrupted = True
@@ -185,3 +277,57 @@ def run_sweep(
             texts_file.close()
     result.cells.sort(key=lambda c: c.index)  # other runners finish in any order
     return result
+
+
+def check_choice(ctx: Context, vector: st.SteeringVector, result: SweepResult, out_dir: Path) -> None:
+    """Measure the ``choice`` metrics (e.g. ``capability``) where the choice needs them, appending to ``metrics.csv``.
+
+    They are measured on the baseline, the prompting cells and the cell each
+    direction would choose on the grid's budget; a cell that breaks the
+    choice metrics' budget is set aside and the next best measured, for at
+    most `MAX_CHOICE_CHECKS` rounds. `summary.sweep_summary` then chooses
+    with the whole budget among the measured cells.
+    """
+    cfg = ctx.cfg
+    names = [n for n in cfg.metric.use if METRICS[n].kind == "choice"]
+    if not names or result.baseline is None:
+        return
+    budget = {str(k): float(v) for k, v in cfg.budget.items()}
+    grid_budget = {k: v for k, v in budget.items() if k not in choice_values(cfg)}
+    asked = instructions(cfg)
+    apply_to = str(cfg.sweep.apply_to)
+    with MetricsWriter(out_dir / "metrics.csv") as writer:
+
+        def measure(res: CellResult) -> None:
+            if res.index == 0:
+                cell = Cell(0, apply_to=apply_to)
+            elif not res.layers:
+                cell = Cell(res.index, (), res.coef, None, apply_to, instruction=asked[res.coef])
+            else:
+                cell = Cell(res.index, res.layers, res.coef, vector.select(res.layers), apply_to)
+            values = _measure(ctx, cell, names)
+            res.values.update(values)
+            measured = CellResult(res.index, res.label, res.layers, res.coef, res.layer_coef, values)
+            if res.index == 0:  # as in run_sweep: the baseline is written once per row
+                for label, layers in dict.fromkeys((c.label, c.layers) for c in result.cells):
+                    writer.cell(measured, label=label, layers=layers)
+            else:
+                writer.cell(measured)
+            log.info("%s coef=%+g: %s", res.label, res.coef, ", ".join(f"{k}={v:.3f}" for k, v in values.items()))
+
+        for res in [result.baseline, *result.prompting]:
+            measure(res)
+        by_index = {c.index: c for c in result.cells}
+        set_aside: set[int] = set()
+        for _ in range(MAX_CHOICE_CHECKS):
+            pool = [c for c in result.cells if c.index not in set_aside]
+            picks = choose(pool, result.baseline, str(cfg.metric.effect), grid_budget, float(cfg.select.min_delta))
+            todo = [by_index[p["cell"]] for p in picks.values() if p.get("cell") is not None]
+            todo = [c for c in todo if not all(k in c.values for k in choice_values(cfg))]
+            if not todo:
+                return
+            for res in todo:
+                measure(res)
+                if not res.within(budget):
+                    set_aside.add(res.index)
+        log.warning("choice check: stopped after %d rounds; cells not measured count as over budget", MAX_CHOICE_CHECKS)

@@ -9,7 +9,7 @@ from .extract import READS, Read, collect_stats, extract
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
 from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
-from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs
+from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs, swap_letters
 from .text import encode_chat, encode_prompt, format_prompt, pair_texts
 from .vector import SteeringVector, VectorMismatchError, VectorValueError, load_vector, save_vector
 
@@ -51,4 +51,5 @@ __all__ = [
     "read_pairs",
     "register_method",
     "save_vector",
+    "swap_letters",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,34 @@ def _answer(answer: str) -> str:
     # "(A)" -> "(A": the letter is the last token read, as in CAA.
     answer = answer.strip()
     return answer[:-1] if answer.startswith("(") and answer.endswith(")") else answer
+
+
+_OPTION = re.compile(r"^(\s*)\(([AB])\)(.*)$", re.MULTILINE)
+
+
+def swap_letters(pair: ContrastPair) -> ContrastPair:
+    r"""An A/B pair with the texts of options (A) and (B) swapped, and its answer letters with them.
+
+    Extracting from each item and its swap balances the answer letter, so a
+    direction cannot carry "A vs B" instead of the behaviour.
+
+    Raises:
+        DatasetError: the prompt lacks an "(A)" or a "(B)" option line (one each).
+
+    Example:
+        >>> swap_letters(ContrastPair("(A", "(B", "Q?\n\nChoices:\n (A) Yes\n (B) No")).prompt
+        'Q?\n\nChoices:\n (A) No\n (B) Yes'
+    """
+    options = _OPTION.findall(pair.prompt or "")
+    if sorted(letter for _, letter, _ in options) != ["A", "B"]:
+        raise DatasetError(f"cannot swap the letters of {(pair.prompt or '')[:60]!r}: it needs one '(A)' and one '(B)' option line")
+    texts = {letter: text for _, letter, text in options}
+    prompt = _OPTION.sub(lambda m: f"{m.group(1)}({m.group(2)}){texts['B' if m.group(2) == 'A' else 'A']}", pair.prompt or "")
+
+    def swap(answer: str) -> str:
+        return re.sub(r"^(\s*\()([AB])", lambda m: m.group(1) + ("B" if m.group(2) == "A" else "A"), answer)
+
+    return ContrastPair(swap(pair.positive), swap(pair.negative), prompt)
 
 
 def dataset_sha256(pairs: Iterable[ContrastPair]) -> str:

@@ -54,8 +54,11 @@ def format_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> tupl
 
 
 def separator(prompt_text: str, templated: bool, completion: str) -> str:
-    """What joins a formatted prompt and its completion: ``" "`` for plain text with no whitespace at the junction, else ``""``."""
-    if templated or not completion or prompt_text[-1:].isspace() or completion[:1].isspace():
+    """What joins a formatted prompt and its completion: ``" "`` for plain text with no whitespace at the junction, else ``""``.
+
+    Nothing joins an empty prompt: the completion starts the text.
+    """
+    if templated or not completion or not prompt_text or prompt_text[-1:].isspace() or completion[:1].isspace():
         return ""
     return " "
 
@@ -99,6 +102,25 @@ def prefix_tokens(tokenizer: Any, text: str, prefix: str, special: bool, offsets
     if offsets is not None:
         return sum(1 for _, end in offsets if end <= len(prefix))
     return len(tokenize(tokenizer, prefix if not special else prefix.rstrip(), special))
+
+
+def document_start(tokenizer: Any) -> list[int]:
+    """Token ids a plain text starts with: what the tokenizer adds itself (e.g. Gemma's BOS), else its BOS (or EOS) token.
+
+    A text scored "from its start" is scored after these ids, as a base model
+    read it in training; GPT-2-style tokenizers add nothing, and their
+    documents are separated by the end-of-text token.
+
+    Raises:
+        ValueError: the tokenizer adds no tokens and has neither a BOS nor an EOS token.
+    """
+    ids = tokenize(tokenizer, "", special=True)
+    if ids:
+        return ids
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("the tokenizer has no BOS or EOS token to start a plain text with")
+    return [int(start)]
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[int]:

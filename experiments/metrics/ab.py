@@ -31,7 +31,7 @@ import steering as st
 from steering.vectors.text import format_prompt, separator, tokenize
 
 from .base import Cell, Context, Values
-from .replies import encode_replies, iter_reply_logprobs
+from .replies import ReplyBatch, encode_replies, iter_reply_logprobs
 
 
 @dataclass(frozen=True)
@@ -90,29 +90,41 @@ def build_items(tokenizer: Any, pairs: list[st.ContrastPair], chat: bool | None)
 def _items(ctx: Context) -> list[ABItem]:
     if "ab_items" not in ctx.cache:
         ctx.cache["ab_items"] = build_items(ctx.tokenizer, ctx.data.items, ctx.cfg.eval.chat)
-        ctx.cache["ab_batches"] = encode_replies(
-            ctx.tokenizer,
-            [item.prompt for item in ctx.cache["ab_items"]],
-            [item.reply for item in ctx.cache["ab_items"]],
-            chat=ctx.cfg.eval.chat,
-            batch_size=int(ctx.cfg.eval.batch_size),
-        )
+        ctx.cache["ab_batches"] = encode_items(ctx, ctx.cache["ab_items"], Cell(0))
     return ctx.cache["ab_items"]
 
 
 @torch.no_grad()
+def answer_logprobs(model: Any, items: list[ABItem], batches: list[ReplyBatch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log P(matching), log P(other))`` per item at the answer position (float64, item order)."""
+    match = torch.empty(len(items), dtype=torch.float64)
+    other = torch.empty(len(items), dtype=torch.float64)
+    for batch, logprobs in iter_reply_logprobs(model, batches):
+        last = batch.reply_mask.sum(1).to(logprobs.device)  # column after the whole reply
+        answer = logprobs[torch.arange(len(batch.rows), device=logprobs.device), last].double().cpu()
+        for row, index in enumerate(batch.rows):
+            match[index] = answer[row, items[index].match]
+            other[index] = answer[row, items[index].other]
+    return match, other
+
+
+def encode_items(ctx: Context, items: list[ABItem], cell: Cell) -> list[ReplyBatch]:
+    """The items' prompts (as ``cell`` asks them) and replies, tokenised for `answer_logprobs`."""
+    return encode_replies(
+        ctx.tokenizer,
+        [cell.prompt(item.prompt) for item in items],
+        [item.reply for item in items],
+        chat=ctx.cfg.eval.chat,
+        batch_size=int(ctx.cfg.eval.batch_size),
+    )
+
+
 def ab_pmatch(ctx: Context, cell: Cell) -> Values:
     """P(matching answer) and the letter shares at this cell (see module docs)."""
     items = _items(ctx)
-    match = torch.empty(len(items), dtype=torch.float64)
-    other = torch.empty(len(items), dtype=torch.float64)
+    batches = ctx.cache["ab_batches"] if cell.instruction is None else encode_items(ctx, items, cell)
     with cell.steering(ctx.model):
-        for batch, logprobs in iter_reply_logprobs(ctx.model, ctx.cache["ab_batches"]):
-            last = batch.reply_mask.sum(1).to(logprobs.device)  # column after the whole reply
-            answer = logprobs[torch.arange(len(batch.rows), device=logprobs.device), last].double().cpu()
-            for row, index in enumerate(batch.rows):
-                match[index] = answer[row, items[index].match]
-                other[index] = answer[row, items[index].other]
+        match, other = answer_logprobs(ctx.model, items, batches)
     p_match, p_other = match.exp(), other.exp()
     share = p_match / (p_match + p_other)
     cell.cache["ab_diff"] = (match - other).numpy()

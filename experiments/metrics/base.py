@@ -1,7 +1,10 @@
 """What every metric sees: the evaluation data, the model, and the cell under test.
 
 A *cell* is one point of the sweep grid: a window of layers and a
-coefficient (the baseline cell has no layers and coefficient 0). Metrics do
+coefficient (the baseline cell has no layers and coefficient 0). A
+*prompting* cell steers with words instead: no vector, an instruction for
+the behaviour (coef +1) or its opposite (coef -1) put before every prompt,
+measured with the same metrics as the steering cells. Metrics do
 not steer the model themselves but enter ``cell.steering(model)`` around the
 passes that should be steered, so one metric may mix steered and unsteered
 passes (``gen_ppl`` scores steered text with the unsteered model).
@@ -39,6 +42,7 @@ class Cell:
         vector: the vector restricted to ``layers`` (``None`` for the baseline).
         apply_to: ``all``, ``prompt`` or ``generated`` (the tokens steered).
         cache: per-cell results shared between metrics (see module docs).
+        instruction: for a prompting cell, the instruction put before each prompt.
     """
 
     index: int
@@ -47,11 +51,21 @@ class Cell:
     vector: st.SteeringVector | None = None
     apply_to: str = "all"
     cache: dict[str, Any] = field(default_factory=dict)
+    instruction: str | None = None
+
+    @property
+    def steers(self) -> bool:
+        """True when a vector is applied (a non-zero coefficient)."""
+        return self.vector is not None and self.coef != 0.0
 
     @property
     def is_baseline(self) -> bool:
-        """True for the unsteered cell."""
-        return self.vector is None or self.coef == 0.0
+        """True for the unsteered cell (no vector, no instruction)."""
+        return not self.steers and self.instruction is None
+
+    def prompt(self, prompt: str) -> str:
+        """``prompt`` as this cell asks it: after the instruction for a prompting cell."""
+        return prompt if self.instruction is None else f"{self.instruction}\n\n{prompt}"
 
     @property
     def layer_coef(self) -> float:
@@ -60,15 +74,18 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """Row label: ``"12"`` for one layer, ``"10-14"`` for a window, ``"baseline"``."""
-        return window_label(self.layers)
+        """Row label: ``"12"`` for one layer, ``"10-14"`` for a window, ``"baseline"``, ``"prompt"``."""
+        return PROMPTING if self.instruction is not None else window_label(self.layers)
 
     def steering(self, model: nn.Module) -> AbstractContextManager[Any]:
-        """Context manager that steers ``model`` as this cell says (nothing for the baseline)."""
-        if self.is_baseline:
+        """Context manager that steers ``model`` as this cell says (nothing without a vector)."""
+        if not self.steers:
             return nullcontext()
         assert self.vector is not None
         return st.steer(model, self.vector, coef=self.layer_coef, apply_to=cast(st.ApplyTo, self.apply_to))
+
+
+PROMPTING = "prompt"  # row label of the prompting cells
 
 
 def window_label(layers: tuple[int, ...] | list[int]) -> str:
@@ -108,7 +125,9 @@ class Metric:
             -> {layer: values}`` for ``kind="layer"`` (no steering involved).
         values: names of the values it reports, given the config.
         needs: the `EvalData` fields it reads (loaded before the model).
-        kind: ``cell`` (per grid point) or ``layer`` (per layer, once).
+        kind: ``cell`` (per grid point), ``layer`` (per layer, once) or
+            ``choice`` (a cell's ``fn``, too costly for the whole grid: run on
+            the baseline, the prompting cells and the cells a choice picks).
         row: optional ``row(ctx, cells) -> values`` over one row of cells
             (the baseline first), e.g. a slope against the coefficient.
         row_values: names of the values ``row`` reports.
@@ -118,7 +137,7 @@ class Metric:
     fn: Callable[..., Any]
     values: Callable[[DictConfig], list[str]]
     needs: frozenset[str]
-    kind: Literal["cell", "layer"] = "cell"
+    kind: Literal["cell", "layer", "choice"] = "cell"
     row: RowFn | None = None
     row_values: tuple[str, ...] = ()
     doc: str = ""

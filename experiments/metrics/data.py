@@ -6,14 +6,17 @@ neutral    plain factual sentences for side effects (``eval.neutral``)
 items      A/B items, CAA format (``eval.ab_items``, or the pairs held out of
            ``data.path`` by ``data.holdout``)
 pairs      contrastive pairs for probes (``data.path``)
+capability two-choice MMLU items (``eval.capability``)
 =========  ===============================================================
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -29,6 +32,7 @@ class EvalData:
     neutral: list[str] = field(default_factory=list)
     items: list[st.ContrastPair] = field(default_factory=list)
     pairs: list[st.ContrastPair] = field(default_factory=list)
+    capability: list[st.ContrastPair] = field(default_factory=list)
 
 
 def split_pairs(pairs: Sequence[st.ContrastPair], fraction: float, seed: int) -> tuple[list[st.ContrastPair], list[st.ContrastPair]]:
@@ -73,6 +77,37 @@ def load_items(path: str, limit: int | None) -> list[st.ContrastPair]:
     return _first(items, limit)
 
 
+def load_capability(path: str, limit: int | None) -> list[st.ContrastPair]:
+    """Two-choice items (``prompt``, ``correct``, ``incorrect``) as pairs: positive = the correct letter.
+
+    Raises:
+        DatasetError: a missing file, bad JSON or an item without those fields, naming file and item.
+    """
+    file = Path(path)
+    where = f"eval.capability={path}"
+    if not file.is_file():
+        raise st.DatasetError(f"{where}: no such file (two-choice MMLU: caa/test/mmlu/mmlu.json in the shared data)")
+    try:
+        items = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise st.DatasetError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(items, list) or not items:
+        raise st.DatasetError(f"{where}: expected a non-empty JSON list of items")
+    pairs = []
+    for i, item in enumerate(items if limit is None else items[: int(limit)]):
+        fields = ("prompt", "correct", "incorrect")
+        if not isinstance(item, dict) or any(not isinstance(item.get(k), str) or not item[k].strip() for k in fields):
+            raise st.DatasetError(f"{where}: item {i} needs the strings {', '.join(fields)}")
+        pairs.append(st.ContrastPair(_letter(item["correct"]), _letter(item["incorrect"]), item["prompt"]))
+    return pairs
+
+
+def _letter(answer: str) -> str:
+    # "(A)" -> "(A": the letter is the token read after "(", as in A/B items.
+    answer = answer.strip()
+    return answer[:-1] if answer.startswith("(") and answer.endswith(")") else answer
+
+
 def load_eval_data(cfg: DictConfig, needs: set[str], pairs: Sequence[st.ContrastPair], held_out: Sequence[st.ContrastPair]) -> EvalData:
     """Load what ``needs`` names (see module docs); ``held_out`` serves as A/B items when ``eval.ab_items`` is null.
 
@@ -95,4 +130,9 @@ def load_eval_data(cfg: DictConfig, needs: set[str], pairs: Sequence[st.Contrast
             if not item.prompt:
                 raise st.DatasetError(f"A/B item {i} ({item.positive!r} vs {item.negative!r}) has no question")
     probe_pairs = list(pairs) if "pairs" in needs else []
-    return EvalData(prompts=prompts, neutral=neutral, items=items, pairs=probe_pairs)
+    capability: list[st.ContrastPair] = []
+    if "capability" in needs:
+        if ev.capability is None:
+            raise ConfigError("metric.use has 'capability': set eval.capability=<two-choice MMLU file, e.g. caa/test/mmlu/mmlu.json>")
+        capability = load_capability(str(ev.capability), ev.max_capability)
+    return EvalData(prompts=prompts, neutral=neutral, items=items, pairs=probe_pairs, capability=capability)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from steering.hooks import cache_kwargs, input_device, output_cache, pad_ids, position_ids
-from steering.vectors.text import format_prompt, pad_token_id, separator, tokenize
+from steering.vectors.text import document_start, format_prompt, pad_token_id, separator, tokenize
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ReplyBatch:
 
 def encode_replies(
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | None],
     replies: Sequence[str],
     *,
     chat: bool | None = None,
@@ -58,7 +58,8 @@ def encode_replies(
 
     Prompts and replies are formatted by `vectors.text`, as generation and
     extraction format them (chat template when there is one; without one a
-    space joins prompt and reply).
+    space joins prompt and reply). A ``None`` prompt scores the reply as a
+    plain text from its start (`vectors.text.document_start`), no template.
 
     Raises:
         ValueError: lengths differ, or a prompt has no tokens.
@@ -69,7 +70,11 @@ def encode_replies(
     encoded_prompts: dict[str, list[int]] = {}
     rows: list[tuple[list[int], list[int], str]] = []
     for prompt, reply in zip(prompts, replies):
-        text, special = format_prompt(tokenizer, prompt, chat)
+        if prompt is None:
+            text, special = "", True
+            encoded_prompts.setdefault(text, document_start(tokenizer))
+        else:
+            text, special = format_prompt(tokenizer, prompt, chat)
         if text not in encoded_prompts:
             encoded_prompts[text] = tokenize(tokenizer, text, special)
             if not encoded_prompts[text]:

@@ -4,6 +4,19 @@ Each cell generates once from the held-out prompts (batched, greedy unless
 ``eval.do_sample``; sampling is seeded per cell, so a cell gives the same
 text on a re-run) and the three metrics share those generations.
 
+Besides means, both look at each prompt against the unsteered generation
+from the same prompt (the baseline cell's, generated on demand if no
+baseline was measured yet):
+
+- ``generation_score`` reports the distribution of the per-prompt change of
+  the score (``delta_p10``, ``delta_median``, ``delta_p90``) and
+  ``wrong_way``: the fraction of prompts whose score moved against the
+  cell's sign (down for a positive coefficient, up for a negative one);
+- ``repetition`` reports ``degenerate``: the fraction of prompts whose
+  generation is repetitive (distinct-2 below ``DEGENERATE_DISTINCT2``, e.g.
+  "A.\n\nA.\n\nA.") where the unsteered one was not. Sentiment scorers
+  do not see degeneration; a budget on ``degenerate`` does.
+
 Scorers (`steering.scoring.Scorer`) turn texts into a number each;
 ``metric.scorer`` picks one:
 
@@ -21,6 +34,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -74,8 +88,8 @@ def generations(ctx: Context, cell: Cell) -> list[str]:
         cell.cache["generations"] = st.generate(
             ctx.model,
             ctx.tokenizer,
-            ctx.data.prompts,
-            None if cell.is_baseline else cell.vector,
+            [cell.prompt(p) for p in ctx.data.prompts],
+            cell.vector if cell.steers else None,
             cell.layer_coef,
             max_new_tokens=int(ev.max_new_tokens),
             apply_to=cell.apply_to,
@@ -86,19 +100,53 @@ def generations(ctx: Context, cell: Cell) -> list[str]:
     return cell.cache["generations"]
 
 
-def generation_score(ctx: Context, cell: Cell) -> Values:
-    """Mean scorer value of the cell's generations (per-text scores kept in the cache)."""
+# Distinct-2 below this is repetition, not prose: "A.\n\nA.\n\nA." has 0.4, a
+# sentence that repeats itself twice about 0.5; fluent replies sit near 0.9.
+DEGENERATE_DISTINCT2 = 0.5
+PER_EXAMPLE = ("delta_p10", "delta_median", "delta_p90", "wrong_way")
+
+
+def _baseline(ctx: Context, cell: Cell) -> Cell:
+    """The unsteered cell to compare ``cell`` with, prompt by prompt (``cell`` itself if it is the baseline)."""
+    if cell.is_baseline:
+        ctx.cache.setdefault("baseline_cell", cell)
+        return cell
+    if "baseline_cell" not in ctx.cache:
+        ctx.cache["baseline_cell"] = Cell(0, apply_to=cell.apply_to)
+    return ctx.cache["baseline_cell"]
+
+
+def _scores(ctx: Context, cell: Cell) -> list[float]:
+    if "scores" in cell.cache:
+        return cell.cache["scores"]
     if "scorer" not in ctx.cache:
         ctx.cache["scorer"] = make_scorer(ctx.cfg.metric)
-    scorer = ctx.cache["scorer"]
     texts = generations(ctx, cell)
     scores = []
-    for text, value in zip(texts, scorer(texts), strict=True):
+    for text, value in zip(texts, ctx.cache["scorer"](texts), strict=True):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ScorerError(f"scorer {ctx.cfg.metric.scorer!r} returned {value!r} for {text[:60]!r}; expected a finite number")
         scores.append(float(value))
     cell.cache["scores"] = scores
-    return {scorer_value_name(ctx.cfg.metric): sum(scores) / len(scores)}
+    return scores
+
+
+def per_example(deltas: list[float], sign: float) -> Values:
+    """Quantiles of per-prompt changes and the fraction moved against ``sign`` (none for sign 0)."""
+    quantiles = np.quantile(np.asarray(deltas, dtype=np.float64), [0.1, 0.5, 0.9]) if deltas else [math.nan] * 3
+    wrong = sum(1 for d in deltas if sign * d < 0) / len(deltas) if deltas else math.nan
+    return dict(zip(PER_EXAMPLE, [*map(float, quantiles), wrong]))
+
+
+def generation_score(ctx: Context, cell: Cell) -> Values:
+    """Mean scorer value of the cell's generations and its per-prompt change (see module docs)."""
+    scores = _scores(ctx, cell)
+    base = _scores(ctx, _baseline(ctx, cell))
+    deltas = [s - b for s, b in zip(scores, base, strict=True)]
+    return {
+        scorer_value_name(ctx.cfg.metric): sum(scores) / len(scores),
+        **per_example(deltas, math.copysign(1.0, cell.coef) if cell.coef else 0.0),
+    }
 
 
 def distinct_n(text: str, n: int = 2) -> float | None:
@@ -108,10 +156,19 @@ def distinct_n(text: str, n: int = 2) -> float | None:
     return len(set(grams)) / len(grams) if grams else None
 
 
+def is_degenerate(text: str) -> bool:
+    """Whether ``text`` repeats itself (distinct-2 below `DEGENERATE_DISTINCT2`)."""
+    value = distinct_n(text)
+    return value is not None and value < DEGENERATE_DISTINCT2
+
+
 def repetition(ctx: Context, cell: Cell) -> Values:
-    """``distinct2``: mean distinct-2 of the generations (1 = no repeated word pair)."""
-    values = [d for d in (distinct_n(t) for t in generations(ctx, cell)) if d is not None]
-    return {"distinct2": sum(values) / len(values) if values else math.nan}
+    """``distinct2``: mean distinct-2 of the generations (1 = no repeated word pair); ``degenerate`` (module docs)."""
+    texts = generations(ctx, cell)
+    values = [d for d in (distinct_n(t) for t in texts) if d is not None]
+    base = generations(ctx, _baseline(ctx, cell))
+    newly = sum(1 for text, plain in zip(texts, base, strict=True) if is_degenerate(text) and not is_degenerate(plain))
+    return {"distinct2": sum(values) / len(values) if values else math.nan, "degenerate": newly / len(texts) if texts else math.nan}
 
 
 def gen_ppl(ctx: Context, cell: Cell) -> Values:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_resources import shared_data
 
 import steering as st
 from steering.experiments import sweep as sweep_module
@@ -30,6 +31,8 @@ def _overrides(name: str, tiny_dir: Path, out: Path, ab_file: Path) -> list[str]
         for side, words in (("positives", "the sea and the boat"), ("negatives", "a cat sat on the mat")):
             (out.parent / f"{side}.txt").write_text("".join(f"{words} {k}\n" for k in range(8)))
             extra.append(f"condition.{side}={out.parent / f'{side}.txt'}")
+    if name == "sentiment_auto":
+        extra = [f"eval.capability={shared_data('caa', 'test', 'mmlu', 'mmlu.json')}"]
     return [f"experiment={name}", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}", *extra]
 
 
@@ -63,7 +66,7 @@ def test_every_experiment_runs_and_writes_its_files(name: str, tiny_dir: Path, a
     assert {"best_layer", "best_coef", "directions", "baseline", "budget", "side_effects"} <= set(saved)
     assert set(saved["directions"]) == {"positive", "negative"}
     rows = read_metrics(out / "metrics.csv")
-    cells = {(r["layer"], r["coef"]) for r in rows if r["cell"] is not None}
+    cells = {(r["layer"], r["coef"]) for r in rows if r["cell"] is not None and r["layer"] != "prompt"}
     assert cells == {(layer, coef) for layer in ("0", "1") for coef in (-2.0, 0.0, 2.0)}
     vector = st.SteeringVector.load(out / "vector.safetensors")
     assert vector.layers == [0, 1]
@@ -131,7 +134,7 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
 
     def measure(ctx, cell):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 6:  # baseline, 2 prompting cells, 2 grid cells, then Ctrl-C
             raise KeyboardInterrupt
         return real(ctx, cell)
 
@@ -140,9 +143,10 @@ def test_interrupted_sweep_keeps_the_measured_cells(tiny_dir: Path, tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         run(compose_run(["experiment=sentiment_sweep", "debug=default", f"model.name={tiny_dir}", f"out_dir={out}"]))
     rows = read_metrics(out / "metrics.csv")
-    assert sorted({r["cell"] for r in rows}) == [0, 1, 2]  # baseline and two cells made it
+    assert sorted({r["cell"] for r in rows}) == [0, 1, 2, 3, 4]  # baseline, prompting cells and two grid cells made it
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and summary["grid"]["measured"] == 3 and summary["grid"]["planned"] == 5
+    # planned: baseline, 2 prompting cells, 2 rows x 2 coefs
+    assert summary["interrupted"] is True and summary["grid"]["measured"] == 5 and summary["grid"]["planned"] == 7
     assert "interrupted" in (out / "report.html").read_text()
 
 
@@ -226,7 +230,8 @@ def test_cli_multirun_over_methods(tiny_dir: Path, tmp_path: Path) -> None:
         (["experiment=sentiment_sweep", "metric.effect=joy"], "metric.effect='joy'"),
         (["experiment=sentiment_sweep", "eval.prompts=/no/such/prompts.txt"], "eval.prompts=/no/such/prompts.txt"),
         (["experiment=sentiment_sweep", "metric.scorer=no_such_module_xyz:score", "metric.effect=score"], "cannot import"),
-        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "eval.ab_items"),
+        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0", "data.balance_letters=false"], "eval.ab_items"),
+        (["experiment=caa_ab", "data.path=sentiment", "data.holdout=0"], "data.balance_letters=true"),
     ],
 )
 def test_cli_run_errors_name_the_problem(
@@ -285,3 +290,47 @@ def _sweep_like(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps({"task": "sweep"}))
     return folder
+
+
+def test_sweep_shows_prompting_pareto_and_per_prompt_results(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    summary = run(compose_run([*_tiny_sweep(tiny_dir, out), "sweep.refine=1", "budget.kl=0.05"]))
+    assert set(summary["prompting"]) == {"positive", "negative"}
+    assert summary["instructions"]["positive"].startswith("Reply in a happy")
+    assert set(summary["pareto"]) == {"positive", "negative"}
+    rows = read_metrics(out / "metrics.csv")
+    prompting = {r["coef"] for r in rows if r["layer"] == "prompt"}
+    assert prompting == {1.0, -1.0}
+    assert {"wrong_way", "delta_median", "degenerate"} <= {r["metric"] for r in rows}
+    html = (out / "report.html").read_text()
+    assert "Prompting baseline" in html and "Pareto front" in html and "prompting: positive instruction" in html
+    assert (out / "plots" / "pareto.png").stat().st_size > 1000 and (out / "plots" / "per_example.png").stat().st_size > 1000
+
+
+def test_capability_bound_sets_chosen_cells_aside(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "capability"
+    mmlu = shared_data("caa", "test", "mmlu", "mmlu.json")
+    overrides = [
+        *_tiny_sweep(tiny_dir, out),
+        "metric.use=[generation_score,neutral_ppl,kl,repetition,capability]",
+        f"eval.capability={mmlu}",
+        "budget.degenerate=1",  # every grid cell in the grid's budget: each gets picked in turn
+        "+budget.capability_drop=-1",  # no cell can keep it: every pick is measured, then set aside
+    ]
+    summary = run(compose_run(overrides))
+    assert {d["status"] for d in summary["directions"].values()} == {"no cell within budget"}
+    assert summary["baseline"]["capability_drop"] == 0.0 and 0.0 <= summary["baseline"]["capability"] <= 1.0
+    measured = {r["cell"] for r in read_metrics(out / "metrics.csv") if r["metric"] == "capability"}
+    assert {0, 1, 2} <= measured and len(measured) == 3 + 4  # baseline, 2 prompting cells, then all 4 grid cells
+
+
+def test_caa_extraction_is_balanced_over_the_answer_letter(tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "balanced"
+    summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), "data.max_pairs=5"]))
+    assert summary["extraction_letters"] == {"A": 5, "B": 5}  # each of 5 items as given and swapped
+    assert isinstance(summary["steers"], bool)
+    assert "Matching answer letter in the extraction pairs" in (out / "report.html").read_text()
+    unbalanced = run(
+        compose_run([*_overrides("caa_ab", tiny_dir, tmp_path / "as_given", ab_file), "data.max_pairs=5", "data.balance_letters=false"])
+    )
+    assert sum(unbalanced["extraction_letters"].values()) == 5

@@ -114,3 +114,62 @@ def test_load_choices_refuses_runs_without_a_choice(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(st.SteeringError, match="invalid JSON"):
         load_choices(tmp_path)
+
+
+# --------------------------------------------------------------------------- adaptive grid, Pareto front (issue 14)
+
+
+def test_refinement_bisects_where_the_budget_binds() -> None:
+    from steering.experiments.sweep import next_coefs
+
+    row = [cell(1, 8, 2.0, 0.6, 1.1, 0.1), cell(2, 8, 4.0, 0.8, 1.6, 0.5), cell(3, 8, -2.0, 0.1, 1.5, 0.4), cell(4, 8, -4.0, 0.0, 2.0, 0.9)]
+    assert next_coefs(row, BUDGET) == [3.0, -1.0]  # between +2 (in) and +4 (out); below -2 when -2 is already out
+    row += [cell(5, 8, 3.0, 0.7, 1.2, 0.2), cell(6, 8, -1.0, 0.2, 1.2, 0.2)]
+    assert next_coefs(row, BUDGET) == [3.5, -1.5]
+    inside = [cell(1, 8, 2.0, 0.6, 1.1, 0.1), cell(2, 8, -2.0, 0.2, 1.1, 0.1)]
+    assert next_coefs(inside, BUDGET) == []  # nothing binds: the grid's strongest cells are in budget
+
+
+def test_depth_fractions_adapt_the_window_starts_to_the_model() -> None:
+    from steering.experiments.sweep import depth_starts
+
+    assert depth_starts(30, [0.25, 0.33, 0.45], [1, 4]) == [8, 10, 14]
+    assert depth_starts(18, [0.25, 0.33, 0.45], [1, 4]) == [4, 6, 8]
+    assert depth_starts(4, [0.5, 0.9], [2]) == [2]  # clipped so the widest window fits, repeats dropped
+    with pytest.raises(ConfigError, match="sweep.depth has 1.0"):
+        depth_starts(30, [1.0], [1])
+
+
+def test_pareto_front_keeps_cells_nothing_beats_on_both() -> None:
+    from steering.experiments.select import excess, pareto_front
+
+    cells = [
+        cell(1, 8, 2.0, 0.5, 1.1, 0.1),  # use 0.85 (ppl), gain 0.1
+        cell(2, 8, 4.0, 0.7, 1.2, 0.2),  # use 0.92, gain 0.3
+        cell(3, 9, 2.0, 0.45, 1.25, 0.25),  # use 0.96, gain 0.05: beaten by cell 2
+        cell(4, 9, 4.0, 0.9, 2.6, 0.6),  # use 2.0, gain 0.5
+        cell(5, 9, -2.0, 0.1, 1.1, 0.1),
+    ]
+    assert excess(cells[0], BUDGET) == pytest.approx(1.1 / 1.3)
+    assert pareto_front(cells, BASE, "sentiment", BUDGET, 1.0) == [1, 2, 4]
+    assert pareto_front(cells, BASE, "sentiment", BUDGET, -1.0) == [5]
+
+
+def test_swap_letters_swaps_option_texts_and_answers() -> None:
+    from steering.vectors import ContrastPair, DatasetError, swap_letters
+
+    pair = ContrastPair("(A", "(B", "Would you?\n\nChoices:\n (A) Yes, gladly\n (B) No")
+    swapped = swap_letters(pair)
+    assert swapped == ContrastPair("(B", "(A", "Would you?\n\nChoices:\n (A) No\n (B) Yes, gladly")
+    assert swap_letters(swapped) == pair
+    with pytest.raises(DatasetError, match="needs one '\\(A\\)' and one '\\(B\\)'"):
+        swap_letters(ContrastPair("(A", "(B", "No options here"))
+
+
+def test_letter_counts_only_for_ab_pairs() -> None:
+    from steering.experiments.summary import letter_counts
+    from steering.vectors import ContrastPair
+
+    ab = [ContrastPair("(A", "(B", "q"), ContrastPair("(B", "(A", "q"), ContrastPair("(A", "(B", "q")]
+    assert letter_counts(ab) == {"A": 2, "B": 1}
+    assert letter_counts([ContrastPair("happy", "sad", "q")]) is None
