@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -140,6 +140,50 @@ class _Sequence:
     def position(self) -> int:
         """Absolute position of the last token (the one the next decode pass feeds)."""
         return len(self.request.prompt_ids) + len(self.tokens) - 1
+
+
+class Tracked(Protocol):
+    """What `advance` and `finish` read of an engine's per-request record."""
+
+    request: GenerationRequest
+    submitted: float
+    tokens: list[int]
+    stream: TextStream | None
+
+
+def advance(item: Tracked, token: int, codec: Codec, metrics: ServerMetrics, send: Callable[[Any, Event], None]) -> bool:
+    """Record ``token`` for ``item`` (a `Tracked`) and send its text; return whether it is finished.
+
+    The one place an engine decides the end of a generation (EOS, a stop
+    string, ``max_tokens``): the HF engine and the vLLM adapter both call it.
+    """
+    assert item.stream is not None
+    if not item.tokens:
+        metrics.first_token.observe(time.perf_counter() - item.submitted)
+    item.tokens.append(token)
+    metrics.completion_tokens.inc()
+    if token in codec.eos_ids:
+        return finish(item, "stop", metrics, send)
+    delta, stopped = item.stream.push(token)
+    if delta:
+        send(item, TextDelta(delta))
+    if stopped:
+        return finish(item, "stop", metrics, send)
+    if len(item.tokens) >= item.request.max_tokens:
+        return finish(item, "length", metrics, send)
+    return False
+
+
+def finish(item: Tracked, reason: str, metrics: ServerMetrics, send: Callable[[Any, Event], None]) -> bool:
+    """Send ``item``'s remaining text and its `Finished` event, and count it; returns ``True``."""
+    assert item.stream is not None
+    rest = item.stream.flush()
+    if rest:
+        send(item, TextDelta(rest))
+    send(item, Finished(reason, item.stream.text, len(item.request.prompt_ids), len(item.tokens), tuple(item.tokens)))
+    metrics.generations.labels(finish_reason=reason).inc()
+    metrics.latency.observe(time.perf_counter() - item.submitted)
+    return True
 
 
 class Engine:
@@ -424,31 +468,10 @@ class Engine:
 
     def _advance(self, seq: _Sequence, token: int) -> bool:
         """Record ``token`` for ``seq`` and send its text; return whether ``seq`` is finished."""
-        assert seq.stream is not None
-        if not seq.tokens:
-            self.metrics.first_token.observe(time.perf_counter() - seq.submitted)
-        seq.tokens.append(token)
-        self.metrics.completion_tokens.inc()
-        if token in self.codec.eos_ids:
-            return self._finish(seq, "stop")
-        delta, stopped = seq.stream.push(token)
-        if delta:
-            self._send(seq, TextDelta(delta))
-        if stopped:
-            return self._finish(seq, "stop")
-        if len(seq.tokens) >= seq.request.max_tokens:
-            return self._finish(seq, "length")
-        return False
+        return advance(seq, token, self.codec, self.metrics, self._send)
 
     def _finish(self, seq: _Sequence, reason: str) -> bool:
-        assert seq.stream is not None
-        rest = seq.stream.flush()
-        if rest:
-            self._send(seq, TextDelta(rest))
-        self._send(seq, Finished(reason, seq.stream.text, len(seq.request.prompt_ids), len(seq.tokens), tuple(seq.tokens)))
-        self.metrics.generations.labels(finish_reason=reason).inc()
-        self.metrics.latency.observe(time.perf_counter() - seq.submitted)
-        return True
+        return finish(seq, reason, self.metrics, self._send)
 
     def _fail(self, seq: _Sequence, exc: BaseException) -> None:
         self._send(seq, Failed(exc))

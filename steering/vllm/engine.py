@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from steering.server.engine import EngineBusy, EngineClosed, Event, Failed, Finished, GenerationRequest, Sink, TextDelta
+from steering.server.engine import EngineBusy, EngineClosed, Event, Failed, Finished, GenerationRequest, Sink, advance, finish
 from steering.server.errors import APIError
 from steering.server.metrics import ServerMetrics
 from steering.server.text import Codec, TextStream
@@ -294,32 +294,10 @@ class VLLMEngine:
             self._finish(item, "length" if completion.finish_reason == "length" else "stop")
 
     def _advance(self, item: _Request, token: int) -> bool:
-        assert item.stream is not None
-        if not item.tokens:
-            self.metrics.first_token.observe(time.perf_counter() - item.submitted)
-        item.tokens.append(token)
-        self.metrics.completion_tokens.inc()
-        if token in self.codec.eos_ids:
-            return self._finish(item, "stop")
-        delta, stopped = item.stream.push(token)
-        if delta:
-            self._send(item, TextDelta(delta))
-        if stopped:
-            return self._finish(item, "stop")
-        if len(item.tokens) >= item.request.max_tokens:
-            return self._finish(item, "length")
-        return False
+        return advance(item, token, self.codec, self.metrics, self._send)
 
     def _finish(self, item: _Request, reason: str) -> bool:
-        assert item.stream is not None
-        rest = item.stream.flush()
-        if rest:
-            self._send(item, TextDelta(rest))
-        r = item.request
-        self._send(item, Finished(reason, item.stream.text, len(r.prompt_ids), len(item.tokens), tuple(item.tokens)))
-        self.metrics.generations.labels(finish_reason=reason).inc()
-        self.metrics.latency.observe(time.perf_counter() - item.submitted)
-        return True
+        return finish(item, reason, self.metrics, self._send)
 
     def _send(self, item: _Request, event: Event) -> None:
         try:
