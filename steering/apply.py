@@ -77,7 +77,6 @@ from steering.hooks import (
 from steering.hooks.fold import fold, fold_blocker, fold_conflict
 from steering.hooks.positions import check_positions
 from steering.vectors import SteeringVector, check_coef
-from steering.vectors.model_info import check_fits
 
 from .conditions import Combine, Condition, as_conditions, decision
 
@@ -102,19 +101,6 @@ def _as_terms(vector: VectorSpec, coef: float) -> list[tuple[SteeringVector, flo
     return terms
 
 
-def _check_fits(model: nn.Module, vector: SteeringVector, check_model: bool) -> None:
-    check_fits(
-        model,
-        hidden_size=vector.hidden_size,
-        layers=vector.layers,
-        site=vector.site,
-        fingerprint=vector.model_fingerprint,
-        made_on=vector.model,
-        check_model=check_model,
-        override="pass check_model=False to steer with it anyway",
-    )
-
-
 def _layer_terms(
     model: nn.Module, vector: VectorSpec, coef: float, layers: Iterable[int] | None, check_model: bool = True
 ) -> tuple[dict[int, list[tuple[Tensor, float]]], str]:
@@ -123,7 +109,7 @@ def _layer_terms(
     if len(sites) > 1:
         raise SteeringError(f"vectors of different sites cannot be applied together: {sorted(sites)}")
     for v in {id(v): v for v, _ in terms}.values():  # each vector once: a fingerprint reads every tensor
-        _check_fits(model, v, check_model)
+        v.check_fits(model, check_model=check_model, override="pass check_model=False to steer with it anyway")
     wanted = None if layers is None else set(resolve_layers(model, layers))  # negative indices count from the end
     by_layer: dict[int, list[tuple[Tensor, float]]] = {}
     for v, c in terms:
@@ -275,7 +261,7 @@ def attach(
     conditions = None if condition is None else as_conditions(condition)
     if conditions is not None:
         for c in conditions:
-            _check_fits(model, c.vector, check_model)
+            c.vector.check_fits(model, check_model=check_model, override="pass check_model=False to steer with it anyway")
     deltas, site = build_deltas(model, vector, coef, layers=layers, check_model=check_model)
     chosen, _ = choose_backend(model, deltas, site, apply_to=apply_to, mode=mode, backend=backend, conditional=conditions is not None)
     when = "" if conditions is None else f" condition={f' {combine} '.join(map(str, conditions))}"

@@ -34,7 +34,6 @@ from steering.hooks import site_module
 
 from .coef import check_coef
 from .io import VectorFileError, atomic_write
-from .model_info import check_fits
 from .vector import SteeringVector
 
 
@@ -93,16 +92,7 @@ def export_lm_eval(
     if mode not in ("add", "ablate"):
         raise VectorFileError(f"{path}: unknown mode {mode!r}; choose 'add' or 'ablate'")
     check_coef(coef, vector)
-    check_fits(
-        model,
-        hidden_size=vector.hidden_size,
-        layers=vector.layers,
-        site=vector.site,
-        fingerprint=vector.model_fingerprint,
-        made_on=vector.model,
-        check_model=check_model,
-        override="pass check_model=False to export it anyway",
-    )
+    vector.check_fits(model, check_model=check_model, override="pass check_model=False to export it anyway")
     config: dict[str, dict[str, Any]] = {}
     for layer, direction in vector.directions.items():
         config[lm_eval_hookpoint(model, layer, vector.site)] = {

@@ -24,7 +24,7 @@ from torch import Tensor
 from steering.hooks import SteeringError, normalize_layers
 
 from .io import read_vector_file, write_vector_file
-from .model_info import UNKNOWN, VectorMismatchError, same_checkpoint
+from .model_info import UNKNOWN, VectorMismatchError, check_fits, same_checkpoint
 
 
 class VectorValueError(SteeringError, ValueError):
@@ -211,6 +211,22 @@ class SteeringVector:
     def load(cls, path: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
         """Read and validate a vector file; see `vectors.io.read_vector_file`."""
         return cls(**read_vector_file(path, model, allow_model_mismatch=allow_model_mismatch))
+
+    def check_fits(self, model: Any, *, check_model: bool = True, override: str = "pass check_model=False to use it anyway") -> None:
+        """Refuse ``model`` where this vector does not fit it (`vectors.model_info.check_fits`).
+
+        ``override`` ends a provenance mismatch's message: how the caller lets it through.
+        """
+        check_fits(
+            model,
+            hidden_size=self.hidden_size,
+            layers=self.layers,
+            site=self.site,
+            fingerprint=self.model_fingerprint,
+            made_on=self.model,
+            check_model=check_model,
+            override=override,
+        )
 
     # --------------------------------------------------------------- helpers
     def _with(self, directions: Mapping[int, Tensor]) -> SteeringVector:

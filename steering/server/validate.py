@@ -33,7 +33,7 @@ from typing import Any
 
 from steering.conditions import Condition, prompt_gate
 from steering.hooks import LayerError, SteeringError, normalize_layer
-from steering.vectors import CoefError, VectorFileError, check_coef
+from steering.vectors import CoefError, SteeringVector, VectorFileError, check_coef
 
 from .config import ServerConfig
 from .engine import GenerationRequest
@@ -95,14 +95,7 @@ def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: 
     resolved = []
     for i, term in enumerate(terms):
         where = f"steering[{i}]"
-        try:
-            vector = store.get(term.vector)
-        except VectorNameError as exc:
-            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
-        except VectorNotFound as exc:
-            raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
-        except VectorFileError as exc:
-            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
+        vector = _stored_vector(store, term.vector, where)
         if term.mode == "ablate" and "coef" in term.model_fields_set:
             raise APIError(
                 422,
@@ -217,19 +210,24 @@ def resolve_condition(body: _Generation, ctx: ServingContext) -> Callable[[Any, 
     conditions = []
     for i, term in enumerate(body.steering_condition):
         where = f"steering_condition[{i}]"
-        try:
-            vector = ctx.store.get(term.vector)
-        except VectorNameError as exc:
-            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
-        except VectorNotFound as exc:
-            raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
-        except VectorFileError as exc:
-            raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
+        vector = _stored_vector(ctx.store, term.vector, where)
         try:
             conditions.append(Condition(vector, term.layer, float(term.threshold), term.above))
         except SteeringError as exc:
             raise APIError(422, f"{where}.layer: {exc}", param=f"{where}.layer", code="layer_not_in_vector") from None
     return prompt_gate(conditions, body.steering_combine)
+
+
+def _stored_vector(store: VectorStore, name: str, where: str) -> SteeringVector:
+    """The vector ``name`` from the server's store, or the `APIError` naming ``<where>.vector``."""
+    try:
+        return store.get(name)
+    except VectorNameError as exc:
+        raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector_name") from None
+    except VectorNotFound as exc:
+        raise APIError(404, str(exc), param=f"{where}.vector", code="vector_not_found") from None
+    except VectorFileError as exc:
+        raise APIError(422, str(exc), param=f"{where}.vector", code="invalid_vector") from None
 
 
 def _build(body: _Generation, prompts: list[list[int]], ctx: ServingContext, prompt_field: str) -> Prepared:
