@@ -79,7 +79,9 @@ def ray_runner(workers: int, address: str | None, cpus: int, shipped: tuple[Any,
         if started:
             target = address or os.environ.get("RAY_ADDRESS") or None
             if target is None:
-                ray.init(num_cpus=workers * cpus, include_dashboard=False, logging_level=logging.WARNING)
+                # "local": a new cluster for this run, even where `ray start` left one running
+                # on this machine (a bare ray.init() would join that one instead).
+                ray.init(address="local", num_cpus=workers * cpus, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 ray.init(address=target, logging_level=logging.WARNING)
         actors: list[Any] = []
