@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 from vllm_helpers import LAYERS, MAX_TOKENS, require_vllm
@@ -232,133 +229,7 @@ def test_bad_input_is_refused_like_our_server(llm, smollm2, vector_dir, steering
     assert run(llm, smollm2[1], ["Hello."], [[term(coef=1.0)]], max_tokens=2)  # the engine is fine
 
 
-# --------------------------------------------------------------------------- HTTP
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(cmd: list[str], env: dict[str, str], url: str, log: Path, timeout: float = 420.0) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.terminate()
-    pytest.fail(f"server did not come up in {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def offline_chat(llm, smollm2, prompts) -> dict[str, str]:
-    """Offline texts the HTTP runs must give: unsteered and sentiment +4 on prompt 0."""
-    _, tok = smollm2
-    plain, steered = run(llm, tok, [prompts[0]] * 2, [None, [term(coef=4.0)]])
-    assert plain != steered
-    return {"plain": plain, "steered": steered}
-
-
-def test_vllm_serve_with_the_plugin(llm, offline_chat, folder, vector_dir, prompts, tmp_path) -> None:
-    from openai import BadRequestError, OpenAI
-
-    port = free_port()
-    env = {**os.environ, "STEERING_VECTORS": str(vector_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    exe = str(Path(sys.executable).with_name("vllm"))
-    cmd = [
-        exe,
-        "serve",
-        folder,
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-num-seqs",
-        "8",
-        "--max-model-len",
-        "1024",
-    ]
-    proc = start_server(cmd, env, f"http://127.0.0.1:{port}", tmp_path / "vllm-serve.log")
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
-        messages = [{"role": "user", "content": prompts[0]}]
-
-        def chat(steering: Any | None) -> str:
-            extra = {"vllm_xargs": {"steering": json.dumps(steering)}} if steering is not None else None
-            reply = client.chat.completions.create(model=folder, messages=messages, max_tokens=MAX_TOKENS, temperature=0, extra_body=extra)  # type: ignore[arg-type]
-            return reply.choices[0].message.content or ""
-
-        assert chat([term(coef=4.0)]) == offline_chat["steered"]
-        assert chat(None) == offline_chat["plain"]
-        with pytest.raises(BadRequestError) as info:
-            chat([{"vector": "nope"}])
-        assert "unknown vector 'nope'" in str(info.value) and "steering[0].vector" in str(info.value)
-        with pytest.raises(BadRequestError) as info:
-            chat([{"vector": "sentiment", "layers": [99]}])
-        assert "steering[0].layers" in str(info.value)
-        assert chat([term(coef=4.0)]) == offline_chat["steered"]  # still serving
-    finally:
-        stop(proc)
-
-
-def test_steering_serve_engine_vllm(llm, offline_chat, smollm2, vector_dir, prompts, tmp_path) -> None:
-    from openai import NotFoundError, OpenAI, UnprocessableEntityError
-
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    exe = str(Path(sys.executable).with_name("steering"))
-    cmd = [
-        exe,
-        "serve",
-        "engine=vllm",
-        f"model={MODEL}",
-        f"vectors={vector_dir}",
-        f"port={port}",
-        "default_temperature=0",
-        "vllm_args={enforce_eager:true,max_model_len:1024}",
-    ]
-    proc = start_server(cmd, env, f"http://127.0.0.1:{port}", tmp_path / "steering-serve.log")
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
-        messages = [{"role": "user", "content": prompts[0]}]
-
-        def chat(steering: Any | None) -> str:
-            extra = {"steering": steering} if steering is not None else None
-            reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, extra_body=extra)  # type: ignore[arg-type]
-            return reply.choices[0].message.content or ""
-
-        assert chat([term(coef=4.0)]) == offline_chat["steered"]
-        assert chat(None) == offline_chat["plain"]
-        # The HF server's statuses, codes and messages.
-        with pytest.raises(NotFoundError) as missing:
-            chat([{"vector": "nope"}])
-        assert missing.value.body["code"] == "vector_not_found"  # type: ignore[index]
-        for bad, field in BAD[1:4]:
-            expected = expected_error(smollm2, vector_dir, bad)
-            with pytest.raises(UnprocessableEntityError) as info:
-                chat(bad)
-            assert info.value.body["param"] == field and info.value.body["message"] == expected.message  # type: ignore[index]
-        assert chat([term(coef=4.0)]) == offline_chat["steered"]
-    finally:
-        stop(proc)
+# --------------------------------------------------------------------------- tensor parallel
 
 
 @pytest.mark.tp
