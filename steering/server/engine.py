@@ -186,6 +186,29 @@ def finish(item: Tracked, reason: str, metrics: ServerMetrics, send: Callable[[A
     return True
 
 
+def generate_blocking(engine: Any, request: GenerationRequest, timeout: float | None) -> Finished:
+    """Submit ``request`` to ``engine`` (its ``submit``/``cancel``) and block until it finishes.
+
+    The one blocking `generate` of every engine; on a timeout the request is
+    cancelled (else its row would go on decoding for no one).
+    """
+    done = threading.Event()
+    result: list[Event] = []
+
+    def sink(event: Event) -> None:
+        if isinstance(event, (Finished, Failed)):
+            result.append(event)
+            done.set()
+
+    ids = engine.submit([request], [sink])
+    if not done.wait(timeout):
+        engine.cancel(ids)
+        raise TimeoutError(f"generation did not finish within {timeout} s (cancelled)")
+    if isinstance(result[0], Failed):
+        raise result[0].error
+    return result[0]  # type: ignore[return-value]
+
+
 class Engine:
     """The scheduler thread and its running batch.
 
@@ -273,21 +296,7 @@ class Engine:
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
         """Submit one request and block until it finishes (for scripts and tests)."""
-        done = threading.Event()
-        result: list[Event] = []
-
-        def sink(event: Event) -> None:
-            if isinstance(event, (Finished, Failed)):
-                result.append(event)
-                done.set()
-
-        ids = self.submit([request], [sink])
-        if not done.wait(timeout):
-            self.cancel(ids)  # else the row would go on decoding for no one
-            raise TimeoutError(f"generation did not finish within {timeout} s (cancelled)")
-        if isinstance(result[0], Failed):
-            raise result[0].error
-        return result[0]  # type: ignore[return-value]
+        return generate_blocking(self, request, timeout)
 
     def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
         """Run ``fn(model)`` on the scheduler thread between two passes; return its result.

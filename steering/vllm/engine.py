@@ -34,7 +34,18 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from steering.server.engine import EngineBusy, EngineClosed, Event, Failed, Finished, GenerationRequest, Sink, advance, finish
+from steering.server.engine import (
+    EngineBusy,
+    EngineClosed,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Sink,
+    advance,
+    finish,
+    generate_blocking,
+)
 from steering.server.errors import APIError
 from steering.server.metrics import ServerMetrics
 from steering.server.text import Codec, TextStream
@@ -144,21 +155,7 @@ class VLLMEngine:
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
         """Submit one request and block until it finishes."""
-        done = threading.Event()
-        result: list[Event] = []
-
-        def sink(event: Event) -> None:
-            if isinstance(event, (Finished, Failed)):
-                result.append(event)
-                done.set()
-
-        ids = self.submit([request], [sink])
-        if not done.wait(timeout):
-            self.cancel(ids)
-            raise TimeoutError(f"generation did not finish within {timeout} s (cancelled)")
-        if isinstance(result[0], Failed):
-            raise result[0].error
-        return result[0]  # type: ignore[return-value]
+        return generate_blocking(self, request, timeout)
 
     def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
         """Run ``fn`` on the Hugging Face model (the reading endpoint), one call at a time."""
