@@ -375,13 +375,15 @@ def test_grid_is_the_product_of_its_axes_and_the_choice_keeps_the_budget(tiny_di
     html = (out / "report.html").read_text()
     assert "By method and operation" in html and "pca_diff" in html
     # A run folder's choice steers with its own vector, mode and apply_to.
-    choices = {c.direction: c for c in load_choices(out)}
+    model, tok = st.load_model(tiny_dir)
     on = summary["directions"]["positive"]
-    assert (choices["positive"].mode, choices["positive"].apply_to, choices["positive"].coef) == (
-        on["mode"],
-        on["apply_to"],
-        on["best_coef"],
+    cfg = compose_config("generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8"])
+    results = generate_command(cfg)
+    chosen = st.SteeringVector.load(out / on["vector"]).select([on["best_layer"]])
+    want = st.generate(
+        model, tok, "Tell me about the sea", chosen, on["best_coef"], max_new_tokens=8, mode=on["mode"], apply_to=on["apply_to"]
     )
+    assert results[on["best_coef"]] == want
 
 
 def r_axes(row: dict) -> tuple[str, str, str]:
