@@ -13,6 +13,12 @@ This module does the same from Python:
   ``il`` (``build_cvec`` after block ``il``), for ``start <= il <= end``
   (default ``1 .. n_layer``, ``llama-cli``'s default range).
 
+llama.cpp keeps those tensors for the context's life and overwrites only the
+layers the buffer reaches, so a shorter vector set after a longer one would keep
+the old vector's upper layers (clearing only disables the range). The buffer
+given to it therefore always covers every layer, ``1 .. n_layer - 1``, zeros
+where the vector has none.
+
 So a vector's layer ``N`` (ours: the output of block ``N``) steers block ``N``
 there too; `steering.interop.export_gguf` writes it as ``direction.N``.
 Files are read with `import_gguf` (sizes, types and values checked).
@@ -41,15 +47,18 @@ __all__ = ["control_vector_data", "set_control_vector"]
 VectorSource = SteeringVector | str | Path
 
 
-def control_vector_data(terms: Sequence[tuple[VectorSource, float]]) -> tuple[np.ndarray, int]:
+def control_vector_data(terms: Sequence[tuple[VectorSource, float]], n_layer: int | None = None) -> tuple[np.ndarray, int]:
     """The ``(data, n_embd)`` buffer llama.cpp's ``common_control_vector_load`` makes of ``terms``.
 
     ``data`` is float32, ``n_embd`` values per layer from layer 1 on, each
-    layer the sum of ``strength * direction.N`` over the terms.
+    layer the sum of ``strength * direction.N`` over the terms; up to the
+    highest layer of the terms, or with ``n_layer`` (the model's block count)
+    up to layer ``n_layer - 1``, all the layers llama.cpp has a tensor for.
 
     Raises:
         VectorFileError: a vector with layer 0 (llama.cpp has no slot for it), a
-            site other than ``block_output``, or vectors of different widths.
+            site other than ``block_output``, vectors of different widths, or a
+            layer ``>= n_layer``.
         CoefError: a strength the coefficient policy refuses (`steering.vectors.check_coef`).
 
     Example:
@@ -68,6 +77,10 @@ def control_vector_data(terms: Sequence[tuple[VectorSource, float]]) -> tuple[np
         raise VectorFileError(f"control vectors of different sizes {sorted(widths)} cannot be combined")
     n_embd = widths.pop()
     top = max(max(vec.layers) for vec, _ in vectors)
+    if n_layer is not None:
+        if top >= n_layer:  # llama.cpp would drop it without a word
+            raise VectorFileError(f"control vector layer {top} is out of range for this model's {n_layer} blocks (0..{n_layer - 1})")
+        top = n_layer - 1
     data = np.zeros(n_embd * top, dtype=np.float32)
     for vec, strength in vectors:
         scale = np.float32(check_coef(strength, vec, name="strength"))
@@ -118,11 +131,9 @@ def set_control_vector(
         terms: Sequence[tuple[VectorSource, float]] = [(vector, strength)]
     else:
         terms = vector
-    data, n_embd = control_vector_data(terms)
     n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
-    top = data.size // n_embd
-    if top >= n_layer:  # llama.cpp would drop it without a word
-        raise VectorFileError(f"control vector layer {top} is out of range for this model's {n_layer} blocks (0..{n_layer - 1})")
+    # Every layer, so none keeps a value from a vector set earlier on this context.
+    data, n_embd = control_vector_data(terms, n_layer)
     start, end = layer_range if layer_range is not None else (1, n_layer)
     pointer = data.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
     if llama_cpp.llama_set_adapter_cvec(ctx, pointer, data.size, n_embd, start, end) != 0:

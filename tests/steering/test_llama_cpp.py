@@ -6,7 +6,11 @@ token ids (our tokenizer), so what differs is the runtime and the quantisation, 
 
 - Layer mapping: the change of next-token logits the vector causes in llama.cpp points the
   same way (cosine >= 0.9 on every prompt) as the change it causes under `st.steer`, and a
-  file with the direction one block later or earlier scores clearly lower.
+  file with the direction one block later or earlier scores clearly lower. Setting a vector
+  after others gives the logits it gives alone (llama.cpp keeps layers a shorter buffer does not
+  reach, so every buffer covers all layers).
+- Behaviour: greedy completions of 8 prompts move VADER sentiment the same way in both, for
+  ``+coef`` and ``-coef``.
 
 ``make llama-cpp`` builds llama-cpp-python once into ``~/.cache/steering/wheels`` and installs
 it (``make install`` calls it); without it these tests skip locally and fail under ``CI=true``.
@@ -25,6 +29,7 @@ from real_resources import missing
 import steering as st
 from steering.interop import export_gguf
 from steering.llamacpp import control_vector_data, set_control_vector
+from steering.scoring import sentiment_scorer
 from steering.vectors import VectorFileError
 from steering.vectors.text import encode_prompt
 
@@ -32,6 +37,8 @@ LAYER = 12
 COEF = 4.0
 N_PAIRS = 48
 PROMPTS = st.load_lines("sentiment_eval_prompts.txt")[:8]
+MAX_NEW_TOKENS = 32
+MARGIN = 0.1  # of mean VADER compound, in [-1, 1]
 
 
 def _vec(directions: dict[int, torch.Tensor], **kw) -> st.SteeringVector:
@@ -51,6 +58,14 @@ def test_buffer_is_laid_out_as_llama_cpp_loads_it(tmp_path: Path) -> None:
     expected[0:3] = [0.0, 2.0, 4.0]  # layer 1, x2
     expected[9:12] = 2.0 * 1.0 - 0.5 * 2.0  # layer 4: both terms
     np.testing.assert_array_equal(data, expected)
+
+
+def test_buffer_covers_every_layer_of_the_model() -> None:
+    """With ``n_layer``, layers 1 .. n_layer-1 are all written (zeros where the vector has none)."""
+    data, n_embd = control_vector_data([(_vec({2: torch.ones(3)}), 1.0)], n_layer=6)
+    assert data.tolist() == [0.0] * 3 + [1.0] * 3 + [0.0] * 9  # layers 1..5
+    with pytest.raises(VectorFileError, match="out of range"):
+        control_vector_data([(_vec({6: torch.ones(3)}, num_layers=7), 1.0)], n_layer=6)
 
 
 def test_buffer_refuses_what_llama_cpp_cannot_take() -> None:
@@ -100,6 +115,20 @@ def _cpp_logits(llm, ids: list[int]) -> np.ndarray:
     return _last_logits(llm)
 
 
+def _cpp_greedy(llm, ids: list[int], eos: int) -> list[int]:
+    """Greedy decoding by hand (argmax of each step's logits), as transformers' generate does."""
+    out: list[int] = []
+    logits = _cpp_logits(llm, ids)
+    while len(out) < MAX_NEW_TOKENS:
+        token = int(np.argmax(logits))
+        out.append(token)
+        if token == eos:
+            break
+        llm.eval([token])
+        logits = _last_logits(llm)
+    return out
+
+
 def _cosines(a: list[np.ndarray], b: list[np.ndarray]) -> list[float]:
     return [float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b)]
 
@@ -133,13 +162,46 @@ def test_logit_change_matches_st_steer_and_a_shifted_layer_does_not(smollm2, llm
     ours = export_gguf(vector, tmp_path / "sentiment.gguf")
     later = export_gguf(_vec({LAYER + 1: direction}, num_layers=30), tmp_path / "later.gguf")
     earlier = export_gguf(_vec({LAYER - 1: direction}, num_layers=30), tmp_path / "earlier.gguf")
-    right = _cosines(cpp_delta(ours), hf_delta)
+    first = cpp_delta(ours)
+    right = _cosines(first, hf_delta)
     shifted = {name: _cosines(cpp_delta(file), hf_delta) for name, file in (("later", later), ("earlier", earlier))}
+    # After a vector reaching layer 13, ours (up to 12) must not keep its layer 13.
+    again = cpp_delta(ours)
+    stale = max(float(np.abs(a - b).max()) for a, b in zip(first, again))
     rounded = {name: np.round(values, 3).tolist() for name, values in {"right": right, **shifted}.items()}
-    report = f"cosine with st.steer's logit change per prompt: {rounded}"
+    report = f"cosine with st.steer's logit change per prompt: {rounded}; ours set again after the shifted ones: max |dlogit| {stale:.2e}"
     print(report)
+    assert stale < 1e-4, report
     assert min(right) >= 0.9, report
     for values in shifted.values():
         assert np.mean(values) <= np.mean(right) - 0.15, report
     # The unsteered runtimes agree too: quantisation moves logits, not the next token much.
     assert np.mean(_cosines(cpp_plain, hf_plain)) >= 0.95
+
+
+@pytest.mark.slow
+def test_greedy_completions_move_sentiment_the_same_way(smollm2, llm, vector, tmp_path: Path) -> None:
+    """Mean VADER of 8 greedy completions: ``-coef < 0 < +coef`` in both runtimes, by a clear margin."""
+    model, tok = smollm2
+    score = sentiment_scorer()
+    prompts = [encode_prompt(tok, p) for p in PROMPTS]
+    file = export_gguf(vector, tmp_path / "sentiment.gguf")
+
+    def hf(coef: float) -> float:
+        texts = st.generate(model, tok, PROMPTS, vector, coef, max_new_tokens=MAX_NEW_TOKENS)
+        return float(np.mean(score(texts)))
+
+    def cpp(coef: float) -> float:
+        set_control_vector(llm, file if coef else None, coef if coef else 1.0)
+        try:
+            texts = [tok.decode(_cpp_greedy(llm, ids, tok.eos_token_id), skip_special_tokens=True) for ids in prompts]
+        finally:
+            set_control_vector(llm, None)
+        return float(np.mean(score(texts)))
+
+    hf_scores = {c: hf(c) for c in (-COEF, 0.0, COEF)}
+    cpp_scores = {c: cpp(c) for c in (-COEF, 0.0, COEF)}
+    report = f"VADER mean by coef: transformers {hf_scores}, llama.cpp {cpp_scores}"
+    print(report)
+    for scores in (hf_scores, cpp_scores):
+        assert scores[-COEF] <= scores[0.0] - MARGIN and scores[COEF] >= scores[0.0] + MARGIN, report

@@ -19,6 +19,7 @@ unit vectors and its ``coeff`` multiplies them as our ``coef`` does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tiny_models import NUM_LAYERS, make_tiny
 
 import steering as st
 from steering.interop import export_gguf, import_gguf
+from steering.vectors.text import encode_prompt
 
 PEERS_PYTHON = REPO_ROOT / "benchmarks" / ".venv-peers" / "bin" / "python"
 PEER_SCRIPT = Path(__file__).resolve().parents[1] / "repeng_peer.py"
@@ -51,7 +53,11 @@ def run_repeng(jobs: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]
         missing(f"{PEERS_PYTHON} not found: run `make peers` (bash benchmarks/setup_peers.sh) for repeng 0.4.0")
     jobs_file, out = folder / "repeng_jobs.json", folder / "repeng_results.json"
     jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
-    done = subprocess.run([str(PEERS_PYTHON), str(PEER_SCRIPT), str(jobs_file), str(out)], capture_output=True, text=True, timeout=1200)
+    # One torch thread: this process waits meanwhile, and on a loaded 2-core machine two spinning
+    # OpenMP threads made SmolLM2 forwards ~10x slower (11 s vs 1.2 s for a 39-token prompt).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [str(PEERS_PYTHON), str(PEER_SCRIPT), str(jobs_file), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, f"repeng side failed:\n{done.stderr[-3000:]}"
     return list(json.loads(out.read_text(encoding="utf-8")))
 
@@ -125,3 +131,37 @@ def test_our_vector_loads_in_repeng_and_steers_the_same(tiny) -> None:
     model, prompts, theirs, vector = tiny["model"], tiny["prompts"], tiny["loaded"], tiny["vector"]
     assert theirs["model_type"] == vector.model  # repeng reads our hint: the vector's model id
     check_same(theirs, ours(model, prompts, vector, TINY_COEF["ours"], 12), plain_tokens(model, prompts, 12))
+
+
+# -------------------------------------------------------------- SmolLM2
+SMOL_LAYERS = [-19, 12]  # -19 is block 11
+SMOL_COEF = 6.0
+SMOL_PROMPTS = st.load_lines("sentiment_eval_prompts.txt")[:3]
+SMOL_TOKENS = 12
+
+
+@pytest.mark.slow
+def test_smollm2_repeng_vector_both_ways(smollm2, tmp_path: Path) -> None:
+    """repeng's vector steers `st.steer` like ControlModel; ours steers ControlModel like `st.steer`."""
+    model, tok = smollm2
+    folder = st.models.model_cache_dir() / "smollm2-135m-instruct"
+    if not (folder / "config.json").is_file():
+        missing(f"{folder} has no converted SmolLM2 (st.load_model writes it)")
+    pairs = st.load_pairs("sentiment")[:16]
+    mine = st.extract(model, tok, pairs, layers=[11, 12])
+    export_gguf(mine, tmp_path / "ours.gguf")
+    prompts = [encode_prompt(tok, p) for p in SMOL_PROMPTS]
+    texts = [[(p.prompt or "") + " " + p.positive, (p.prompt or "") + " " + p.negative] for p in pairs]
+    job = {"model": str(folder), "prompts": prompts, "max_new_tokens": SMOL_TOKENS}
+    trained, loaded = run_repeng(
+        [
+            {**job, "layers": SMOL_LAYERS, "coef": SMOL_COEF, "train": {"pairs": texts, "gguf": str(tmp_path / "repeng.gguf")}},
+            {**job, "layers": [11, 12], "coef": 1.0, "load": str(tmp_path / "ours.gguf")},
+        ],
+        tmp_path,
+    )
+    vector = import_gguf(tmp_path / "repeng.gguf", model)
+    assert trained["layer_ids"] == [11, 12] and vector.layers == [11, 12]
+    plain = plain_tokens(model, prompts, SMOL_TOKENS)
+    check_same(trained, ours(model, prompts, vector, SMOL_COEF, SMOL_TOKENS), plain)
+    check_same(loaded, ours(model, prompts, mine, 1.0, SMOL_TOKENS), plain)
