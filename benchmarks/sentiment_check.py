@@ -173,8 +173,13 @@ def main() -> None:
         if choice.get("best_layer") is None:
             results[direction] = {"status": choice["status"]}
             continue
+        if choice.get("mode", "add") != "add" or choice.get("apply_to", summary.get("apply_to", "all")) != "all":
+            # This check's own hook adds a vector at every token; other operations are not re-checked.
+            results[direction] = {"status": f"not re-checked: mode {choice.get('mode')}, apply_to {choice.get('apply_to')}"}
+            continue
+        chosen = st.SteeringVector.load(args.run / choice["vector"], model) if "vector" in choice else vector
         layers = [choice["best_layer"]] if isinstance(choice["best_layer"], int) else list(choice["best_layer"])
-        directions = {i: vector.directions[i] for i in layers}
+        directions = {i: chosen.directions[i] for i in layers}
         with AddHook(model, directions, float(choice["best_coef"])):
             texts = generate(model, tok, prompts, args.max_new_tokens)
             steered = raw_logprobs(model, tok, neutral)

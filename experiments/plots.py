@@ -243,9 +243,25 @@ def pareto(
     by_index = {c.index: c for c in cells}
     for ax, (direction, sign) in zip(axes, DIRECTIONS.items()):
         side = [c for c in cells if sign * c.coef > 0]
-        uses = [min(excess(c, grid_budget), 5.0) for c in side]
-        gains = [sign * (c.values.get(effect, math.nan) - base) for c in side]
-        ax.scatter(uses, gains, s=22, c=[len(c.layers) for c in side], cmap="viridis", edgecolors="black", linewidths=0.3, label="cells")
+        groups = list(dict.fromkeys(c.axes for c in side))
+        if len(groups) > 1:  # the grid compares methods / modes / apply_to: one marker colour per combination
+            for k, key in enumerate(groups):
+                members = [c for c in side if c.axes == key]
+                ax.scatter(
+                    [min(excess(c, grid_budget), 5.0) for c in members],
+                    [sign * (c.values.get(effect, math.nan) - base) for c in members],
+                    s=22,
+                    marker="osD^v<>ph*"[k % 10],
+                    edgecolors="black",
+                    linewidths=0.3,
+                    label=" ".join(key),
+                )
+        else:
+            uses = [min(excess(c, grid_budget), 5.0) for c in side]
+            gains = [sign * (c.values.get(effect, math.nan) - base) for c in side]
+            ax.scatter(
+                uses, gains, s=22, c=[len(c.layers) for c in side], cmap="viridis", edgecolors="black", linewidths=0.3, label="cells"
+            )
         front = [by_index[i] for i in fronts.get(direction, []) if i in by_index]
         if front:
             ax.plot(
@@ -268,7 +284,8 @@ def pareto(
         ax.set_title(direction, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("effect against side effect (colour: window size)", fontsize=10)
+    several = len({c.axes for c in cells}) > 1
+    fig.suptitle(f"effect against side effect ({'marker: method mode apply_to' if several else 'colour: window size'})", fontsize=10)
     return save_figure(fig, path)
 
 

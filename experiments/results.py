@@ -7,14 +7,22 @@ per (cell, value):
 ===========  =============================================================
 cell         index of the cell (0 = baseline); empty for per-row and
              per-layer values
-layer        row label: ``12``, ``10-14`` (a window) or ``baseline``
+layer        row label: ``12``, ``10-14`` (a window) or ``baseline``,
+             followed by the values of the grid axes that vary in this
+             sweep (``10-14 pca_diff angular generated``)
 layers       the layers steered, space-separated
-coef         the grid coefficient (total over the window); empty for
-             values computed across coefficients (e.g. ``slope``)
+coef         the grid coefficient (with ``add`` the total over the window);
+             empty for values computed across coefficients (e.g. ``slope``)
 layer_coef   the coefficient applied at each layer of the window
+method       the extraction method of the row's vector
+mode         the operation (``add``, ``clamp``, ``angular``, ...)
+apply_to     the tokens steered (``all``, ``prompt``, ``generated``)
 metric       value name (``sentiment``, ``kl``, ...)
 value        the number
 ===========  =============================================================
+
+``method``, ``mode`` and ``apply_to`` are empty for per-layer values and for
+the prompting cells (no vector).
 
 The baseline (coef 0) is measured once and written once per row, so every
 row of the grid has its coef-0 point.
@@ -29,14 +37,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TextIO
+from typing import Any, Protocol, Self, TextIO
 
-COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "metric", "value")
+COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "method", "mode", "apply_to", "metric", "value")
 
 
 @dataclass
 class CellResult:
-    """The measured values of one cell."""
+    """The measured values of one cell, and where it sits on the grid's axes."""
 
     index: int
     label: str
@@ -44,6 +52,14 @@ class CellResult:
     coef: float
     layer_coef: float
     values: dict[str, float] = field(default_factory=dict)
+    method: str = ""
+    mode: str = "add"
+    apply_to: str = "all"
+
+    @property
+    def axes(self) -> tuple[str, str, str]:
+        """``(method, mode, apply_to)``: the row's place on the grid axes other than the window."""
+        return self.method, self.mode, self.apply_to
 
     def within(self, budget: Mapping[str, float]) -> bool:
         """True if every budgeted value is measured, finite and at most its limit."""
@@ -52,6 +68,19 @@ class CellResult:
             if not math.isfinite(value) or value > limit:
                 return False
         return True
+
+
+class RowLike(Protocol):
+    """A grid row as ``metrics.csv`` names it: label, layers and axes (a `CellResult` or a `sweep.Row`)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def layers(self) -> tuple[int, ...]: ...
+
+    @property
+    def axes(self) -> tuple[str, str, str]: ...
 
 
 def _fmt(value: float | None) -> str:
@@ -94,27 +123,38 @@ class MetricsWriter(_Appender):
             self._csv.writerow(COLUMNS)
             self._sync()
 
-    def cell(self, result: CellResult, label: str | None = None, layers: Sequence[int] | None = None) -> None:
-        """Write every value of ``result`` (under another row's ``label``/``layers`` if given)."""
-        row_layers = result.layers if layers is None else tuple(layers)
+    def cell(self, result: CellResult, like: RowLike | None = None) -> None:
+        """Write every value of ``result`` (under the row of ``like``, its label, layers and axes, if given)."""
+        row = result if like is None else like
+        method, mode, apply_to = ("", "", "") if not row.layers else row.axes
         for name, value in result.values.items():
             self._csv.writerow(
                 [
                     result.index,
-                    label or result.label,
-                    " ".join(map(str, row_layers)),
+                    row.label,
+                    " ".join(map(str, row.layers)),
                     _fmt(result.coef),
                     _fmt(result.layer_coef),
+                    method,
+                    mode,
+                    apply_to,
                     name,
                     _fmt(value),
                 ]
             )
         self._sync()
 
-    def aggregate(self, label: str, layers: Sequence[int], values: Mapping[str, float], coef: float | None = None) -> None:
-        """Write values that belong to a row or layer rather than to one cell."""
+    def aggregate(
+        self,
+        label: str,
+        layers: Sequence[int],
+        values: Mapping[str, float],
+        coef: float | None = None,
+        axes: tuple[str, str, str] = ("", "", ""),
+    ) -> None:
+        """Write values that belong to a row (``axes``: its method, mode, apply_to) or a layer rather than to one cell."""
         for name, value in values.items():
-            self._csv.writerow(["", label, " ".join(map(str, layers)), _fmt(coef), "", name, _fmt(value)])
+            self._csv.writerow(["", label, " ".join(map(str, layers)), _fmt(coef), "", *axes, name, _fmt(value)])
         self._sync()
 
 
@@ -125,6 +165,8 @@ class GenerationsWriter(_Appender):
         """Write the cell's texts (and their scores when there are any)."""
         for i, (prompt, text) in enumerate(zip(prompts, texts)):
             record: dict[str, Any] = {"cell": result.index, "layer": result.label, "coef": result.coef, "prompt": prompt, "text": text}
+            if result.layers:
+                record.update(method=result.method, mode=result.mode, apply_to=result.apply_to)
             if scores is not None:
                 record["score"] = scores[i]
             self._file.write(json.dumps(record) + "\n")

@@ -5,8 +5,8 @@ and calls `run`, which is plain Python and takes any composed config:
 
 1. check the config and load the data (bad input fails before the model loads);
 2. load the model once and extract a vector at every layer the grid needs,
-   in one pass over the pairs;
-3. measure the baseline and every (layer window, coef) cell, appending to
+   in one pass over the pairs per method of the grid;
+3. measure the baseline and every (method, mode, apply_to, layer window, coef) cell, appending to
    ``metrics.csv`` as each finishes (`experiments.sweep`);
 4. choose the best cell per direction within the side-effect budget and
    write ``summary.json``, the figures and ``report.html``.
@@ -50,8 +50,8 @@ from .metrics.text import make_scorer
 from .report import write_report
 from .results import MetricsWriter
 from .schema import check, migrate_renamed, register_schema
-from .summary import VECTOR, condition_summary, letter_counts, probe_summary, sweep_summary, write_summary
-from .sweep import CellRunner, SweepResult, check_choice, grid, run_sweep, serial_cells
+from .summary import condition_summary, letter_counts, probe_summary, sweep_summary, vector_file, write_summary
+from .sweep import CellRunner, SweepResult, check_choice, grid, grid_axes, plan_rows, run_sweep, serial_cells
 
 log = logging.getLogger(__name__)
 
@@ -158,26 +158,33 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
 
 def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float, runner: CellRunner) -> dict[str, Any]:
     cfg = ctx.cfg
-    rows = grid(cfg, ctx.model)
-    layers = sorted({i for row in rows for i in row})
-    log.info("extracting %s at %d layers from %d pairs", cfg.method.name, len(layers), len(pairs))
-    vector = st.extract(
-        ctx.model,
-        ctx.tokenizer,
-        pairs,
-        layers,
-        method=str(cfg.method.name),
-        read=cast(Read, str(cfg.method.read)),
-        site=cast(Site, str(cfg.sweep.site)),
-        batch_size=int(cfg.method.batch_size),
-        progress=bool(cfg.progress),
-        corpus=None if cfg.method.corpus is None else st.load_lines(cfg.method.corpus),
-    )
-    vector.save(out_dir / VECTOR)
-    log.info("sweeping %d rows x %d coefs", len(rows), len(cfg.sweep.coefs))
-    result = run_sweep(ctx, vector, rows, out_dir, runner)
+    windows = grid(cfg, ctx.model)
+    rows = plan_rows(cfg, windows)
+    layers = sorted({i for window in windows for i in window})
+    axes = grid_axes(cfg)
+    # The affine modes read the reference mean the vector file carries.
+    reference = any(mode.startswith("affine") for mode in axes["mode"])
+    vectors: dict[str, st.SteeringVector] = {}
+    for method in axes["method"]:
+        log.info("extracting %s at %d layers from %d pairs", method, len(layers), len(pairs))
+        vectors[method] = st.extract(
+            ctx.model,
+            ctx.tokenizer,
+            pairs,
+            layers,
+            method=method,
+            read=cast(Read, str(cfg.method.read)),
+            site=cast(Site, str(cfg.sweep.site)),
+            batch_size=int(cfg.method.batch_size),
+            progress=bool(cfg.progress),
+            corpus=st.load_lines(cfg.method.corpus) if method == "mean_centred" else None,
+            reference=reference,
+        )
+        vectors[method].save(out_dir / vector_file(axes["method"], method))
+    log.info("sweeping %d rows (%s) x their coefficients", len(rows), " x ".join(f"{len(v)} {k}" for k, v in axes.items()))
+    result = run_sweep(ctx, vectors, rows, out_dir, runner)
     if not result.interrupted:
-        check_choice(ctx, vector, result, out_dir)
+        check_choice(ctx, vectors, result, out_dir)
     summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(pairs))
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)

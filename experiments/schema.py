@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from steering.apply import COEF_FREE_MODES, MODES
 from steering.hooks import APPLY_TO, SITES, ConfigError
 from steering.hooks.renamed import RENAMED
 from steering.vectors import METHODS, READS
@@ -71,15 +72,26 @@ class MetricConf:
 
 @dataclass
 class SweepConf:
-    """The grid: rows are layer windows, columns coefficients."""
+    """The grid: rows are method x mode x apply_to x layer window, columns coefficients (`experiments.sweep`)."""
 
     layers: list[int] | None = None  # first layer of each window (null = every layer)
     depth: list[float] | None = None  # first layers as fractions of the depth (wins over layers)
     refine: int = 0  # bisection rounds per row and sign where the budget binds
-    window: list[int] = field(default_factory=lambda: [1])  # layers per cell; the coef is split over them
-    coefs: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    window: list[int] = field(default_factory=lambda: [1])  # layers per cell; add splits the coef over them
+    coefs: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])  # mode add: total per window
+    methods: list[str] | None = None  # extraction methods compared (null = method.name alone)
+    modes: list[str] = field(default_factory=lambda: ["add"])  # operations compared (steering.MODES)
+    # Coefficients of the other modes, the value at each layer: clamp (x |v|), angular (degrees),
+    # affine_add (x |v| past the reference mean); ablate and affine_ablate take none.
+    mode_coefs: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            "clamp": [-2.0, -1.0, 1.0, 2.0],
+            "angular": [-30.0, -15.0, 15.0, 30.0],
+            "affine_add": [-1.0, -0.5, 0.5, 1.0],
+        }
+    )
     site: str = "block_output"
-    apply_to: str = "all"  # all | prompt | generated: the tokens steered
+    apply_to: Any = "all"  # all | prompt | generated, or a list of them (compared): the tokens steered
     positions: str | None = None  # deprecated name of apply_to
     backend: str = "serial"  # serial | ray: where the steered cells are measured
     workers: int = 2  # ray: actors, one model each
@@ -187,18 +199,46 @@ def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
 
 
+def _axis(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> list[str]:
+    """A grid axis (one value or a list): every value known, no repeats, not empty."""
+    values = [str(v) for v in value] if OmegaConf.is_list(value) or isinstance(value, list) else [value]
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"{key}={values} must be a non-empty list without repeats")
+    for v in values:
+        _choice(key, v, choices)
+    return values
+
+
+def _check_axes(cfg: DictConfig) -> None:
+    """The method, mode and apply_to axes of the grid, and each mode's coefficients."""
+    _axis("sweep.apply_to", cfg.sweep.apply_to, APPLY_TO)
+    if cfg.sweep.methods is not None:
+        _axis("sweep.methods", cfg.sweep.methods, sorted(METHODS))
+    for mode in _axis("sweep.modes", cfg.sweep.modes, MODES):
+        if mode == "add" or mode in COEF_FREE_MODES:
+            continue
+        coefs = list(cfg.sweep.mode_coefs.get(mode) or [])
+        if not any(c != 0 for c in coefs) or len(set(coefs)) != len(coefs):
+            raise ConfigError(
+                f"sweep.mode_coefs.{mode}={coefs} must list coefficients without repeats, some non-zero (mode {mode} is swept)"
+            )
+        if mode == "angular" and any(abs(c) > 180 for c in coefs):
+            raise ConfigError(f"sweep.mode_coefs.angular={coefs}: angles in degrees, within [-180, 180]")
+
+
 def check(cfg: DictConfig) -> None:
     """Raise `ConfigError` for values that do not fit together (see module docs)."""
     _choice("task", cfg.task, TASKS)
     _choice("method.name", cfg.method.name, sorted(METHODS))
     _choice("method.read", cfg.method.read, READS)
     _choice("sweep.site", cfg.sweep.site, SITES)
-    _choice("sweep.apply_to", cfg.sweep.apply_to, APPLY_TO)
-    if (cfg.method.name == "mean_centred") != (cfg.method.corpus is not None):
+    _check_axes(cfg)
+    methods = [cfg.method.name] if cfg.sweep.methods is None else list(cfg.sweep.methods)
+    if ("mean_centred" in methods) != (cfg.method.corpus is not None):
         raise ConfigError(
             "method=mean_centred needs method.corpus (generic texts, one per line)"
-            if cfg.method.name == "mean_centred"
-            else f"method.corpus is for method=mean_centred, not {cfg.method.name}"
+            if "mean_centred" in methods
+            else f"method.corpus is for method=mean_centred, not {', '.join(methods)}"
         )
     _choice("sweep.backend", cfg.sweep.backend, BACKENDS)
     if cfg.sweep.workers < 1 or cfg.sweep.cpus_per_worker < 1:

@@ -1,14 +1,17 @@
 """``summary.json``: what a run found, and reading a run's choice back.
 
 A sweep's summary names, for behaviour on (``positive``) and off
-(``negative``), the chosen cell: ``best_layer`` (an int, or the list of
-layers of a window), ``best_coef`` (the coefficient applied at each of those
-layers, so ``steer(model, vec.select(layers), coef=best_coef,
-apply_to=apply_to)`` reproduces the cell), its values and side effects.
+(``negative``), the chosen cell over every grid axis: ``best_layer`` (an int,
+or the list of layers of a window), ``best_coef`` (the coefficient applied at
+each of those layers), ``method`` (and its ``vector`` file), ``mode`` and
+``apply_to``, so ``steer(model, vec.select(layers), coef=best_coef,
+mode=mode, apply_to=apply_to)`` reproduces the cell; its values and side effects.
 The top-level ``best_layer``/``best_coef`` repeat the positive direction's.
 Beside them: ``prompting`` (the prompting cells, described as chosen cells
 are, with ``steering_beats_prompting`` per direction), ``pareto`` (per
-direction, the cells on the effect / budget-use front, `select.pareto_front`),
+direction, the cells on the effect / budget-use front, `select.pareto_front`,
+over every axis), ``by_axes`` (per method / mode / apply_to of the grid, each
+direction's best cell within budget and whether it lies on that front),
 for A/B runs ``letter_balance`` (unsteered answer shares),
 ``extraction_letters`` (the matching letters of the pairs the vector was
 extracted from) and ``steers`` (whether any direction is ``ok``).
@@ -29,11 +32,17 @@ from steering.compare import to_jsonable
 from steering.vectors import atomic_write
 
 from .metrics import choice_values
-from .select import DIRECTIONS, choose, describe, pareto_front
-from .sweep import SweepResult
+from .results import CellResult
+from .select import DIRECTIONS, choose, describe, excess, pareto_front
+from .sweep import SweepResult, as_list, grid_axes
 
 SUMMARY = "summary.json"
 VECTOR = "vector.safetensors"
+
+
+def vector_file(methods: list[str], method: str) -> str:
+    """The file of ``method``'s vector in a run folder: `VECTOR` for the first method, ``vector-<method>.safetensors`` after."""
+    return VECTOR if method == methods[0] else f"vector-{method}.safetensors"
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
@@ -80,19 +89,23 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
     """The summary of a sweep (see module docs); ``letters`` are the extraction pairs' `letter_counts`."""
     effect = str(cfg.metric.effect)
     budget = {str(k): float(v) for k, v in cfg.budget.items()}
+    axes = grid_axes(cfg)
     summary = _common(cfg, runtime)
     summary.update(
-        method=str(cfg.method.name),
+        method=axes["method"][0],
         site=str(cfg.sweep.site),
-        apply_to=str(cfg.sweep.apply_to),
+        apply_to=as_list(cfg.sweep.apply_to)[0],
         effect=effect,
         budget=budget,
         min_delta=float(cfg.select.min_delta),
         vector=VECTOR,
+        vectors={m: vector_file(axes["method"], m) for m in axes["method"]},
         interrupted=result.interrupted,
         grid={
             "rows": list(dict.fromkeys(c.label for c in result.cells)),
+            "axes": axes,
             "coefs": [float(c) for c in cfg.sweep.coefs],
+            "mode_coefs": {m: [float(c) for c in cfg.sweep.mode_coefs[m]] for m in axes["mode"] if m in cfg.sweep.mode_coefs},
             "planned": result.planned,
             "measured": len(result.cells) + len(result.prompting) + (result.baseline is not None),
         },
@@ -101,6 +114,9 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
         summary.update(best_layer=None, best_coef=None, directions={}, baseline={})
         return summary
     directions = choose(result.cells, result.baseline, effect, budget, float(cfg.select.min_delta))
+    for choice in directions.values():
+        if choice.get("method"):
+            choice["vector"] = vector_file(axes["method"], choice["method"])
     positive = directions["positive"]
     summary.update(
         best_layer=positive.get("best_layer"),
@@ -115,6 +131,7 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
         summary["instructions"] = {str(k): str(v) for k, v in cfg.data.instructions.items()}
     grid_budget = {k: v for k, v in budget.items() if k not in choice_values(cfg)}
     summary["pareto"] = {d: pareto_front(result.cells, result.baseline, effect, grid_budget, sign) for d, sign in DIRECTIONS.items()}
+    summary["by_axes"] = by_axes(result.cells, result.baseline, effect, budget, grid_budget, summary["pareto"], float(cfg.select.min_delta))
     shares = {k.removeprefix("share_"): v for k, v in result.baseline.values.items() if k.startswith("share_")}
     if shares:
         summary["letter_balance"] = shares
@@ -126,6 +143,39 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
     if result.layers:
         summary["layers"] = {str(k): v for k, v in sorted(result.layers.items())}
     return summary
+
+
+def by_axes(
+    cells: list[CellResult],
+    baseline: CellResult,
+    effect: str,
+    budget: dict[str, float],
+    grid_budget: dict[str, float],
+    fronts: dict[str, list[int]],
+    min_delta: float,
+) -> list[dict[str, Any]]:
+    """Where each (method, mode, apply_to) of the grid lies: per direction its best cell within budget and its front cells.
+
+    Each entry has ``method``, ``mode``, ``apply_to``, ``cells`` (how many) and per
+    direction ``status``, ``cell``, ``window``, ``grid_coef``, ``delta`` (change
+    of the effect), ``budget_use`` (`select.excess` on the grid's budget) and
+    ``on_front`` (the cells of this group on the Pareto front of all cells).
+    """
+    out = []
+    for key in dict.fromkeys(c.axes for c in cells):
+        group = [c for c in cells if c.axes == key]
+        entry: dict[str, Any] = {"method": key[0], "mode": key[1], "apply_to": key[2], "cells": len(group)}
+        indices = {c.index for c in group}
+        for direction, pick in choose(group, baseline, effect, budget, min_delta).items():
+            shown: dict[str, Any] = {"status": pick["status"], "on_front": [i for i in fronts[direction] if i in indices]}
+            if pick.get("cell") is not None:
+                best = next(c for c in group if c.index == pick["cell"])
+                shown.update(
+                    cell=best.index, window=best.label, grid_coef=best.coef, delta=pick["delta"], budget_use=excess(best, grid_budget)
+                )
+            entry[direction] = shown
+        out.append(entry)
+    return out
 
 
 def probe_summary(cfg: DictConfig, per_layer: dict[int, dict[str, float]], runtime: float) -> dict[str, Any]:
@@ -172,6 +222,7 @@ class Choice:
     coef: float
     apply_to: str
     label: str
+    mode: str = "add"
 
 
 def load_condition(run_dir: str | Path, model: Any = None, *, allow_model_mismatch: bool = False) -> Any:
@@ -209,20 +260,25 @@ def load_choices(run_dir: str | Path, model: Any = None, *, allow_model_mismatch
         raise st.SteeringError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if summary.get("task") != "sweep":
         raise st.SteeringError(f"{path}: task is {summary.get('task')!r}; only sweep runs choose a layer and coef")
-    vector = st.SteeringVector.load(folder / summary.get("vector", VECTOR), model, allow_model_mismatch=allow_model_mismatch)
+    loaded: dict[str, st.SteeringVector] = {}
     choices = []
     for direction, choice in summary.get("directions", {}).items():
         layer = choice.get("best_layer")
         if layer is None:
             continue
         layers = [layer] if isinstance(layer, int) else list(layer)
+        # Runs before the method/mode/apply_to axes name one vector and apply_to for the whole run.
+        name = str(choice.get("vector", summary.get("vector", VECTOR)))
+        if name not in loaded:
+            loaded[name] = st.SteeringVector.load(folder / name, model, allow_model_mismatch=allow_model_mismatch)
         choices.append(
             Choice(
                 direction,
-                vector.select(layers),
+                loaded[name].select(layers),
                 float(choice["best_coef"]),
-                str(summary.get("apply_to", summary.get("positions"))),
+                str(choice.get("apply_to") or summary.get("apply_to", summary.get("positions"))),
                 str(choice["window"]),
+                str(choice.get("mode") or "add"),
             )
         )
     if not choices:

@@ -1,8 +1,17 @@
-"""The sweep: one vector, every (layer window, coefficient) cell, measured in turn.
+"""The sweep: every (method, operation, tokens, layer window, coefficient) cell, measured in turn.
 
-The grid's rows are layer windows (``sweep.layers`` x ``sweep.window``: a
-window of ``w`` layers starting at ``L`` steers ``L .. L+w-1``, each with
-``coef / w``), its columns the coefficients. The baseline (coefficient 0) is
+The grid's rows are the product of four axes: the extraction method
+(``sweep.methods``, default ``method.name`` alone; one vector per method), the
+operation (``sweep.modes``, default ``[add]``), the tokens steered
+(``sweep.apply_to``, one value or a list) and the layer windows
+(``sweep.layers`` x ``sweep.window``: a window of ``w`` layers starting at
+``L`` steers ``L .. L+w-1``). Its columns are the coefficients: ``sweep.coefs``
+for ``add`` (the total over the window, ``coef / w`` at each layer),
+``sweep.mode_coefs[mode]`` for ``clamp``, ``angular`` (degrees) and
+``affine_add`` (the value at each layer), and one cell recorded as coef ``-1``
+for ``ablate`` / ``affine_ablate`` (no strength; they turn the behaviour off).
+A row's label is its window followed by the values of the axes that vary
+(``10-13 pca_diff angular``). The baseline (coefficient 0) is
 the same for every row, so it is measured once, first; then each row's
 non-zero coefficients (each refinement round over all rows at once, so a
 parallel runner gets the whole round), and the rows' aggregates (e.g. the A/B
@@ -24,21 +33,25 @@ vector, the instruction for the behaviour (coef +1) and for its opposite
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from tqdm.auto import tqdm
 
 import steering as st
+from steering.apply import COEF_FREE_MODES
 from steering.hooks import num_layers, resolve_layers
 
-from .metrics import METRICS, Cell, Context, choice_values, window_label
+from .metrics import METRICS, Cell, Context, choice_values
 from .metrics import text as text_metrics
+from .metrics.base import row_label
 from .results import CellResult, GenerationsWriter, MetricsWriter
 from .schema import ConfigError
 from .select import choose
@@ -65,6 +78,64 @@ class SweepResult:
     planned: int = 0
     prompting: list[CellResult] = field(default_factory=list)
     scores: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the grid: ``layers`` steered with ``method``'s vector by ``mode`` on the ``apply_to`` tokens.
+
+    ``tag`` holds the values of the axes that vary in this sweep (see module docs).
+    """
+
+    layers: tuple[int, ...]
+    method: str
+    mode: str = "add"
+    apply_to: str = "all"
+    tag: str = ""
+
+    @property
+    def label(self) -> str:
+        return row_label(self.layers, self.tag)
+
+    @property
+    def axes(self) -> tuple[str, str, str]:
+        return self.method, self.mode, self.apply_to
+
+    def cell(self, index: int, coef: float, vectors: Mapping[str, st.SteeringVector]) -> Cell:
+        """The cell of this row at ``coef``, numbered ``index``."""
+        vector = vectors[self.method].select(self.layers)
+        return Cell(index, self.layers, coef, vector, self.apply_to, mode=self.mode, method=self.method, tag=self.tag)
+
+
+def as_list(value: Any) -> list[str]:
+    """A config value that is one string or a list of them, as a list."""
+    return [str(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
+
+
+def grid_axes(cfg: DictConfig) -> dict[str, list[str]]:
+    """The grid's axes besides windows and coefficients: ``method``, ``mode`` and ``apply_to`` values, in order."""
+    methods = as_list(cfg.sweep.methods) if cfg.sweep.methods is not None else [str(cfg.method.name)]
+    return {"method": methods, "mode": as_list(cfg.sweep.modes), "apply_to": as_list(cfg.sweep.apply_to)}
+
+
+def plan_rows(cfg: DictConfig, windows: list[tuple[int, ...]]) -> list[Row]:
+    """The grid's rows: every method x mode x apply_to x window (`grid_axes`; windows innermost)."""
+    axes = grid_axes(cfg)
+    varying = [name for name, values in axes.items() if len(values) > 1]
+    rows: list[Row] = []
+    for values in itertools.product(*axes.values()):
+        tag = " ".join(v for name, v in zip(axes, values, strict=True) if name in varying)
+        method, mode, apply_to = values
+        rows.extend(Row(window, method, mode, apply_to, tag) for window in windows)
+    return rows
+
+
+def row_coefs(cfg: DictConfig, mode: str) -> list[float]:
+    """A row's non-zero coefficients for ``mode`` (see module docs)."""
+    if mode in COEF_FREE_MODES:
+        return [-1.0]
+    values = cfg.sweep.coefs if mode == "add" else cfg.sweep.mode_coefs[mode]
+    return [float(c) for c in values if float(c) != 0.0]
 
 
 def plan_windows(model_layers: int, layers: list[int] | None, windows: list[int]) -> list[tuple[int, ...]]:
@@ -115,7 +186,7 @@ def depth_starts(model_layers: int, depth: list[float], windows: list[int]) -> l
 
 
 def grid(cfg: DictConfig, model: nn.Module) -> list[tuple[int, ...]]:
-    """The rows for ``cfg.sweep`` on ``model`` (``sweep.depth`` wins over ``sweep.layers``)."""
+    """The layer windows for ``cfg.sweep`` on ``model`` (``sweep.depth`` wins over ``sweep.layers``)."""
     windows = [int(w) for w in cfg.sweep.window]
     if cfg.sweep.depth is not None:
         return plan_windows(num_layers(model), depth_starts(num_layers(model), [float(f) for f in cfg.sweep.depth], windows), windows)
@@ -160,7 +231,11 @@ def measure(ctx: Context, cell: Cell) -> CellResult:
     values = _measure(ctx, cell, names)
     if any("prompts" in METRICS[n].needs for n in names):
         text_metrics.generations(ctx, cell)  # cached: the generations the metrics scored
-    return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values)
+    return _result(cell, values)
+
+
+def _result(cell: Cell, values: dict[str, float]) -> CellResult:
+    return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values, cell.method, cell.mode, cell.apply_to)
 
 
 CellRunner = Callable[[Context, list[Cell]], Iterator[tuple[Cell, CellResult]]]
@@ -178,9 +253,11 @@ def serial_cells(ctx: Context, cells: list[Cell]) -> Iterator[tuple[Cell, CellRe
 
 
 def run_sweep(
-    ctx: Context, vector: st.SteeringVector, rows: list[tuple[int, ...]], out_dir: Path, runner: CellRunner = serial_cells
+    ctx: Context, vectors: Mapping[str, st.SteeringVector], rows: list[Row], out_dir: Path, runner: CellRunner = serial_cells
 ) -> SweepResult:
-    """Measure the baseline, then every cell of ``rows`` x the non-zero ``sweep.coefs``.
+    """Measure the baseline, then every cell of ``rows`` x their coefficients (`row_coefs`).
+
+    ``vectors`` holds one vector per method of the rows.
 
     The baseline and the per-layer metrics run here; the steered cells run on
     ``runner`` (`serial_cells`, or Ray workers: `experiments.distributed`).
@@ -192,21 +269,20 @@ def run_sweep(
     cfg = ctx.cfg
     cell_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "cell"]
     layer_metrics = [n for n in cfg.metric.use if METRICS[n].kind == "layer"]
-    coefs = [float(c) for c in cfg.sweep.coefs if float(c) != 0.0]
-    apply_to = str(cfg.sweep.apply_to)
+    apply_to = as_list(cfg.sweep.apply_to)[0]  # the unsteered and prompting cells steer no token
     effect = str(cfg.metric.effect)
     refine = int(cfg.sweep.refine)
     grid_budget = {str(k): float(v) for k, v in cfg.budget.items() if k not in choice_values(cfg)}
     asked = instructions(cfg)
     wants_text = any("prompts" in METRICS[n].needs for n in cell_metrics)
-    planned = 1 + len(rows) * (len(coefs) + 2 * refine) + len(asked)
+    planned = 1 + len(asked) + sum(len(row_coefs(cfg, r.mode)) + (0 if r.mode in COEF_FREE_MODES else 2 * refine) for r in rows)
     result = SweepResult(baseline=None, cells=[], planned=planned)
     bar = tqdm(total=result.planned, desc="sweep", unit="cell", disable=not cfg.progress)
     metrics_file = MetricsWriter(out_dir / "metrics.csv")
     texts_file = GenerationsWriter(out_dir / "generations.jsonl") if wants_text else None
     try:
         for name in layer_metrics:
-            wanted = sorted({i for row in rows for i in row})
+            wanted = sorted({i for row in rows for i in row.layers})
             for layer, values in METRICS[name].fn(ctx, wanted).items():
                 result.layers.setdefault(layer, {}).update(values)
                 metrics_file.aggregate(str(layer), [layer], values)
@@ -226,7 +302,7 @@ def run_sweep(
         baseline_cell = Cell(0, apply_to=apply_to)
         result.baseline = finish(baseline_cell, measure(ctx, baseline_cell))
         for row in rows:
-            metrics_file.cell(result.baseline, label=window_label(row), layers=row)
+            metrics_file.cell(result.baseline, like=row)
         index = 1
         for sign, instruction in asked.items():
             cell = Cell(index, (), sign, None, apply_to, instruction=instruction)
@@ -234,36 +310,37 @@ def run_sweep(
             measured = finish(cell, measure(ctx, cell))
             metrics_file.cell(measured)
             result.prompting.append(measured)
-        row_cells: dict[tuple[int, ...], list[Cell]] = {row: [] for row in rows}
-        row_results: dict[tuple[int, ...], list[CellResult]] = {row: [] for row in rows}
-        todo = {row: list(coefs) for row in rows}
+        by_label = {row.label: row for row in rows}
+        row_cells: dict[str, list[Cell]] = {row.label: [] for row in rows}
+        row_results: dict[str, list[CellResult]] = {row.label: [] for row in rows}
+        todo = {row.label: row_coefs(cfg, row.mode) for row in rows}
         for _ in range(refine + 1):
             # One round: every row's next coefficients, measured on the runner (in any
             # order); the bisection of the next round reads the whole round.
             cells: list[Cell] = []
             for row in rows:
-                row_vector = vector.select(row)
-                for coef in todo[row]:
-                    cells.append(Cell(index, row, coef, row_vector, apply_to))
+                for coef in todo[row.label]:
+                    cells.append(row.cell(index, coef, vectors))
                     index += 1
             if not cells:
                 break
             for cell, measured in runner(ctx, cells):
                 metrics_file.cell(finish(cell, measured))
                 result.cells.append(measured)
-                row_results[cell.layers].append(measured)
-                row_cells[cell.layers].append(cell)
-            todo = {row: next_coefs(row_results[row], grid_budget) for row in rows}
+                row_results[cell.label].append(measured)
+                row_cells[cell.label].append(cell)
+            # Modes without a strength have one cell per row: nothing to bisect.
+            todo = {label: [] if by_label[label].mode in COEF_FREE_MODES else next_coefs(row_results[label], grid_budget) for label in todo}
         for row in rows:
-            done = sorted(row_cells[row], key=lambda c: c.index)
+            done = sorted(row_cells[row.label], key=lambda c: c.index)
             aggregates: dict[str, float] = {}
             for name in cell_metrics:
                 row_fn = METRICS[name].row
                 if row_fn is not None:
                     aggregates.update(row_fn(ctx, [baseline_cell, *done]))
             if aggregates:
-                result.rows[window_label(row)] = aggregates
-                metrics_file.aggregate(window_label(row), row, aggregates)
+                result.rows[row.label] = aggregates
+                metrics_file.aggregate(row.label, row.layers, aggregates, axes=row.axes)
             # Keep only what later steps read: the generations (report) live in `result`.
             for done_cell in done:
                 done_cell.cache.clear()
@@ -279,7 +356,7 @@ def run_sweep(
     return result
 
 
-def check_choice(ctx: Context, vector: st.SteeringVector, result: SweepResult, out_dir: Path) -> None:
+def check_choice(ctx: Context, vectors: Mapping[str, st.SteeringVector], result: SweepResult, out_dir: Path) -> None:
     """Measure the ``choice`` metrics (e.g. ``capability``) where the choice needs them, appending to ``metrics.csv``.
 
     They are measured on the baseline, the prompting cells and the cell each
@@ -295,7 +372,7 @@ def check_choice(ctx: Context, vector: st.SteeringVector, result: SweepResult, o
     budget = {str(k): float(v) for k, v in cfg.budget.items()}
     grid_budget = {k: v for k, v in budget.items() if k not in choice_values(cfg)}
     asked = instructions(cfg)
-    apply_to = str(cfg.sweep.apply_to)
+    apply_to = as_list(cfg.sweep.apply_to)[0]
     with MetricsWriter(out_dir / "metrics.csv") as writer:
 
         def measure(res: CellResult) -> None:
@@ -304,13 +381,14 @@ def check_choice(ctx: Context, vector: st.SteeringVector, result: SweepResult, o
             elif not res.layers:
                 cell = Cell(res.index, (), res.coef, None, apply_to, instruction=asked[res.coef])
             else:
-                cell = Cell(res.index, res.layers, res.coef, vector.select(res.layers), apply_to)
+                vector = vectors[res.method].select(res.layers)
+                cell = Cell(res.index, res.layers, res.coef, vector, res.apply_to, mode=res.mode, method=res.method)
             values = _measure(ctx, cell, names)
             res.values.update(values)
-            measured = CellResult(res.index, res.label, res.layers, res.coef, res.layer_coef, values)
+            measured = CellResult(res.index, res.label, res.layers, res.coef, res.layer_coef, values, *res.axes)
             if res.index == 0:  # as in run_sweep: the baseline is written once per row
-                for label, layers in dict.fromkeys((c.label, c.layers) for c in result.cells):
-                    writer.cell(measured, label=label, layers=layers)
+                for row in {c.label: c for c in result.cells}.values():
+                    writer.cell(measured, like=row)
             else:
                 writer.cell(measured)
             log.info("%s coef=%+g: %s", res.label, res.coef, ", ".join(f"{k}={v:.3f}" for k, v in values.items()))

@@ -12,6 +12,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, ListConfig
 
 import steering as st
+from steering.hooks import ConfigError
 from steering.vectors.distributed import is_main_process, local_device
 
 
@@ -126,12 +127,14 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any, gen_condition: dic
     gen: dict[str, Any] = {"do_sample": bool(cfg.do_sample)}
     if cfg.do_sample:
         gen.update(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
-    runs: list[tuple[str, st.SteeringVector | None, float, str]] = [("unsteered", None, 0.0, "all")] if cfg.compare else []
+    runs: list[tuple[str, st.SteeringVector | None, float, str, str]] = [("unsteered", None, 0.0, "all", "add")] if cfg.compare else []
     for c in choices:
-        label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, apply_to {c.apply_to}"
-        runs.append((label, c.vector, c.coef, c.apply_to))
+        if cfg.mode != "add" and cfg.mode != c.mode:  # "add" is the default: the run's choice decides
+            raise ConfigError(f"mode={cfg.mode} but the run at {cfg.vector} chose mode {c.mode} for {c.direction}; leave mode out")
+        label = f"{c.direction}: layer {c.label}, coef {c.coef:+g} per layer, mode {c.mode}, apply_to {c.apply_to}"
+        runs.append((label, c.vector, c.coef, c.apply_to, c.mode))
     results: dict[float, str] = {}
-    for label, vector, coef, apply_to in runs:
+    for label, vector, coef, apply_to, mode in runs:
         torch.manual_seed(int(cfg.seed))
         text = st.generate(
             model,
@@ -141,7 +144,7 @@ def _generate_from_run(cfg: DictConfig, model: Any, tok: Any, gen_condition: dic
             coef,
             max_new_tokens=int(cfg.max_new_tokens),
             apply_to=apply_to,
-            mode=cfg.mode,
+            mode=mode,
             chat=cfg.chat,
             check_model=not cfg.allow_model_mismatch,
             **(gen_condition if vector is not None else {}),

@@ -82,6 +82,10 @@ from .conditions import Combine, Condition, as_conditions, decision
 
 Mode = Literal["add", "ablate", "clamp", "angular", "affine_add", "affine_ablate"]
 MODES: tuple[str, ...] = get_args(Mode)
+ONE_VECTOR_MODES: tuple[str, ...] = ("clamp", "angular", "affine_add", "affine_ablate")
+"""Modes that set or rotate the activation: one vector per layer (they do not sum or stack)."""
+COEF_FREE_MODES: tuple[str, ...] = ("ablate", "affine_ablate")
+"""Modes that ignore ``coef`` (they remove the behaviour, with no strength to dial)."""
 Backend = Literal["auto", "hook", "fold"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 VectorSpec = SteeringVector | Sequence[tuple[SteeringVector, float]]
@@ -152,7 +156,7 @@ def build_ops(
             if len(items) > 1:
                 raise SteeringError(f"mode={mode!r} takes one vector per layer; layer {layer} has {len(items)}")
             (direction, c), owner = items[0], next(v for v, _ in terms if layer in v.directions)
-            ops[layer] = _single_op(mode, direction, c, owner, layer)
+            ops[layer] = mode_op(mode, direction, c, owner, layer)
     return ops, site
 
 
@@ -161,8 +165,16 @@ def _check_mode(mode: str) -> None:
         raise SteeringError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def _single_op(mode: str, direction: Tensor, coef: float, vector: SteeringVector, layer: int) -> Op:
-    """The op of a one-vector mode at ``layer`` (see the module docs)."""
+def mode_op(mode: str, direction: Tensor, coef: float, vector: SteeringVector, layer: int) -> Op:
+    """The op of a one-vector mode (`ONE_VECTOR_MODES`) at ``layer``: ``direction`` is ``vector``'s there.
+
+    The one place these ops are built: `build_ops` (``st.steer``) and the
+    server's per-row steering both call it.
+
+    Raises:
+        SteeringError: ``angular`` with ``|coef| > 180``, an affine mode on a
+            vector without a reference mean; `LayerError` for a zero direction.
+    """
     scale = float(direction.double().norm())
     if mode == "clamp":
         return SetProjectionOp(direction, coef * scale)

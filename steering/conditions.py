@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import SteeringError, capture, num_layers, read_rows, resolve_layers, run_until_stopped
+from steering.hooks import SteeringError, capture, input_device, num_layers, position_ids, read_rows, resolve_layers, run_until_stopped
 from steering.hooks.gate import Decide
 from steering.vectors import SteeringVector, encode_prompt
 from steering.vectors.model_info import hidden_size, model_fingerprint, model_name
@@ -116,7 +116,7 @@ def prompt_means(
     the tokenizer has one, unless ``chat=False``).
     """
     indices = resolve_layers(model, layers)
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: dict[int, list[Tensor]] = {i: [] for i in indices}
     how: dict[str, Tensor] = {}
 
@@ -126,7 +126,10 @@ def prompt_means(
     with capture(model, indices, keep, stop_after_last=True):
         for start in range(0, len(prompts), batch_size):
             ids = [encode_prompt(tokenizer, p, chat) for p in prompts[start : start + batch_size]]
-            batch = {k: v.to(device) for k, v in pad_batch(tokenizer, ids, "left").items()}
+            batch = pad_batch(tokenizer, ids, "left")
+            # Positions from the mask: a left-padded row is read as the gate reads it unpadded.
+            batch["position_ids"] = position_ids(batch["attention_mask"])
+            batch = {k: v.to(device) for k, v in batch.items()}
             how["mask"] = batch["attention_mask"].bool()  # the mean over each row's tokens, as the gate reads it
             run_until_stopped(model, **batch, use_cache=False)
     return {i: torch.cat(rows) for i, rows in out.items()}
@@ -142,7 +145,7 @@ def prompt_gate(conditions: Sequence[Condition], combine: Combine = "and") -> Ca
     layers, decide = decision(conditions, combine)
 
     def gate(model: nn.Module, prompt_ids: Sequence[int]) -> bool:
-        device = next(model.parameters()).device
+        device = input_device(model)
         means: dict[int, Tensor] = {}
         with capture(model, layers, lambda i, h: means.__setitem__(i, h.float().mean(1)), stop_after_last=True):
             run_until_stopped(model, input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=False)

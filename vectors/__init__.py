@@ -5,7 +5,7 @@ builds on `hooks` and never imports upwards.
 """
 
 from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
-from .extract import READS, Read, collect_stats, extract
+from .extract import READS, Read, collect_stats, extract, read_texts
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
 from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
@@ -49,6 +49,7 @@ __all__ = [
     "model_name",
     "pair_texts",
     "read_pairs",
+    "read_texts",
     "register_method",
     "save_vector",
     "swap_letters",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -212,6 +212,40 @@ def _plan_shared(encoded: dict[str, Tensor], pad_id: int, device: torch.device) 
 
 
 @torch.no_grad()
+def read_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    indices: Sequence[int],
+    on_rows: Callable[[int, Tensor], None],
+    *,
+    read: Read = "last",
+    site: Site = "block_output",
+    batch_size: int = 16,
+) -> None:
+    """Run plain ``texts`` (tokenised with special tokens) through the model in batches.
+
+    ``on_rows(layer, rows)`` gets each batch's ``[b, d]`` read at every layer in
+    ``indices``, on that layer's device and dtype: the last token (``read="last"``)
+    or the mean over all tokens (``"mean"``). One reader for corpus means and
+    compare's text features, so both read a text the same way.
+    """
+    if read not in READS:
+        raise SteeringError(f"unknown read {read!r}; choose 'last' or 'mean'")
+    check_site(site)
+    device = input_device(model)
+    current: dict[str, Tensor] = {}
+
+    def hook(layer: int, hidden: Tensor) -> None:
+        on_rows(layer, read_rows(hidden, current["_reduce"]))
+
+    with capture(model, indices, hook, site=site, stop_after_last=True):
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            current = _encode(tokenizer, chunk, [""] * len(chunk), [True] * len(chunk), read, device)
+            run_until_stopped(model, **{k: v for k, v in current.items() if not k.startswith("_")}, use_cache=False)
+
+
 def corpus_means(
     model: nn.Module,
     tokenizer: Any,
@@ -227,18 +261,12 @@ def corpus_means(
     if not texts:
         raise SteeringError("the corpus holds no non-empty texts")
     indices = resolve_layers(model, layers)
-    device = next(model.parameters()).device
     sums = {i: torch.zeros(hidden_size(model), dtype=torch.float64) for i in indices}
-    current: dict[str, Tensor] = {}
 
-    def add(layer: int, hidden: Tensor) -> None:
-        sums[layer] += read_rows(hidden, current["_reduce"]).detach().to("cpu", torch.float64).sum(0)
+    def add(layer: int, rows: Tensor) -> None:
+        sums[layer] += rows.detach().to("cpu", torch.float64).sum(0)
 
-    with capture(model, indices, add, site=site, stop_after_last=True):
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            current = _encode(tokenizer, chunk, [""] * len(chunk), [True] * len(chunk), read, device)
-            run_until_stopped(model, **{k: v for k, v in current.items() if not k.startswith("_")}, use_cache=False)
+    read_texts(model, tokenizer, texts, indices, add, read=read, site=site, batch_size=batch_size)
     return {i: s / len(texts) for i, s in sums.items()}
 
 

@@ -1,6 +1,7 @@
 """What every metric sees: the evaluation data, the model, and the cell under test.
 
-A *cell* is one point of the sweep grid: a window of layers and a
+A *cell* is one point of the sweep grid: an extraction method, an operation
+(``mode``), the tokens steered (``apply_to``), a window of layers and a
 coefficient (the baseline cell has no layers and coefficient 0). A
 *prompting* cell steers with words instead: no vector, an instruction for
 the behaviour (coef +1) or its opposite (coef -1) put before every prompt,
@@ -33,16 +34,23 @@ Values = dict[str, float]
 
 @dataclass
 class Cell:
-    """One grid point: add ``coef / len(layers)`` times the vector at each of ``layers``.
+    """One grid point: steer ``layers`` with the vector by ``mode`` at ``layer_coef`` each.
 
     Attributes:
         index: position in the sweep (0 is the baseline); seeds sampling.
         layers: the window of layers steered (empty for the baseline).
-        coef: the grid coefficient, the total over the window.
+        coef: the grid coefficient: with ``add`` the total over the window,
+            with the other modes the value at each layer (an angle for
+            ``angular``); ``-1`` for the modes without one (``ablate``,
+            ``affine_ablate``: they turn the behaviour off).
         vector: the vector restricted to ``layers`` (``None`` for the baseline).
         apply_to: ``all``, ``prompt`` or ``generated`` (the tokens steered).
         cache: per-cell results shared between metrics (see module docs).
         instruction: for a prompting cell, the instruction put before each prompt.
+        mode: the operation (``st.MODES``).
+        method: the extraction method of ``vector`` (for labels and the summary).
+        tag: the values of the grid axes that vary in this sweep
+            (``"pca_diff angular"``), shown after the window in the row label.
     """
 
     index: int
@@ -52,6 +60,9 @@ class Cell:
     apply_to: str = "all"
     cache: dict[str, Any] = field(default_factory=dict)
     instruction: str | None = None
+    mode: str = "add"
+    method: str = ""
+    tag: str = ""
 
     @property
     def steers(self) -> bool:
@@ -69,23 +80,37 @@ class Cell:
 
     @property
     def layer_coef(self) -> float:
-        """Coefficient applied at each layer of the window."""
-        return self.coef / len(self.layers) if self.layers else 0.0
+        """Coefficient applied at each layer of the window (`layer_coef`)."""
+        return layer_coef(self.coef, self.layers, self.mode)
 
     @property
     def label(self) -> str:
-        """Row label: ``"12"`` for one layer, ``"10-14"`` for a window, ``"baseline"``, ``"prompt"``."""
-        return PROMPTING if self.instruction is not None else window_label(self.layers)
+        """Row label: ``"12"``, ``"10-14"`` (a window), then the `tag`; ``"baseline"``, ``"prompt"``."""
+        return PROMPTING if self.instruction is not None else row_label(self.layers, self.tag)
 
     def steering(self, model: nn.Module) -> AbstractContextManager[Any]:
         """Context manager that steers ``model`` as this cell says (nothing without a vector)."""
         if not self.steers:
             return nullcontext()
         assert self.vector is not None
-        return st.steer(model, self.vector, coef=self.layer_coef, apply_to=cast(st.ApplyTo, self.apply_to))
+        return st.steer(model, self.vector, coef=self.layer_coef, apply_to=cast(st.ApplyTo, self.apply_to), mode=cast(st.Mode, self.mode))
 
 
 PROMPTING = "prompt"  # row label of the prompting cells
+
+
+def layer_coef(coef: float, layers: tuple[int, ...], mode: str) -> float:
+    """The coefficient at each layer: ``add`` splits ``coef`` evenly over the window; the other modes set or
+    rotate each layer by the same amount, so each layer gets ``coef`` itself."""
+    if not layers:
+        return 0.0
+    return coef / len(layers) if mode == "add" else coef
+
+
+def row_label(layers: tuple[int, ...] | list[int], tag: str = "") -> str:
+    """`window_label` followed by ``tag`` (the varying grid axes), e.g. ``"10-13 pca_diff angular"``."""
+    label = window_label(layers)
+    return f"{label} {tag}" if tag and layers else label
 
 
 def window_label(layers: tuple[int, ...] | list[int]) -> str:

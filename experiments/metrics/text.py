@@ -93,6 +93,7 @@ def generations(ctx: Context, cell: Cell) -> list[str]:
             cell.layer_coef,
             max_new_tokens=int(ev.max_new_tokens),
             apply_to=cell.apply_to,
+            mode=cell.mode,
             chat=ev.chat,
             batch_size=int(ev.batch_size),
             **sampling,

@@ -26,19 +26,10 @@ from torch import Tensor, nn
 from steering.hooks import (
     Site,
     SteeringError,
-    capture,
-    check_site,
-    completion_mask,
-    input_device,
-    position_ids,
-    read_indices,
-    read_rows,
     renamed,
     resolve_layers,
-    run_until_stopped,
 )
-from steering.vectors import READS, ContrastPair, DatasetError, Read, as_pairs, collect_stats, dataset_sha256
-from steering.vectors.text import pad_batch, tokenize
+from steering.vectors import ContrastPair, DatasetError, Read, as_pairs, collect_stats, dataset_sha256, read_texts
 
 
 @dataclass(frozen=True)
@@ -173,36 +164,18 @@ def text_features(
     Example:
         >>> feats = text_features(model, tok, ["I love it", "I hate it"], layers=[12])  # doctest: +SKIP
     """
-    position = renamed("read", read, position, "last")
-    if position not in READS:
-        raise SteeringError(f"unknown read {position!r}; choose 'last' or 'mean'")
+    read = renamed("read", read, position, "last")
     if tokenizer.pad_token_id is None:
         raise SteeringError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     if not texts:
         raise SteeringError("no texts given")
     indices = resolve_layers(model, layers)
-    check_site(site)
-    device = input_device(model)
     rows: dict[int, list[Tensor]] = {i: [] for i in indices}
-    how: Tensor = torch.empty(0)
 
-    def keep(layer: int, hidden: Tensor) -> None:
-        rows[layer].append(read_rows(hidden, how).to("cpu", torch.float32))
+    def keep(layer: int, batch: Tensor) -> None:
+        rows[layer].append(batch.to("cpu", torch.float32))
 
-    with capture(model, indices, keep, site=site, stop_after_last=True):
-        for start in range(0, len(texts), batch_size):
-            ids = [tokenize(tokenizer, t) for t in texts[start : start + batch_size]]
-            # As extraction pads: on the tokenizer's side, which is only read, never set.
-            batch = pad_batch(tokenizer, ids, side=getattr(tokenizer, "padding_side", "right"))
-            mask = batch["attention_mask"]
-            how = (read_indices(mask) if position == "last" else completion_mask(mask, torch.zeros(len(ids), dtype=torch.long))).to(device)
-            run_until_stopped(
-                model,
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=mask.to(device),
-                position_ids=position_ids(mask).to(device),
-                use_cache=False,
-            )
+    read_texts(model, tokenizer, texts, indices, keep, read=read, site=site, batch_size=batch_size)
     return {i: torch.cat(r).numpy() for i, r in rows.items()}
 
 

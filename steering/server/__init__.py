@@ -2,15 +2,16 @@
 
 Requests name vectors from one directory in a ``steering`` field of the body;
 concurrent requests are decoded together (continuous batching on a stock
-transformers model), each row of the batch adding (or ablating) its own
-vectors. A request's greedy output in a mixed batch is the same as alone.
+transformers model), each row of the batch steered by its own vectors with any
+mode of ``st.steer`` (add, ablate, clamp, angular, affine). A request's greedy
+output in a mixed batch is the same as alone.
 
 Layout:
 
 * `config` – `ServerConfig`, every limit in one place;
 * `schemas`, `validate` – request bodies, and their checks into engine requests;
 * `vector_store` – names resolved inside the vectors directory only;
-* `row_steering` – the per-row delta and ablation tables applied inside the hooks;
+* `row_steering` – the per-row delta and ablation tables and one-vector ops applied inside the hooks;
 * `kv_batch`, `engine`, `sampling`, `text` – the batching scheduler thread;
 * `app`, `http`, `responses`, `errors`, `metrics` – the FastAPI layer;
 * `runner` – `serve` (foreground) and `BackgroundServer` (tests, benchmarks).

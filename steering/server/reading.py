@@ -36,7 +36,7 @@ from steering.hooks import Site, input_device, record
 from steering.hooks.cache import cache_kwargs
 from steering.vectors import SteeringVector, VectorFileError
 
-from ..apply import steer
+from ..apply import ONE_VECTOR_MODES, Mode, steer
 from .errors import APIError
 from .row_steering import Phase, Term
 from .schemas import ChatMessage, SteeringTerm, _Body
@@ -167,15 +167,22 @@ def project(model: nn.Module, job: ReadJob) -> list[float]:
 
 
 def _steer_phase(stack: ExitStack, model: nn.Module, terms: Sequence[Term], phase: Phase) -> None:
-    """Enter the steering of ``terms`` active in ``phase``: per site, ablations first, then additions."""
+    """Enter the steering of ``terms`` active in ``phase``: ablations, then the one-vector modes, then additions (as `RowSteering`)."""
     active = [t for t in terms if t.apply_to in ("all", phase)]
-    for mode in ("ablate", "add"):
-        by_site: dict[str, list[tuple[SteeringVector, float]]] = {}
-        for term in active:
-            if term.mode == mode:
-                by_site.setdefault(term.vector.site, []).append((term.vector.select(term.layers), term.coef if mode == "add" else 1.0))
-        for group in by_site.values():
-            stack.enter_context(steer(model, group, mode=mode, backend="hook"))
+    for group in _by_site([t for t in active if t.mode == "ablate"], use_coef=False):
+        stack.enter_context(steer(model, group, mode="ablate", backend="hook"))
+    for term in active:
+        if term.mode in ONE_VECTOR_MODES:  # one vector per layer: validation refused two at one layer
+            stack.enter_context(steer(model, term.vector.select(term.layers), term.coef, mode=cast(Mode, term.mode), backend="hook"))
+    for group in _by_site([t for t in active if t.mode == "add"], use_coef=True):
+        stack.enter_context(steer(model, group, mode="add", backend="hook"))
+
+
+def _by_site(terms: Sequence[Term], *, use_coef: bool) -> list[list[tuple[SteeringVector, float]]]:
+    by_site: dict[str, list[tuple[SteeringVector, float]]] = {}
+    for term in terms:
+        by_site.setdefault(term.vector.site, []).append((term.vector.select(term.layers), term.coef if use_coef else 1.0))
+    return list(by_site.values())
 
 
 def reading_body(job: ReadJob, projections: list[float], decode: Any) -> dict[str, Any]:

@@ -8,7 +8,12 @@ served alone adds the very tensor ``st.steer`` would. Terms with
 ``mode="ablate"`` instead contribute their direction to an orthonormal basis
 per ``(site, layer)`` and phase (`hooks.span_basis`, as ``st.steer(...,
 mode="ablate")`` builds it) whose span is projected out of the row's hidden
-states before any delta is added.
+states before any delta is added. Terms of the other modes (``clamp``,
+``angular``, ``affine_add``, ``affine_ablate``) become the very op
+``st.steer`` builds (`steering.apply.mode_op`), one per ``(site, layer)`` and
+phase, applied after the ablation and before the delta; the same order as
+``st.steer(mode="ablate")`` around ``st.steer(mode=...)`` around
+``st.steer(...)`` (nested contexts run their hooks in the order they were entered).
 
 `RowSteering` owns one hook per ``(site, layer)`` that a row in flight uses
 (registered through `hooks.patch`, so cleanup follows the foundation's rules;
@@ -17,7 +22,10 @@ and a *step table*: for the forward pass about to run, ``(site, layer) ->
 [batch, d_model]``, one row per batch row, zeros for rows that do not steer
 there, and an *ablation table* ``(site, layer) -> [batch, k, d_model]`` of
 each row's basis, zero-padded to the largest ``k`` (a zero basis projects out
-nothing, exactly). The engine swaps the tables before every pass; a prefill pass uses the
+nothing, exactly), and the *op list* ``(site, layer) -> [(row, op)]`` of the
+rows with a one-vector mode there: each such op runs on its own row's slice
+``[1, seq, d]`` (the shape ``st.steer`` gives it in a batch of one, so the
+row's numbers are the library's), and the other rows are left as they are. The engine swaps the tables before every pass; a prefill pass uses the
 prompt deltas of its rows, a decode pass the generated deltas, which is how
 ``positions`` stays per row and absolute (the engine never mixes prompt and
 generated tokens in one pass). Adding a zero row leaves a hidden state
@@ -36,7 +44,20 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from steering.hooks import HookGroup, LayerError, Site, layer_device, layer_dtype, num_layers, patch, span_basis, wide_dtype
+from steering.apply import ONE_VECTOR_MODES, mode_op
+from steering.hooks import (
+    HookGroup,
+    LayerError,
+    Op,
+    Site,
+    SteeringError,
+    layer_device,
+    layer_dtype,
+    num_layers,
+    patch,
+    span_basis,
+    wide_dtype,
+)
 from steering.vectors import SteeringVector
 
 Key = tuple[str, int]  # (site, layer)
@@ -49,7 +70,7 @@ class Term:
     """One resolved steering term: ``coef * vector`` at ``layers``, on the tokens ``apply_to`` names.
 
     With ``mode="ablate"`` the vector's direction is projected out instead
-    (``coef`` is not used).
+    (``coef`` is not used); the other modes are those of ``st.steer``.
     """
 
     vector: SteeringVector
@@ -65,17 +86,21 @@ class RowDeltas:
 
     ``prompt`` / ``generated`` hold the ``[d_model]`` delta it adds,
     ``ablate_prompt`` / ``ablate_generated`` the ``[k, d_model]`` orthonormal
-    basis whose span it projects out first.
+    basis whose span it projects out first, ``op_prompt`` / ``op_generated``
+    the op of a one-vector mode (clamp, angular, affine) run between the two.
     """
 
     prompt: Mapping[Key, Tensor] = field(default_factory=dict)
     generated: Mapping[Key, Tensor] = field(default_factory=dict)
     ablate_prompt: Mapping[Key, Tensor] = field(default_factory=dict)
     ablate_generated: Mapping[Key, Tensor] = field(default_factory=dict)
+    op_prompt: Mapping[Key, Op] = field(default_factory=dict)
+    op_generated: Mapping[Key, Op] = field(default_factory=dict)
 
     @property
     def keys(self) -> set[Key]:
-        return set(self.prompt) | set(self.generated) | set(self.ablate_prompt) | set(self.ablate_generated)
+        tables = (self.prompt, self.generated, self.ablate_prompt, self.ablate_generated, self.op_prompt, self.op_generated)
+        return set().union(*tables)
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -86,11 +111,14 @@ class RowDeltas:
     def ablation(self, phase: Phase) -> Mapping[Key, Tensor]:
         return self.ablate_prompt if phase == "prompt" else self.ablate_generated
 
+    def ops(self, phase: Phase) -> Mapping[Key, Op]:
+        return self.op_prompt if phase == "prompt" else self.op_generated
+
     def to(self, placement: Placement) -> RowDeltas:
         """A copy with each layer's tensors where that layer runs (done once per request).
 
         Deltas take the layer's dtype; ablation bases its `wide_dtype`, since
-        the projection runs in float32 at least.
+        the projection runs in float32 at least. Ops cast themselves on first use.
         """
 
         def move(table: Mapping[Key, Tensor], wide: bool) -> Mapping[Key, Tensor]:
@@ -101,7 +129,12 @@ class RowDeltas:
             return MappingProxyType(out)
 
         return RowDeltas(
-            move(self.prompt, False), move(self.generated, False), move(self.ablate_prompt, True), move(self.ablate_generated, True)
+            move(self.prompt, False),
+            move(self.generated, False),
+            move(self.ablate_prompt, True),
+            move(self.ablate_generated, True),
+            self.op_prompt,
+            self.op_generated,
         )
 
 
@@ -114,7 +147,11 @@ def layer_placement(model: nn.Module) -> Placement:
 
 
 def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
-    """Fold ``terms`` into one float32 delta per ``(site, layer)`` and phase.
+    """Fold ``terms`` into one float32 delta per ``(site, layer)`` and phase (and bases, ops: see `RowDeltas`).
+
+    Raises:
+        SteeringError: two one-vector-mode terms at one layer in one phase
+            (as ``st.steer`` refuses), or what `steering.apply.mode_op` raises.
 
     Example:
         >>> deltas = build_row_deltas([Term(vec, 4.0, (12,), "generated")])  # doctest: +SKIP
@@ -122,9 +159,11 @@ def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
         ([('block_output', 12)], [])
     """
     tables: dict[str, dict[Key, Tensor]] = {}
+    op_tables: dict[str, dict[Key, Op]] = {}
     for phase in ("prompt", "generated"):
         items: dict[Key, list[tuple[Tensor, float]]] = {}
         ablate: dict[Key, list[Tensor]] = {}
+        ops: dict[Key, Op] = {}
         for term in terms:
             if term.apply_to not in ("all", phase):
                 continue
@@ -132,12 +171,18 @@ def build_row_deltas(terms: Sequence[Term]) -> RowDeltas:
                 key, direction = (term.vector.site, layer), term.vector.directions[layer]
                 if term.mode == "ablate":
                     ablate.setdefault(key, []).append(direction)
+                elif term.mode in ONE_VECTOR_MODES:
+                    if key in ops:
+                        raise SteeringError(f"mode={term.mode!r} takes one vector per layer; {key[0]}[{layer}] has two one-vector terms")
+                    ops[key] = mode_op(term.mode, direction, term.coef, term.vector, layer)
                 else:
                     items.setdefault(key, []).append((direction, term.coef))
         # The same expressions as steering.apply.build_ops, so the bits match.
         tables[phase] = {key: sum(c * d for d, c in pairs) for key, pairs in sorted(items.items())}  # type: ignore[misc]
         tables[f"ablate_{phase}"] = {key: span_basis(torch.stack(ds)) for key, ds in sorted(ablate.items())}
-    return RowDeltas(**{name: MappingProxyType(table) for name, table in tables.items()})
+        op_tables[f"op_{phase}"] = dict(sorted(ops.items(), key=lambda item: item[0]))
+    t, o = {k: MappingProxyType(v) for k, v in tables.items()}, {k: MappingProxyType(v) for k, v in op_tables.items()}
+    return RowDeltas(t["prompt"], t["generated"], t["ablate_prompt"], t["ablate_generated"], o["op_prompt"], o["op_generated"])
 
 
 class _RowOp:
@@ -156,6 +201,14 @@ class _RowOp:
             wide = hidden.to(wide_dtype(hidden.dtype))
             basis = self._fit(basis, wide)
             hidden = (wide - (wide @ basis.transpose(1, 2)) @ basis).to(hidden.dtype)
+        row_ops = owner.row_ops.get(self._key)
+        if row_ops is not None:  # each on its own row, as st.steer runs it in a batch of one
+            out = hidden.clone()
+            for row, op in row_ops:
+                if row >= hidden.shape[0]:
+                    raise LayerError(f"op list for {self._key} names row {row} but the batch has {hidden.shape[0]}")
+                out[row : row + 1] = op(hidden[row : row + 1], None)
+            hidden = out
         delta = owner.table.get(self._key)
         if delta is not None:
             hidden = hidden + self._fit(delta, hidden)[:, None, :]
@@ -190,6 +243,7 @@ class RowSteering:
         self._groups: dict[Key, HookGroup] = {}
         self.table: dict[Key, Tensor] = {}
         self.ablation: dict[Key, Tensor] = {}
+        self.row_ops: dict[Key, list[tuple[int, Op]]] = {}
         self.armed = False  # the table applies only to the pass it was set for
         self._table_key: tuple[object, ...] | None = None
 
@@ -217,9 +271,14 @@ class RowSteering:
             return
         tables = [row.phase(phase) for row in rows]
         bases = [row.ablation(phase) for row in rows]
+        row_ops: dict[Key, list[tuple[int, Op]]] = {}
+        for i, row in enumerate(rows):
+            for k, op in row.ops(phase).items():
+                row_ops.setdefault(k, []).append((i, op))
         keys = set().union(*(t.keys() for t in tables)) if tables else set()
         ablate_keys = set().union(*(b.keys() for b in bases)) if bases else set()
-        self.ensure(keys | ablate_keys)
+        self.ensure(keys | ablate_keys | set(row_ops))
+        self.row_ops = row_ops
         table: dict[Key, Tensor] = {}
         for k in keys:
             device, dtype = placement[k[1]]
@@ -257,7 +316,7 @@ class RowSteering:
     def clear(self) -> None:
         """Forget the table."""
         self.armed = False
-        self.table, self.ablation = {}, {}
+        self.table, self.ablation, self.row_ops = {}, {}, {}
         self._table_key = None
 
     def remove(self) -> None:

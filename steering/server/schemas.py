@@ -37,8 +37,11 @@ class SteeringTerm(_Body):
         layers: a subset of the vector's layers (default: all of them).
         apply_to: ``all`` tokens, only the ``prompt``, or only ``generated`` ones.
         positions: deprecated name of ``apply_to``.
-        mode: ``add`` the vector, or ``ablate``: project its direction out of
-            the hidden states (before any ``add`` term at the same layer).
+        mode: any mode of ``st.steer`` (`steering.apply.MODES`): ``add`` the
+            vector; ``ablate`` its direction (no coef); ``clamp``, ``angular``
+            (coef in degrees), ``affine_add`` or ``affine_ablate`` (no coef),
+            one vector per layer. At a layer, ablation runs first, then the
+            one-vector mode, then the added terms.
     """
 
     vector: str
@@ -93,8 +96,9 @@ class _Generation(_Body):
     stream_options: StreamOptions | None = None
     steering: list[SteeringTerm] | None = Field(
         default=None,
-        description="Steering of this request: terms {vector, coef, layers, positions, mode}, each adding coef times a "
-        "vector from the server's vectors directory (or, with mode 'ablate', projecting its direction out). "
+        description="Steering of this request: terms {vector, coef, layers, apply_to, mode}, each adding coef times a "
+        "vector from the server's vectors directory (or, with another mode, ablating, clamping, rotating or affinely "
+        "editing along its direction, as st.steer does). "
         "GET /v1/vectors lists the vectors.",
     )
     steering_condition: list[ConditionTerm] | None = Field(

@@ -11,11 +11,16 @@ unknown vector name                     404     vector_not_found
 vector name that is a path              422     invalid_vector_name
 vector file that does not fit the model 422     invalid_vector
 ``coef`` outside ``check_coef``         422     coef_out_of_range
-``coef`` given with ``mode: ablate``    422     invalid_coef
-ablating a zero direction               422     invalid_vector
-a mode other than add / ablate          422     unsupported_mode
+``coef`` given with a mode without one  422     invalid_coef
+``angular`` coef outside [-180, 180]    422     coef_out_of_range
+a mode other than add on a zero         422     invalid_vector
+direction; an affine mode on a vector
+without a reference mean
+a mode the engine does not apply        422     unsupported_mode
+(the vLLM engine: add and ablate only)
 layer not in the vector                 422     layer_not_in_vector
-more terms than ``max_vectors``         422     too_many_vectors
+more terms than ``max_vectors``; two    422     too_many_vectors
+one-vector-mode terms at one layer
 ``max_tokens`` above the limit          422     max_tokens_exceeded
 too many stops / choices                422     too_many_stop_sequences / too_many_choices
 unsupported parameter, non-neutral      422     unsupported_parameter
@@ -31,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steering.apply import COEF_FREE_MODES, MODES, ONE_VECTOR_MODES
 from steering.conditions import Condition, prompt_gate
 from steering.hooks import LayerError, SteeringError, normalize_layer
 from steering.vectors import CoefError, SteeringVector, VectorFileError, check_coef
@@ -44,8 +50,8 @@ from .schemas import ChatCompletionRequest, CompletionRequest, SteeringTerm, _Ge
 from .text import Codec
 from .vector_store import VectorNameError, VectorNotFound, VectorStore
 
-SERVED_MODES: tuple[str, ...] = ("add", "ablate")
-"""The modes the server applies per row; the others (`steering.apply.MODES`) are refused with 422."""
+SERVED_MODES: tuple[str, ...] = MODES
+"""The modes the transformers engine applies per row: every mode of ``st.steer`` (`steering.apply.MODES`)."""
 
 
 @dataclass(frozen=True)
@@ -75,13 +81,23 @@ def resolve_steering(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) 
 
 def resolve_terms(terms: Sequence[SteeringTerm] | None, ctx: ServingContext) -> list[Term]:
     """Look up and check every steering term (an `APIError` naming ``steering[i].<field>``)."""
-    return check_terms(terms, ctx.config, ctx.store, ctx.num_layers)
+    return check_terms(terms, ctx.config, ctx.store, ctx.num_layers, modes=SERVED_MODES, engine="this server")
 
 
-def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: VectorStore, num_layers: int) -> list[Term]:
-    """`resolve_terms` given its parts: the limits, the vectors and the served model's depth.
+def check_terms(
+    terms: Sequence[SteeringTerm] | None,
+    cfg: ServerConfig,
+    store: VectorStore,
+    num_layers: int,
+    *,
+    modes: Sequence[str],
+    engine: str,
+) -> list[Term]:
+    """`resolve_terms` given its parts: the limits, the vectors, the served model's depth and the engine's modes.
 
-    Engines without a `ServingContext` (the vLLM plugin's front end) call this one.
+    Engines without a `ServingContext` (the vLLM plugin's front end) call this
+    one, with the modes they apply (``modes``) and their name and reason for
+    the ``unsupported_mode`` message (``engine``).
     """
     if not terms:
         return []
@@ -96,12 +112,22 @@ def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: 
     for i, term in enumerate(terms):
         where = f"steering[{i}]"
         vector = _stored_vector(store, term.vector, where)
-        if term.mode == "ablate" and "coef" in term.model_fields_set:
+        if term.mode not in modes:
+            raise mode_error(where, term.mode, modes, engine)
+        if term.mode in COEF_FREE_MODES and "coef" in term.model_fields_set:
+            what = "the direction is projected out" if term.mode == "ablate" else "the projection is set to the reference mean's"
             raise APIError(
                 422,
-                f"{where}.coef has no meaning with mode='ablate' (the direction is projected out); leave it out",
+                f"{where}.coef has no meaning with mode={term.mode!r} ({what}); leave it out",
                 param=f"{where}.coef",
                 code="invalid_coef",
+            )
+        if term.mode == "angular" and abs(term.coef) > 180:
+            raise APIError(
+                422,
+                f"{where}.coef={term.coef!r}: mode='angular' takes an angle in degrees, within [-180, 180]",
+                param=f"{where}.coef",
+                code="coef_out_of_range",
             )
         try:  # the library's coef policy, with the server's max_coef as the tighter bound
             check_coef(term.coef, vector, limit=cfg.max_coef, name=f"{where}.coef")
@@ -131,25 +157,57 @@ def check_terms(terms: Sequence[SteeringTerm] | None, cfg: ServerConfig, store: 
                     )
                 wanted.append(index)
             layers = tuple(dict.fromkeys(wanted))
-        if term.mode not in SERVED_MODES:
-            raise APIError(
-                422,
-                f"{where}.mode: {term.mode!r} is a library and CLI mode (st.steer, steering generate); the server applies "
-                f"{' and '.join(SERVED_MODES)} per row",
-                param=f"{where}.mode",
-                code="unsupported_mode",
-            )
-        if term.mode == "ablate":
+        if term.mode != "add":
             zero = [i for i in layers if not vector.directions[i].abs().max() > 0]
             if zero:
                 raise APIError(
                     422,
-                    f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to ablate",
+                    f"{where}: vector {term.vector!r} is zero at layers {zero}; there is no direction to {term.mode}",
                     param=f"{where}.vector",
                     code="invalid_vector",
                 )
+        if term.mode.startswith("affine") and vector.reference is None:
+            raise APIError(
+                422,
+                f"{where}: mode={term.mode!r} needs a vector with a reference mean (extract(..., reference=True) or "
+                f"method='mean_centred'); vector {term.vector!r} ({vector.method}) has none",
+                param=f"{where}.vector",
+                code="invalid_vector",
+            )
         resolved.append(Term(vector, float(term.coef), layers, term.apply_to, term.mode))
+    _one_vector_per_layer(resolved)
     return resolved
+
+
+def mode_error(where: str, mode: str, modes: Sequence[str], engine: str) -> APIError:
+    """The 422 ``unsupported_mode`` for a term ``where`` whose ``mode`` the engine (``engine``, applying ``modes``) cannot apply."""
+    return APIError(
+        422,
+        f"{where}.mode: {engine} does not apply {mode!r} per row; it applies {', '.join(modes)} "
+        "(the transformers engine of steering serve and st.steer apply every mode)",
+        param=f"{where}.mode",
+        code="unsupported_mode",
+    )
+
+
+def _one_vector_per_layer(terms: Sequence[Term]) -> None:
+    """Refuse two one-vector-mode terms (clamp, angular, affine) at one layer and phase, as ``st.steer`` does."""
+    seen: dict[tuple[str, int, str], int] = {}
+    for i, term in enumerate(terms):
+        if term.mode not in ONE_VECTOR_MODES:
+            continue
+        phases = ("prompt", "generated") if term.apply_to == "all" else (term.apply_to,)
+        for layer in term.layers:
+            for phase in phases:
+                first = seen.setdefault((term.vector.site, layer, phase), i)
+                if first != i:
+                    raise APIError(
+                        422,
+                        f"steering[{i}] and steering[{first}] both set or rotate layer {layer} ({terms[first].mode} and "
+                        f"{term.mode}); a one-vector mode takes one vector per layer: give them different layers",
+                        param=f"steering[{i}].layers",
+                        code="too_many_vectors",
+                    )
 
 
 def _check_common(body: _Generation, ctx: ServingContext, choices: int) -> None:

@@ -50,6 +50,9 @@ from steering.server.engine import (
 from steering.server.errors import APIError
 from steering.server.metrics import ServerMetrics
 from steering.server.text import Codec, TextStream
+from steering.server.validate import mode_error
+
+from .frontend import VLLM_ENGINE, VLLM_MODES
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,8 +122,14 @@ class VLLMEngine:
 
         Raises:
             APIError: 422 for conditional steering (``steering_condition``), which
-                the plugin does not apply: the gate is read in the HF engine only.
+                the plugin does not apply: the gate is read in the HF engine only;
+                422 ``unsupported_mode`` for a mode the plugin does not apply
+                (`frontend.VLLM_MODES`), as its front end answers.
         """
+        for r in requests:
+            for i, term in enumerate(r.terms):
+                if term.get("mode", "add") not in VLLM_MODES:
+                    raise mode_error(f"steering[{i}]", str(term["mode"]), VLLM_MODES, VLLM_ENGINE)
         if any(r.gate is not None for r in requests):
             raise APIError(
                 422,

@@ -53,6 +53,10 @@ MAX_ABLATE_ENV = "STEERING_MAX_ABLATE"
 
 _TERMS = TypeAdapter(list[SteeringTerm])
 
+VLLM_MODES: tuple[str, ...] = ("add", "ablate")
+"""The modes the vLLM engine applies: its workers' tables hold added vectors and ablated bases only."""
+VLLM_ENGINE = "the vLLM engine (its worker tables hold added vectors and ablated bases only)"
+
 
 def max_ablate() -> int:
     """``$STEERING_MAX_ABLATE`` (default 4): ablated directions per layer and request."""
@@ -100,7 +104,7 @@ class Frontend:
             APIError: the status, message and field our HTTP server gives.
         """
         terms = parse_terms(raw)
-        resolved = check_terms(terms, self.config, self.store, self.num_layers)
+        resolved = check_terms(terms, self.config, self.store, self.num_layers, modes=VLLM_MODES, engine=VLLM_ENGINE)
         if not resolved:
             return None
         for i, term in enumerate(resolved):

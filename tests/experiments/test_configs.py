@@ -102,6 +102,15 @@ def test_bad_overrides_fail_with_hydra_errors(override: str, error: type[Excepti
         (["data.holdout=1.5"], "data.holdout"),
         (["eval.max_prompts=0"], "eval.max_prompts"),
         (["task=probe"], "probe_accuracy"),
+        (["sweep.apply_to=[all,middle]"], "sweep.apply_to='middle'"),
+        (["sweep.apply_to=[all,all]"], "without repeats"),
+        (["sweep.modes=[add,teleport]"], "sweep.modes='teleport'"),
+        (["sweep.modes=[]"], "sweep.modes"),
+        (["sweep.methods=[mean_diff,magic]"], "sweep.methods='magic'"),
+        (["sweep.methods=[mean_diff,mean_centred]"], "needs method.corpus"),
+        (["sweep.modes=[angular]", "sweep.mode_coefs.angular=[0]"], "sweep.mode_coefs.angular"),
+        (["sweep.modes=[angular]", "sweep.mode_coefs.angular=[200]"], "within [-180, 180]"),
+        (["sweep.modes=[clamp]", "~sweep.mode_coefs.clamp"], "sweep.mode_coefs.clamp"),
     ],
 )
 def test_check_names_the_bad_key(overrides: list[str], message: str) -> None:

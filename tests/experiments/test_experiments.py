@@ -324,6 +324,72 @@ def test_capability_bound_sets_chosen_cells_aside(tiny_dir: Path, tmp_path: Path
     assert {0, 1, 2} <= measured and len(measured) == 3 + 4  # baseline, 2 prompting cells, then all 4 grid cells
 
 
+def test_grid_is_the_product_of_its_axes_and_the_choice_keeps_the_budget(tiny_dir: Path, tmp_path: Path) -> None:
+    """method x mode x apply_to x window x coef: every cell measured and labelled; the choice is the best cell in budget over all of them."""
+    out = tmp_path / "axes"
+    overrides = [
+        *_tiny_sweep(tiny_dir, out),
+        "sweep.layers=[1]",
+        "sweep.methods=[mean_diff,pca_diff]",
+        "sweep.modes=[angular,ablate]",
+        "sweep.apply_to=[all,generated]",
+        "sweep.mode_coefs.angular=[-20,20]",
+        "budget.kl=0.095",  # binds on the tiny model: some cells in (KL 0.06-0.09), some out (0.10-0.16)
+    ]
+    summary = run(compose_run(overrides))
+    rows = read_metrics(out / "metrics.csv")
+    measured = [r for r in rows if r["cell"] not in (None, 0) and r["layer"] != "prompt" and r["metric"] == "score"]
+    got = sorted((r["method"], r["mode"], r["apply_to"], r["layers"], r["coef"]) for r in measured)
+    coefs = {"angular": (-20.0, 20.0), "ablate": (-1.0,)}  # ablate has no strength: one cell, recorded as -1
+    want = sorted(
+        (m, o, a, "1", c) for m in ("mean_diff", "pca_diff") for o in ("angular", "ablate") for a in ("all", "generated") for c in coefs[o]
+    )
+    assert got == want  # 2 x 2 x 2 rows x (2 or 1) coefs
+    assert summary["grid"]["planned"] == 1 + 2 + len(want)  # baseline, prompting, grid
+    assert {r["layer"] for r in measured} == {f"{w} {m} {o} {a}" for w, m, o, a in {(r["layers"], *r_axes(r)) for r in measured}}
+    # The choice, recomputed from metrics.csv: per sign, the best score among cells within every budget limit.
+    values: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r["cell"] not in (None, 0) and r["layer"] != "prompt":
+            values.setdefault(r["cell"], {"coef": r["coef"]})[r["metric"]] = r["value"]
+    budget = summary["budget"]
+    inside = {i: v for i, v in values.items() if all(v[k] <= limit for k, limit in budget.items())}
+    assert 0 < len(inside) < len(values), "the budget should bind"
+    for direction, sign in (("positive", 1.0), ("negative", -1.0)):
+        pool = {i: v for i, v in inside.items() if sign * v["coef"] > 0}
+        best = max(pool, key=lambda i: sign * pool[i]["score"])
+        choice = summary["directions"][direction]
+        assert sign * values[choice["cell"]]["score"] == sign * pool[best]["score"]
+        assert choice["within_budget"] and all(values[choice["cell"]][k] <= limit for k, limit in budget.items())
+        row = next(r for r in measured if r["cell"] == choice["cell"])
+        assert (choice["method"], choice["mode"], choice["apply_to"]) == r_axes(row)
+        assert choice["vector"] == ("vector.safetensors" if choice["method"] == "mean_diff" else "vector-pca_diff.safetensors")
+    assert (out / "vector-pca_diff.safetensors").is_file()
+    assert len(summary["by_axes"]) == 8 and {g["mode"] for g in summary["by_axes"]} == {"angular", "ablate"}
+    front = {i for idx in summary["pareto"].values() for i in idx}
+    assert (
+        front
+        and front <= set(values)
+        and front == {i for g in summary["by_axes"] for d in ("positive", "negative") for i in g[d]["on_front"]}
+    )
+    html = (out / "report.html").read_text()
+    assert "By method and operation" in html and "pca_diff" in html
+    # A run folder's choice steers with its own vector, mode and apply_to.
+    model, tok = st.load_model(tiny_dir)
+    on = summary["directions"]["positive"]
+    cfg = compose_config("generate", [f"model={tiny_dir}", f"vector={out}", "prompt=Tell me about the sea", "max_new_tokens=8"])
+    results = generate_command(cfg)
+    chosen = st.SteeringVector.load(out / on["vector"]).select([on["best_layer"]])
+    want = st.generate(
+        model, tok, "Tell me about the sea", chosen, on["best_coef"], max_new_tokens=8, mode=on["mode"], apply_to=on["apply_to"]
+    )
+    assert results[on["best_coef"]] == want
+
+
+def r_axes(row: dict) -> tuple[str, str, str]:
+    return row["method"], row["mode"], row["apply_to"]
+
+
 def test_caa_extraction_is_balanced_over_the_answer_letter(tiny_dir: Path, ab_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "balanced"
     summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), "data.max_pairs=5"]))

@@ -88,13 +88,15 @@ def test_metrics_rows_are_on_disk_before_the_writer_closes(tmp_path: Path) -> No
     writer.aggregate("6", [6], {"slope": 0.5})
     writer.close()
     again = MetricsWriter(path)  # appending keeps one header
-    again.cell(BASE, label="6", layers=[6])
+    again.cell(BASE, like=cell(1, 6, 2.0, 0.7, 1.1, 0.1))
     again.close()
     text = path.read_text().splitlines()
     assert text[0] == ",".join(COLUMNS) and sum(line == text[0] for line in text) == 1
     rows = read_metrics(path)
     assert rows[3]["coef"] is None and rows[3]["metric"] == "slope"
     assert rows[-1]["layer"] == "6" and rows[-1]["cell"] == 0
+    assert (rows[-1]["method"], rows[-1]["mode"], rows[-1]["apply_to"]) == ("", "add", "all")  # the row's axes
+    assert rows[3]["mode"] == ""  # an aggregate without axes
 
 
 def test_summary_json_has_no_nan(tmp_path: Path) -> None:

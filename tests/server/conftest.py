@@ -6,7 +6,7 @@ server has its own model instance: the engine owns the model it runs.
 
 Vectors (``vecs`` fixture, one folder for the session):
 
-* ``up``    – layers 1 and 2, norm 6 (block_output)
+* ``up``    – layers 1 and 2, norm 6 (block_output), with a reference mean (affine modes)
 * ``side``  – layer 1 only, another direction (block_output)
 * ``pre``   – layer 2 at ``block_input`` (a second hook site)
 * ``broken`` – not a safetensors file (listed under ``errors``)
@@ -32,7 +32,9 @@ from steering.server import BackgroundServer
 @pytest.fixture(scope="session")
 def vecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("vectors")
-    tiny_vector(1, [1, 2]).save(folder / "up.safetensors")
+    up = tiny_vector(1, [1, 2])
+    g = torch.Generator().manual_seed(11)
+    dataclasses.replace(up, reference={i: torch.randn(32, generator=g) for i in (1, 2)}).save(folder / "up.safetensors")
     tiny_vector(2, [1]).save(folder / "side.safetensors")
     tiny_vector(3, [2], site="block_input").save(folder / "pre.safetensors")
     (folder / "broken.safetensors").write_bytes(b"this is not a safetensors file")

@@ -1,7 +1,7 @@
 """Exactness of continuous batching: a request in a mixed batch gives the tokens it gives alone.
 
-Over HTTP (the real ``openai`` client) with six steering settings in one
-batch, including none and an ablation; and on the engine directly, for every tiny
+Over HTTP (the real ``openai`` client) with eight steering settings in one
+batch, including none, an ablation and the one-vector modes (clamp, angular, affine); and on the engine directly, for every tiny
 architecture, with rows joining while others are mid-decode and leaving at
 different times (so padding, trimming and per-row positions all change).
 """
@@ -30,6 +30,15 @@ SETTINGS: list[tuple[str, list[dict] | None, dict]] = [
     ("side+pre prompt", [{"vector": "side", "coef": 2.5, "apply_to": "prompt"}, {"vector": "pre", "coef": -1.0}], {"max_tokens": 14}),
     ("up layer 2, sampled", [{"vector": "up", "coef": 1.0, "layers": [2]}], {"temperature": 0.9, "seed": 11, "max_tokens": 18}),
     ("ablate up, side+", [{"vector": "up", "mode": "ablate"}, {"vector": "side", "coef": 2.0}], {"max_tokens": 16}),
+    ("clamp up, side+", [{"vector": "up", "mode": "clamp", "coef": 2.0}, {"vector": "side", "coef": 2.0}], {"max_tokens": 15}),
+    (
+        "angular up[1] generated, affine_add up[2]",
+        [
+            {"vector": "up", "mode": "angular", "coef": -10.0, "layers": [1], "apply_to": "generated"},
+            {"vector": "up", "mode": "affine_add", "coef": 1.0, "layers": [2]},
+        ],
+        {"max_tokens": 13},
+    ),
 ]
 
 
@@ -69,7 +78,8 @@ def test_mixed_batch_over_http_equals_solo_runs(server, client: OpenAI) -> None:
 def _vector(seed: int, layers: list[int], width: int, site: str = "block_output", norm: float = 4.0) -> st.SteeringVector:
     g = torch.Generator().manual_seed(seed)
     directions = {i: (d := torch.randn(width, generator=g)) / d.norm() * norm for i in layers}
-    return st.SteeringVector(directions, hidden_size=width, num_layers=3, site=site)
+    reference = {i: torch.randn(width, generator=g) for i in layers}  # for the affine modes
+    return st.SteeringVector(directions, hidden_size=width, num_layers=3, site=site, reference=reference)
 
 
 def _requests(tok, width: int) -> list[GenerationRequest]:
@@ -92,9 +102,13 @@ def _requests(tok, width: int) -> list[GenerationRequest]:
         [Term(up, -1.0, (0,), "all"), Term(side, 1.0, (1,), "generated")],
         [Term(up, 1.0, (0, 2), mode="ablate")],  # rank 1 at layer 0 ...
         [Term(up, 1.0, (0,), mode="ablate"), Term(both, 1.0, (0, 1), "generated", "ablate"), Term(side, 2.0, (1,))],  # ... rank 2
+        [Term(up, 2.0, (0, 2), mode="clamp"), Term(side, 1.5, (1,), "generated", "angular"), Term(both, -1.0, (0,))],
+        [Term(both, 30.0, (0, 1), "prompt", "angular"), Term(up, 1.0, (2,), mode="affine_add"), Term(side, 1.0, (1,), mode="ablate")],
+        [Term(up, 1.0, (0, 2), "generated", "affine_ablate"), Term(pre, -2.0, (1,), mode="clamp")],
     ]
-    lengths = [24, 17, 30, 11, 21, 15, 19]
-    sampling = [SamplingParams(0.0)] * 4 + [SamplingParams(0.8, 0.9, seed=5)] + [SamplingParams(0.0)] * 2
+    prompts += ["Rain again today", "Seven plus five is", "The museum opens at"]
+    lengths = [40, 17, 30, 11, 21, 15, 19, 16, 22, 13]
+    sampling = [SamplingParams(0.0)] * 4 + [SamplingParams(0.8, 0.9, seed=5)] + [SamplingParams(0.0)] * 5
     return [
         GenerationRequest(tuple(tok(p)["input_ids"]), n, s, (), build_row_deltas(t))
         for p, t, n, s in zip(prompts, settings, lengths, sampling, strict=True)
@@ -104,7 +118,7 @@ def _requests(tok, width: int) -> list[GenerationRequest]:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_rows_joining_mid_decode_equal_solo_runs(arch: str) -> None:
     model, tok = make_tiny(arch)
-    engine = Engine(model, Codec(tok, []), max_batch_size=8).start()  # no EOS: every row runs to its length
+    engine = Engine(model, Codec(tok, []), max_batch_size=16).start()  # no EOS: every row runs to its length
     try:
         requests = _requests(tok, model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
         solo = [engine.generate(r, timeout=120).token_ids for r in requests]

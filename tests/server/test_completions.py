@@ -92,6 +92,44 @@ def test_ablate_projects_directions_out_like_st_steer(client: OpenAI, reference,
     assert hollow != plain
 
 
+MODE_TERMS = [
+    {"mode": "clamp", "coef": 2.0},
+    {"mode": "clamp", "coef": -1.5, "apply_to": "generated"},
+    {"mode": "angular", "coef": 10.0},
+    {"mode": "angular", "coef": -10.0, "layers": [1], "apply_to": "prompt"},
+    {"mode": "affine_add", "coef": 1.0},
+    {"mode": "affine_ablate"},
+]
+
+
+@pytest.mark.parametrize("term", MODE_TERMS, ids=lambda t: "-".join(str(v) for v in t.values()))
+def test_every_mode_matches_st_generate(client: OpenAI, reference, vecs, term: dict) -> None:
+    """clamp, angular and the affine modes per request give st.generate(mode=...)'s tokens."""
+    model, tok = reference
+    up = st.SteeringVector.load(vecs / "up.safetensors")
+    up = up.select(term["layers"]) if "layers" in term else up
+    got = chat(client, PROMPTS[0], [{"vector": "up", **term}]).choices[0].message.content
+    expected = st.generate(
+        model, tok, PROMPTS[0], up, term.get("coef", 1.0), mode=term["mode"], apply_to=term.get("apply_to", "all"), max_new_tokens=16
+    )
+    assert got == expected
+    assert got != chat(client, PROMPTS[0]).choices[0].message.content
+
+
+def test_modes_combine_in_the_order_of_nested_steer(client: OpenAI, reference, vecs) -> None:
+    """ablate, then a one-vector mode, then add at one layer: as st.steer(ablate) around st.steer(clamp) around st.steer(add)."""
+    model, tok = reference
+    up = st.SteeringVector.load(vecs / "up.safetensors")
+    side = st.SteeringVector.load(vecs / "side.safetensors")
+    # side is clamped and added at layer 1: clamp-then-add and add-then-clamp leave different projections (30 vs 12).
+    terms = [{"vector": "side", "coef": 3.0}, {"vector": "side", "mode": "clamp", "coef": 2.0}, {"vector": "up", "mode": "ablate"}]
+    got = chat(client, PROMPTS[2], terms).choices[0].message.content
+    with st.steer(model, up, mode="ablate"), st.steer(model, side, 2.0, mode="clamp"), st.steer(model, side, 3.0, backend="hook"):
+        assert got == st.generate(model, tok, PROMPTS[2], max_new_tokens=16)
+    with st.steer(model, up, mode="ablate"), st.steer(model, side, 3.0, backend="hook"), st.steer(model, side, 2.0, mode="clamp"):
+        assert got != st.generate(model, tok, PROMPTS[2], max_new_tokens=16)  # the other order is another result
+
+
 def test_usage_counts_prompt_and_completion_tokens(client: OpenAI, reference) -> None:
     _, tok = reference
     out = chat(client, PROMPTS[4], max_tokens=7)

@@ -61,12 +61,21 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str, str | None, tuple[str, ...]]] =
     ({"steering": [{"vector": "up", "coeff": 1}]}, 422, "unknown_parameter", "steering[0].coeff", ()),
     ({"steering": [{"vector": "up", "mode": "erase"}]}, 422, "invalid_value", "steering[0].mode", ("erase",)),
     ({"steering": [{"vector": "up", "mode": "ablate", "coef": 2}]}, 422, "invalid_coef", "steering[0].coef", ("ablate",)),
+    ({"steering": [{"vector": "up", "mode": "affine_ablate", "coef": 2}]}, 422, "invalid_coef", "steering[0].coef", ("affine_ablate",)),
+    ({"steering": [{"vector": "up", "mode": "angular", "coef": 200}]}, 422, "coef_out_of_range", "steering[0].coef", ("degrees", "180")),
+    ({"steering": [{"vector": "side", "mode": "affine_add"}]}, 422, "invalid_vector", "steering[0].vector", ("reference mean", "side")),
+    ({"steering": [{"vector": "hollow", "mode": "clamp"}]}, 422, "invalid_vector", "steering[0].vector", ("zero at layers [2]", "clamp")),
     (
-        {"steering": [{"vector": "up", "mode": "clamp", "coef": 2}]},
+        {
+            "steering": [
+                {"vector": "up", "mode": "clamp", "coef": 2},
+                {"vector": "side", "mode": "angular", "coef": 5, "apply_to": "prompt"},
+            ]
+        },
         422,
-        "unsupported_mode",
-        "steering[0].mode",
-        ("clamp", "add and ablate"),
+        "too_many_vectors",
+        "steering[1].layers",
+        ("layer 1", "clamp", "angular"),
     ),
     (
         {"steering": [{"vector": "up"}], "steering_condition": [{"vector": "side", "layer": 2, "threshold": 0.1}]},

@@ -115,9 +115,10 @@ def test_several_vectors_layers_positions_and_completion_mode(tab, client) -> No
     page.fill(f"{_row('up')} input[type=number]", "-2.5")
     page.uncheck(f"{_row('up')} .layers input[value='1']")
     page.select_option(f"{_row('up')} select[id$=positions]", "generated")
-    page.fill(f"{_row('side')} input[type=number]", "4")
+    page.fill(f"{_row('side')} input[type=number]", "2")
+    page.select_option(f"{_row('side')} select[id$=mode]", "clamp")  # every st.steer mode is served per request
     _generate(tab)
-    terms = [{"vector": "side", "coef": 4}, {"vector": "up", "coef": -2.5, "layers": [2], "apply_to": "generated"}]
+    terms = [{"vector": "side", "mode": "clamp", "coef": 2}, {"vector": "up", "coef": -2.5, "layers": [2], "apply_to": "generated"}]
     want = (
         client.completions.create(
             model=MODEL_NAME, prompt="The dragon said", max_tokens=MAX_TOKENS, temperature=0, extra_body={"steering": terms}

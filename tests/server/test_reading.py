@@ -152,6 +152,21 @@ def test_reading_at_block_input_and_with_ablation(server, reference, vecs) -> No
     assert [t["projection"] for t in ablated["tokens"]] == pytest.approx([0.0] * len(ids), abs=1e-4)
 
 
+def test_reading_under_clamp_and_affine_ablate_reads_the_value_they_set(server, reference, vecs) -> None:
+    """At the clamped layer every token's projection is the target: coef * |v| (clamp), the reference mean's (affine_ablate)."""
+    _, tok = reference
+    up = st.SteeringVector.load(vecs / "up.safetensors")
+    n = len(tok(PROMPT)["input_ids"]) + len(tok(COMPLETION, add_special_tokens=False)["input_ids"])
+    unit = up.directions[1] / up.directions[1].norm()
+    clamped = _read(
+        server, vector="up", layer=1, prompt=PROMPT, completion=COMPLETION, steering=[{"vector": "up", "mode": "clamp", "coef": 2.0}]
+    )
+    assert [t["projection"] for t in clamped["tokens"]] == pytest.approx([2.0 * float(up.directions[1].norm())] * n, abs=1e-4)
+    assert up.reference is not None
+    affine = _read(server, vector="up", layer=1, prompt=PROMPT, completion=COMPLETION, steering=[{"vector": "up", "mode": "affine_ablate"}])
+    assert [t["projection"] for t in affine["tokens"]] == pytest.approx([float(up.reference[1] @ unit)] * n, abs=1e-4)
+
+
 def test_reading_errors_name_the_field(server) -> None:
     base = {"model": MODEL_NAME, "vector": "up", "layer": 1, "prompt": PROMPT}
     cases = [

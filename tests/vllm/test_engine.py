@@ -102,6 +102,27 @@ def test_conditional_steering_is_refused_not_ignored() -> None:
         engine.close()
 
 
+def test_modes_the_workers_cannot_apply_are_refused_as_the_front_end_does() -> None:
+    """clamp/angular/affine per request: 422 unsupported_mode with the front end's message, not unsteered tokens."""
+    require_vllm()
+    from steering.server.errors import APIError
+    from steering.server.validate import mode_error
+    from steering.vllm.frontend import VLLM_ENGINE, VLLM_MODES
+
+    engine = vllm_engine.VLLMEngine(FakeLLM(), Codec(Tok(), [0]), torch.nn.Linear(1, 1), max_batch_size=8, max_configs=2).start()
+    try:
+        for mode in ("clamp", "angular", "affine_add", "affine_ablate"):
+            terms = ({"vector": "a", "coef": 1.0}, {"vector": "b", "mode": mode})
+            with pytest.raises(APIError) as err:
+                engine.generate(GenerationRequest((1, 2, 3), 3, terms=terms), timeout=30)
+            assert (err.value.status, err.value.code, err.value.param) == (422, "unsupported_mode", "steering[1].mode")
+            assert err.value.message == mode_error("steering[1]", mode, VLLM_MODES, VLLM_ENGINE).message
+            assert mode in err.value.message and "add, ablate" in err.value.message
+        assert engine.generate(request("a"), timeout=30).text == "xxx"  # the engine keeps serving
+    finally:
+        engine.close()
+
+
 def test_vllm_args_are_checked_before_anything_loads() -> None:
     """``vllm_args`` keys: EngineArgs fields only, and not the ones the serve command sets itself."""
     require_vllm()

@@ -25,7 +25,7 @@ import steering as st
 from steering.server import APIError, ServerConfig, VectorStore
 from steering.server.validate import check_terms
 from steering.vectors.text import encode_prompt
-from steering.vllm.frontend import parse_terms
+from steering.vllm.frontend import VLLM_ENGINE, VLLM_MODES, parse_terms
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -204,6 +204,7 @@ BAD = [
     ([{"vector": "sentiment", "mode": "ablate", "coef": 2.0}], "steering[0].coef"),
     ([{"vector": "sentiment", "coef": "strong"}], "steering[0].coef"),
     ([{"vector": "sentiment", "apply_to": "everywhere"}], "steering[0].apply_to"),
+    ([{"vector": "sentiment", "mode": "clamp", "coef": 2.0}], "steering[0].mode"),
 ]
 
 
@@ -211,7 +212,7 @@ def expected_error(smollm2, vector_dir: Path, steering: Any) -> APIError:
     """The error our HF server's validation gives for ``steering``."""
     store = VectorStore(vector_dir, smollm2[0])
     with pytest.raises(APIError) as info:
-        check_terms(parse_terms(steering), ServerConfig(vectors_dir=vector_dir), store, 30)
+        check_terms(parse_terms(steering), ServerConfig(vectors_dir=vector_dir), store, 30, modes=VLLM_MODES, engine=VLLM_ENGINE)
     return info.value
 
 

@@ -5,6 +5,9 @@
 const KEY_STORE = "steering.apiKey";
 const $ = (id) => document.getElementById(id);
 const state = { model: null, vectors: [], rows: [] };
+// The server's per-request modes (st.steer's); ablate and affine_ablate take no coef.
+const MODES = ["add", "ablate", "clamp", "angular", "affine_add", "affine_ablate"];
+const COEF_FREE = ["ablate", "affine_ablate"];
 
 // ------------------------------------------------------------------ API calls
 
@@ -154,7 +157,7 @@ function vectorRow(vector, index) {
     el("input", { type: "checkbox", id: `${id}-layer-${layer}`, value: String(layer), checked: "" }));
   const positions = el("select", { id: `${id}-positions` },
     ...["all", "prompt", "generated"].map((p) => el("option", { value: p, text: p })));
-  const mode = el("select", { id: `${id}-mode` }, ...["add", "ablate"].map((m) => el("option", { value: m, text: m })));
+  const mode = el("select", { id: `${id}-mode` }, ...MODES.map((m) => el("option", { value: m, text: m })));
   const layersSet = el("fieldset", { class: "inline layers", id: `${id}-layers` }, el("legend", { text: "layers" }),
     ...vector.layers.map((layer, i) => el("label", {}, layerBoxes[i], ` ${layer}`)));
   const details = el("details", {}, el("summary", { text: "metadata" }),
@@ -171,7 +174,7 @@ function vectorRow(vector, index) {
   // The slider and the number box show one value; touching either turns the vector on.
   range.addEventListener("input", () => { coef.value = range.value; enable.checked = true; refresh(); });
   coef.addEventListener("input", () => { range.value = coef.value; enable.checked = true; refresh(); });
-  mode.addEventListener("change", () => { const ablate = mode.value === "ablate"; coef.disabled = range.disabled = ablate; refresh(); });
+  mode.addEventListener("change", () => { coef.disabled = range.disabled = COEF_FREE.includes(mode.value); refresh(); });
   for (const input of [enable, positions, ...layerBoxes]) input.addEventListener("change", refresh);
   return { name: vector.id, vector, box, errorId: `${id}-err`, controls: { enable, coef, layers: layersSet, positions, mode, vector: enable, range }, layerBoxes };
 }
@@ -179,8 +182,8 @@ function vectorRow(vector, index) {
 function termOf(row, coef) {
   const term = { vector: row.name };
   const mode = row.controls.mode.value;
-  if (mode === "ablate") term.mode = "ablate";
-  else term.coef = coef === undefined ? Number(row.controls.coef.value) : coef;
+  if (mode !== "add") term.mode = mode;
+  if (!COEF_FREE.includes(mode)) term.coef = coef === undefined ? Number(row.controls.coef.value) : coef;
   const chosen = row.layerBoxes.filter((b) => b.checked).map((b) => Number(b.value));
   if (chosen.length !== row.layerBoxes.length) term.layers = chosen;
   if (row.controls.positions.value !== "all") term.apply_to = row.controls.positions.value;
@@ -414,8 +417,8 @@ function copyTexts() {
     if (s.terms.length > 1) cli.push(`# steering generate applies one vector: the first enabled (${term.vector}) is shown`);
     cli.push("# vector= is the file of that name in the server's vectors folder");
     args.push(`vector=vectors/${term.vector}.safetensors`);
-    if (term.mode === "ablate") args.push("mode=ablate");
-    else args.push(`coef=${term.coef}`);
+    if (term.mode) args.push(`mode=${term.mode}`);
+    if (term.coef !== undefined) args.push(`coef=${term.coef}`);
     if (term.layers) args.push(`layers=[${term.layers.join(",")}]`);
     if (term.apply_to) args.push(`apply_to=${term.apply_to}`);
     args.push("compare=true");
