@@ -41,7 +41,9 @@ class _CommandConf:
     torch_threads: Any = "auto"
     engine: str = "hf"  # hf (transformers, the reference) | vllm (the steering vLLM plugin; the vllm extra)
     tensor_parallel_size: int = 1  # engine=vllm: vLLM's tensor parallel degree
-    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # engine=vllm: more vllm.EngineArgs fields
+    # engine=vllm: more vllm.EngineArgs fields, e.g. {enforce_eager:true,max_model_len:4096} (null = none).
+    # `Any`, not a dict type: Hydra keeps a typed dict node closed (struct), so no key could be set from the command line.
+    vllm_args: Any = None
 
 
 # ServerConfig fields the command sets from its own keys (served_model_name or model, vectors, api_key).

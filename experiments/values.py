@@ -92,6 +92,12 @@ def boolean(*, optional: bool = False) -> Check:
     return check
 
 
+def mapping(key: str, value: Any) -> None:
+    """``{name:value,...}`` or ``null`` (a key the schema leaves open: ``vllm_args``)."""
+    if value is not None and not isinstance(value, DictConfig):
+        raise _fail(key, value, "expected {name:value,...} (e.g. {enforce_eager:true}) or null")
+
+
 def layers(*, optional: bool = True) -> Check:
     """A layer index or a non-empty list of them (integers; negative counts from the end)."""
 
@@ -175,7 +181,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "foreign.num_layers": integer(1, optional=True),
         "foreign.allow_model_mismatch": boolean(),
     },
-    "serve": {**_MODEL, "port": integer(0), "torch_threads": _torch_threads, "max_coef": number(0.0)},
+    "serve": {**_MODEL, "port": integer(0), "torch_threads": _torch_threads, "max_coef": number(0.0), "vllm_args": mapping},
 }
 
 

@@ -20,6 +20,7 @@ server loaded for the fit checks, under a lock.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import logging
@@ -345,12 +346,27 @@ def vllm_engine_factory(
         dtype: vLLM's dtype.
         options: more ``vllm.EngineArgs`` fields (``enforce_eager``, ``max_model_len``, ...).
     """
+    import dataclasses
+
+    from vllm import EngineArgs
+
     from .frontend import Frontend, install_frontend
 
+    # Checked before anything loads: EngineArgs would only say "unexpected keyword argument".
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    ours = {"model": "model", "tokenizer": "model", "dtype": "dtype", "tensor_parallel_size": "tensor_parallel_size"}
+    ours["max_num_seqs"] = "max_batch_size"
+    for key in options or {}:
+        if key in ours:
+            raise ValueError(f"vllm_args.{key}: set by the serve command; use {ours[key]}=... instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"vllm_args.{key}: not a field of vllm.EngineArgs{hint}")
     install_frontend(folder, Frontend.for_model(model, config))
 
     def build(codec: Codec, metrics: ServerMetrics) -> VLLMEngine:
-        from vllm import EngineArgs, LLMEngine
+        from vllm import LLMEngine
 
         args = EngineArgs(
             model=folder,

@@ -13,7 +13,13 @@ chunked prefill and preemption (a recomputed sequence has the same positions).
 Each distinct steering config (payload ``key``) holds two slots while it is in
 flight; its rows in the per-layer tables ``delta[layer]: [S, d]`` and
 ``basis[layer]: [S, K, d]`` are written when it gets them and reused on later
-steps. The op at layer ``i`` is a gather and an add::
+steps. This is the bound on distinct configs in flight, and vLLM's scheduler
+enforces it: a step runs at most ``max_num_seqs`` requests, so the ``S = 2 *
+max_num_seqs + 1`` slots always hold every config of the step, and the rest
+wait in vLLM's queue (admission waits, no request fails). A config not in the
+step gives up its pair, least recently used first. Vector memory is the fixed
+tables plus at most ``4 * max_num_seqs`` decoded configs (least recent dropped).
+The op at layer ``i`` is a gather and an add::
 
     r = hidden + residual                       # the residual stream after block i
     hidden -= (r . basis[i][slot]) basis[i][slot]   # ablate (projection out), first

@@ -7,10 +7,12 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from helpers import hook_count
+from omegaconf import OmegaConf
 from server_helpers import tiny_vector, wait_until
 from tiny_models import make_tiny
 
@@ -297,6 +299,48 @@ def test_serve_defaults_live_in_one_schema() -> None:
     with pytest.raises(ValueCheckError, match="max_batchsize"):
         compose_config("serve", ["max_batchsize=4"])
     assert issubclass(ConfigError, SteeringError)
+
+
+def test_every_serve_key_can_be_set_from_the_command_line() -> None:
+    """Each `ServeConf` field, given a value other than its default as ``key=value``, composes to that value.
+
+    ``vllm_args={...}`` was refused once: Hydra keeps a typed dict node closed, so no key could be set in it.
+    """
+    import dataclasses
+    import typing
+
+    from steering.experiments.serve import ServeConf
+
+    # Fields whose type says too little to pick a value (`Any`).
+    open_values: dict[str, Any] = {"torch_threads": 3, "vllm_args": {"enforce_eager": True, "max_model_len": 1024}}
+    hints = typing.get_type_hints(ServeConf)
+
+    def sample(field: dataclasses.Field[Any]) -> Any:
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kinds = set(typing.get_args(hints[field.name])) or {hints[field.name]}
+        if field.name in open_values:
+            return open_values[field.name]
+        if bool in kinds:
+            return not default
+        if int in kinds:
+            return (default or 0) + 1
+        if float in kinds:
+            return (default or 1.0) / 2
+        assert str in kinds, f"{field.name}: {hints[field.name]} (add a sample value for this type)"
+        return f"{default}-other"
+
+    def text(value: Any) -> str:
+        if isinstance(value, dict):
+            return "{" + ",".join(f"{k}:{text(v)}" for k, v in value.items()) + "}"
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    for field in dataclasses.fields(ServeConf):
+        value = sample(field)
+        cfg = compose_config("serve", [f"{field.name}={text(value)}"])
+        got = cfg[field.name]
+        assert (OmegaConf.to_container(got) if OmegaConf.is_config(got) else got) == value, field.name
+    with pytest.raises(ValueError, match=r"vllm_args=5: expected \{name:value"):
+        compose_config("serve", ["vllm_args=5"])
 
 
 def test_auto_torch_threads_leave_the_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:

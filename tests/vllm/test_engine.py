@@ -121,3 +121,13 @@ def test_modes_the_workers_cannot_apply_are_refused_as_the_front_end_does() -> N
         assert engine.generate(request("a"), timeout=30).text == "xxx"  # the engine keeps serving
     finally:
         engine.close()
+
+
+def test_vllm_args_are_checked_before_anything_loads() -> None:
+    """``vllm_args`` keys: EngineArgs fields only, and not the ones the serve command sets itself."""
+    require_vllm()
+    model, config = torch.nn.Linear(1, 1), None  # never reached: the keys are checked first
+    with pytest.raises(ValueError, match=r"vllm_args.max_num_seqs: set by the serve command; use max_batch_size="):
+        vllm_engine.vllm_engine_factory("folder", model, config, options={"max_num_seqs": 4})
+    with pytest.raises(ValueError, match=r"vllm_args.enforce_eagr: not a field of vllm.EngineArgs; did you mean enforce_eager\?"):
+        vllm_engine.vllm_engine_factory("folder", model, config, options={"enforce_eagr": True})

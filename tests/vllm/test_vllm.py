@@ -1,6 +1,7 @@
 """The vLLM plugin on SmolLM2 (fp32, CPU) against the HF path, offline and over HTTP.
 
-One offline ``LLM`` serves the whole module (each engine start is ~30 s).
+One offline ``LLM`` serves the whole module (each engine start is ~30 s); each HTTP
+server (vLLM's own, ``steering serve engine=vllm``) starts once, in its one test.
 References are computed here, independently, with `st.generate` / `st.steer`
 on the transformers model: tokens of 8 held-out prompts x 40 greedy tokens,
 and prompt log-probs.
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from vllm_helpers import LAYERS, MAX_TOKENS, require_vllm
+from vllm_helpers import HTTP_TOKENS, LAYERS, MAX_TOKENS, free_port, require_vllm, start_server, stop
 
 import steering as st
 from steering.server import APIError, ServerConfig, VectorStore
@@ -228,6 +229,99 @@ def test_bad_input_is_refused_like_our_server(llm, smollm2, vector_dir, steering
     assert info.value.parameter == field
     assert str(info.value).startswith(expected.message)
     assert run(llm, smollm2[1], ["Hello."], [[term(coef=1.0)]], max_tokens=2)  # the engine is fine
+
+
+def test_more_configs_than_slots_wait_in_vllms_queue(llm, smollm2, prompts) -> None:
+    """The admission bound: 36 distinct configs in one call, more than the module's ``max_num_seqs=16`` (16 slot pairs).
+
+    The worker tables hold the config of each *scheduled* request; vLLM's scheduler runs at
+    most ``max_num_seqs`` requests a step and keeps the rest waiting, so no request fails
+    and each still gets the tokens it gets alone (finished configs' slots are reused).
+    """
+    _, tok = smollm2
+    n = 36
+    steering = [[term("sentiment" if i % 2 else "refusal", coef=0.25 * (i + 1))] for i in range(n)]
+    asks = [prompts[i % len(prompts)] for i in range(n)]
+    together = run(llm, tok, asks, steering, max_tokens=4)
+    alone = [run(llm, tok, [p], [s], max_tokens=4)[0] for p, s in zip(asks, steering, strict=True)]
+    assert together == alone
+    assert len(set(together)) > len(prompts), "the coefs must tell the requests apart for this check to mean anything"
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@pytest.fixture(scope="module")
+def offline_chat(llm, smollm2, prompts) -> dict[str, str]:
+    """Offline texts the HTTP runs must give: unsteered and sentiment +4 on prompt 0."""
+    _, tok = smollm2
+    plain, steered = run(llm, tok, [prompts[0]] * 2, [None, [term(coef=4.0)]], max_tokens=HTTP_TOKENS)
+    assert plain != steered
+    return {"plain": plain, "steered": steered}
+
+
+def test_vllm_openai_server_with_the_plugin(offline_chat, folder, vector_dir, prompts, tmp_path) -> None:
+    """vLLM's own OpenAI server, started as the README says (the CPU wheel's ``vllm`` CLI cannot start: see README)."""
+    from openai import BadRequestError, OpenAI
+
+    port = free_port()
+    env = {**os.environ, "STEERING_VECTORS": str(vector_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port)]
+    cmd += ["--dtype", "float32", "--enforce-eager", "--max-num-seqs", "8", "--max-model-len", "1024"]
+    proc = start_server(cmd, env, f"http://127.0.0.1:{port}", tmp_path / "vllm-serve.log")
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        messages = [{"role": "user", "content": prompts[0]}]
+
+        def chat(steering: Any | None) -> str:
+            extra = {"vllm_xargs": {"steering": json.dumps(steering)}} if steering is not None else None
+            reply = client.chat.completions.create(model=folder, messages=messages, max_tokens=HTTP_TOKENS, temperature=0, extra_body=extra)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+
+        assert chat([term(coef=4.0)]) == offline_chat["steered"]
+        assert chat(None) == offline_chat["plain"]
+        with pytest.raises(BadRequestError) as info:
+            chat([{"vector": "nope"}])
+        assert "unknown vector 'nope'" in str(info.value) and "steering[0].vector" in str(info.value)
+        with pytest.raises(BadRequestError) as info:
+            chat([{"vector": "sentiment", "layers": [99]}])
+        assert "steering[0].layers" in str(info.value)
+        assert chat([term(coef=4.0)]) == offline_chat["steered"]  # still serving
+    finally:
+        stop(proc)
+
+
+def test_steering_serve_engine_vllm(offline_chat, smollm2, vector_dir, prompts, tmp_path) -> None:
+    """``steering serve engine=vllm`` as the README writes it: the HF engine's request schema, statuses and messages."""
+    from openai import NotFoundError, OpenAI, UnprocessableEntityError
+
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cmd = [str(Path(sys.executable).with_name("steering")), "serve", "engine=vllm", f"model={MODEL}", f"vectors={vector_dir}"]
+    cmd += [f"port={port}", "default_temperature=0", "vllm_args={enforce_eager:true,max_model_len:1024}"]
+    proc = start_server(cmd, env, f"http://127.0.0.1:{port}", tmp_path / "steering-serve.log")
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        messages = [{"role": "user", "content": prompts[0]}]
+
+        def chat(steering: Any | None) -> str:
+            extra = {"steering": steering} if steering is not None else None
+            reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=HTTP_TOKENS, extra_body=extra)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+
+        assert chat([term(coef=4.0)]) == offline_chat["steered"]
+        assert chat(None) == offline_chat["plain"]
+        with pytest.raises(NotFoundError) as missing:
+            chat([{"vector": "nope"}])
+        assert missing.value.body["code"] == "vector_not_found"  # type: ignore[index]
+        for bad, field in BAD[1:4]:
+            expected = expected_error(smollm2, vector_dir, bad)
+            with pytest.raises(UnprocessableEntityError) as info:
+                chat(bad)
+            assert info.value.body["param"] == field and info.value.body["message"] == expected.message  # type: ignore[index]
+        assert chat([term(coef=4.0)]) == offline_chat["steered"]
+    finally:
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- tensor parallel
