@@ -106,7 +106,7 @@ def load_kwargs(node: DictConfig, **override: Any) -> dict[str, Any]:
 
     Example:
         >>> load_kwargs(OmegaConf.create({"dtype": "bfloat16", "max_memory": {"0": "20GiB"}}))
-        {'dtype': 'bfloat16', 'max_memory': {0: '20GiB'}}
+        {'device': None, 'dtype': 'bfloat16', 'max_memory': {0: '20GiB'}}
     """
     out: dict[str, Any] = {}
     for key in PLACEMENT_KEYS:
