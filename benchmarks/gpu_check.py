@@ -259,7 +259,7 @@ def split(args: argparse.Namespace, pairs: list[Any]) -> dict[str, Any]:
         cos = min(vec_placed.cosine(vec_whole).values())
         out: dict[str, Any] = {"device_map": {k: str(v) for k, v in placed.hf_device_map.items()}, "min_cos": cos}
         out["min_cos_met"] = cos >= GOALS["extract_cos_float32"]
-        for backend, steer_layers in (("hook", layers), ("fold", [layers[0]])):
+        for backend, steer_layers in (("hook", layers), ("fold", layers)):  # the fold too at the offloaded block
             with st.steer(whole, vec_whole.select(steer_layers), coef=args.coef, backend=backend):
                 expected = _tokens(whole, tok, args)
             with st.steer(placed, vec_whole.select(steer_layers), coef=args.coef, backend=backend):

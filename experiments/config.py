@@ -6,8 +6,9 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from steering.hooks.renamed import RENAMED
 
@@ -91,6 +92,32 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
             raise unknown_key(name, missing["key"], base) from None
     check_values(name, cfg, base)
     return cfg
+
+
+PLACEMENT_KEYS = ("device", "dtype", "device_map", "max_memory", "offload_folder")
+
+
+def load_kwargs(node: DictConfig, **override: Any) -> dict[str, Any]:
+    """``steering.load_model`` keywords from a config node's `PLACEMENT_KEYS` (those it has), as plain values.
+
+    ``device_map`` is a strategy (``auto``) or ``{module: device}``; a
+    ``max_memory`` key of digits is a GPU index (``{0: 20GiB, cpu: 64GiB}``
+    on the command line may arrive as ``"0"``). ``override`` replaces keys.
+
+    Example:
+        >>> load_kwargs(OmegaConf.create({"dtype": "bfloat16", "max_memory": {"0": "20GiB"}}))
+        {'device': None, 'dtype': 'bfloat16', 'max_memory': {0: '20GiB'}}
+    """
+    out: dict[str, Any] = {}
+    for key in PLACEMENT_KEYS:
+        value = node.get(key)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        if key == "max_memory" and isinstance(value, dict):
+            value = {int(k) if str(k).isdigit() else k: v for k, v in value.items()}
+        if value is not None or key in ("device", "dtype"):
+            out[key] = value
+    return {**out, **override}
 
 
 def config_yaml(cfg: DictConfig) -> str:

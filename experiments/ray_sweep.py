@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 import steering as st
 
+from .config import load_kwargs
 from .metrics import Cell, Context, EvalData
 from .results import CellResult
 from .schema import ConfigError
@@ -44,7 +45,7 @@ class CellWorker:
         config = OmegaConf.create(cfg)
         if loaded is None:
             model_cfg = config.model
-            loaded = st.load_model(str(model_cfg.name), device=model_cfg.device, dtype=model_cfg.dtype)
+            loaded = st.load_model(str(model_cfg.name), **load_kwargs(model_cfg))
         self.ctx = Context(loaded[0], loaded[1], config, data)
 
     def measure(self, cell: Cell) -> tuple[Cell, CellResult]:

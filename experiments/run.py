@@ -44,7 +44,7 @@ from steering.hooks import Site, resolve_layers
 from steering.vectors import Read, atomic_write, swap_letters
 
 from . import plots
-from .config import conf_dir, config_yaml
+from .config import conf_dir, config_yaml, load_kwargs
 from .metrics import METRICS, Context, load_eval_data, split_pairs
 from .metrics.text import make_scorer
 from .report import write_report
@@ -142,7 +142,7 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
     given = loaded
     if loaded is None:
         log.info("loading model %s", cfg.model.name)
-        loaded = st.load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        loaded = st.load_model(cfg.model.name, **load_kwargs(cfg.model))
     model, tokenizer = loaded
     ctx = Context(model, tokenizer, cfg, data)
     if cfg.task == "probe":
@@ -273,7 +273,7 @@ def _condition(cfg: DictConfig, loaded: tuple[Any, Any] | None, out_dir: Path, y
         except st.DatasetError as exc:
             raise st.DatasetError(f"condition.{key}={cfg.condition[key]}: {exc}") from None
         sides[key] = prompts if cfg.condition.max_prompts is None else prompts[: int(cfg.condition.max_prompts)]
-    model, tokenizer = loaded if loaded is not None else st.load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    model, tokenizer = loaded if loaded is not None else st.load_model(cfg.model.name, **load_kwargs(cfg.model))
     layers = resolve_layers(model, None if cfg.sweep.layers is None else list(cfg.sweep.layers))
     search = find_condition(
         model,

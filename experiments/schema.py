@@ -35,6 +35,9 @@ class ModelConf:
     name: str = "smollm2-135m-instruct"  # registry name, HF folder or .gguf file
     device: str | None = None  # cpu | cuda | auto (null = cpu)
     dtype: str | None = None  # float32 | bfloat16 | float16 (null = float32)
+    device_map: Any = None  # auto | balanced | sequential | {module: device} (GPU index, cpu or disk); not with device
+    max_memory: Any = None  # with device_map: {0: 20GiB, cpu: 64GiB}
+    offload_folder: str | None = None  # with device_map: where "disk" blocks are written
 
 
 @dataclass

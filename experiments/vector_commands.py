@@ -15,9 +15,11 @@ import steering as st
 from steering.hooks import ConfigError
 from steering.vectors.distributed import is_main_process, local_device
 
+from .config import load_kwargs
+
 
 def _load(cfg: DictConfig):  # -> (model, tokenizer)
-    return st.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    return st.load_model(cfg.model, **load_kwargs(cfg))
 
 
 def _layers(value: object) -> list[int]:
@@ -38,7 +40,7 @@ def extract_command(cfg: DictConfig) -> Path:
     if out.suffix != ".safetensors":
         raise st.SteeringError(f"out={out}: the output file must end in .safetensors")
     pairs = st.load_pairs(cfg.data)
-    model, tok = st.load_model(cfg.model, device=local_device(cfg.device), dtype=cfg.dtype)
+    model, tok = st.load_model(cfg.model, **load_kwargs(cfg, device=local_device(cfg.device)))
     vector = st.extract(
         model,
         tok,

@@ -13,7 +13,9 @@ caller asks here instead:
 * `wide_dtype`: the dtype sums and projections run in (float32 at least, so
   bf16/fp16 models do not round every partial sum);
 * `offloaded_tensor`: the value of a weight accelerate offloaded (the model
-  fingerprint reads it, so an offloaded model has its in-memory fingerprint).
+  fingerprint reads it, so an offloaded model has its in-memory fingerprint);
+  `offload_slot` finds where accelerate keeps it and `OverlaidWeights` replaces
+  entries there (how `hooks.fold` folds into an offloaded block).
 
 An accelerate hook's ``execution_device`` wins over the parameters (an
 offloaded module's parameters are on ``meta``); without one, the first
@@ -21,6 +23,9 @@ parameter or buffer not on ``meta`` tells.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,17 +69,8 @@ def _hook_device(hook: object) -> torch.device | None:
     return None
 
 
-def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor | None:
-    """The value accelerate keeps for ``model``'s tensor ``name`` while it sits on ``meta``, else ``None``.
-
-    An offloaded module's hook loads its weights from a ``weights_map`` (CPU
-    memory or a disk folder) for each forward pass; this reads the same entry,
-    keyed relative to the module that holds the hook.
-
-    Example:
-        >>> offloaded_tensor(model, "model.layers.20.mlp.down_proj.weight").shape  # doctest: +SKIP
-        torch.Size([576, 1536])
-    """
+def _offload_hooks(model: nn.Module, name: str) -> Iterator[tuple[Any, str]]:
+    """Each offloading accelerate hook above tensor ``name``, nearest first, with the key ``name`` has in its weights map."""
     parts = name.split(".")
     for cut in range(len(parts) - 1, -1, -1):
         try:
@@ -83,14 +79,73 @@ def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor | None:
             continue
         hook = getattr(owner, "_hf_hook", None)
         for one in (getattr(hook, "hooks", None) or (hook,)) if hook is not None else ():
-            weights = getattr(one, "weights_map", None)
-            if weights is None or not getattr(one, "offload", False):
-                continue
-            try:
-                return torch.as_tensor(weights[".".join(parts[cut:])])
-            except KeyError:
-                continue
+            if getattr(one, "weights_map", None) is not None and getattr(one, "offload", False):
+                yield one, ".".join(parts[cut:])
+
+
+def offload_slot(model: nn.Module, name: str) -> tuple[Any, str] | None:
+    """The accelerate hook whose ``weights_map`` holds ``model``'s offloaded tensor ``name``, and its key there.
+
+    An offloaded module's hook loads its weights from a ``weights_map`` (CPU
+    memory or a disk folder) for each forward pass, keyed relative to the
+    module that holds the hook (a block, or the linear layer itself).
+    ``None`` when no offloading hook above ``name`` has that entry.
+    """
+    return next(((hook, key) for hook, key in _offload_hooks(model, name) if has_key(hook.weights_map, key)), None)
+
+
+def has_key(weights: Mapping[str, Any], key: str) -> bool:
+    """Whether an accelerate weights map has ``key``, without loading it (``in`` on its disk loader reads the tensor)."""
+    prefix, inner = getattr(weights, "prefix", None), getattr(weights, "dataset", None)
+    if isinstance(prefix, str) and isinstance(inner, Mapping):  # accelerate's PrefixedDataset (it iterates full keys)
+        return has_key(inner, prefix + key)
+    if isinstance(weights, (dict, OverlaidWeights)):
+        return key in weights
+    return any(k == key for k in weights)
+
+
+def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The value accelerate keeps for ``model``'s tensor ``name`` while it sits on ``meta``, else ``None``.
+
+    Reads the weights map entry accelerate's hook loads before each forward pass (see `offload_slot`).
+
+    Example:
+        >>> offloaded_tensor(model, "model.layers.20.mlp.down_proj.weight").shape  # doctest: +SKIP
+        torch.Size([576, 1536])
+    """
+    for hook, key in _offload_hooks(model, name):
+        try:
+            return torch.as_tensor(hook.weights_map[key])
+        except KeyError:
+            continue
     return None
+
+
+class OverlaidWeights(Mapping[str, Any]):
+    """An accelerate ``weights_map`` with some entries replaced or added, the rest read from ``base``.
+
+    `hooks.fold` puts one on the hook of an offloaded linear layer so that the
+    hook loads the folded bias with the weights for each forward pass (a bias
+    written into the module itself would be dropped when the hook moves it
+    back to ``meta``); putting ``base`` back restores the weights map as it was.
+    """
+
+    def __init__(self, base: Mapping[str, Any], replaced: dict[str, torch.Tensor]) -> None:
+        self.base = base
+        self.replaced = replaced
+
+    def __getitem__(self, key: str) -> Any:
+        return self.replaced[key] if key in self.replaced else self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.replaced or (isinstance(key, str) and has_key(self.base, key))
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.replaced
+        yield from (key for key in self.base if key not in self.replaced)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -40,6 +40,14 @@ hooks with a `RuntimeWarning` (hooks are also seen by every caller of the
 module; only the weights stay untouched). Folds, their bookkeeping and the
 token counter are guarded by one lock.
 
+A block that accelerate offloaded (``device_map`` with ``"cpu"``/``"disk"``
+offload, or a model dispatched from ``meta``) keeps its weights on ``meta``,
+and its ``AlignDevicesHook`` loads them from a ``weights_map`` before each
+forward pass and drops them after. There the folded bias is written into that
+weights map (an `OverlaidWeights` on the hook, computed on the CPU where
+accelerate keeps the weights), so the hook loads it with the weights; on the
+last removal the hook gets its own weights map back and a temporary bias goes.
+
 While folded, reading ``mlp_output`` at a folded layer sees the delta (it is
 inside the MLP now), and ``state_dict()`` has a bias entry for a linear layer
 that had none. Under ``torch.compile`` a changed bias value needs no
@@ -54,10 +62,12 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .devices import OverlaidWeights, offload_slot
 from .errors import LayerError
 from .handles import HookGroup
 from .layers import decoder_layers, normalize_layer, num_layers, resolve_layers
@@ -82,11 +92,21 @@ FOLD_SITES: tuple[str, ...] = ("block_output", "mlp_output")
 
 
 @dataclass
+class _Offloaded:
+    """Where accelerate loads an offloaded linear layer's bias from: ``overlay[key]`` on its hook."""
+
+    hook: Any  # accelerate's AlignDevicesHook
+    overlay: OverlaidWeights  # the hook's weights_map while folded
+    key: str
+
+
+@dataclass
 class _FoldState:
     """What one module looked like before the first fold, and the folds active on it."""
 
     original: Tensor | None  # exact copy of the bias, or None where there was none
-    param: nn.Parameter  # the bias while folded
+    param: nn.Parameter  # the bias while folded (on meta for an offloaded module: `offloaded` carries the value)
+    offloaded: _Offloaded | None = None
     deltas: dict[int, Tensor] = field(default_factory=dict)  # fold token -> delta
 
 
@@ -173,15 +193,24 @@ def unfolded_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
 
     A folded bias appears with its original value; a bias that exists only
     because of a fold is left out. Used by `vectors.model_fingerprint`.
+    Folded modules are found by module, not by parameter: accelerate's hook
+    replaces an offloaded module's parameter objects on every forward pass.
     """
     with _LOCK:
-        originals = {id(state.param): state.original for state in _STATES.values()}
+        originals = {id(module): state.original for module, state in _STATES.items()}
     out: list[tuple[str, Tensor]] = []
-    for name, param in model.named_parameters():
-        if id(param) not in originals:
-            out.append((name, param))
-        elif (original := originals[id(param)]) is not None:
-            out.append((name, original))
+    seen: set[int] = set()
+    # The order and de-duplication of model.named_parameters().
+    for prefix, module in model.named_modules():
+        for local, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{prefix}.{local}" if prefix else local
+            if local != "bias" or id(module) not in originals:
+                out.append((name, param))
+            elif (original := originals[id(module)]) is not None:
+                out.append((name, original))
     return out
 
 
@@ -222,12 +251,22 @@ def _target(model: nn.Module, block: nn.Module, site: str) -> nn.Module | str:
     if not isinstance(module, nn.Module) or _out_features(module) is None:
         return f"{kind}.{path} is not a plain nn.Linear or Conv1D ({type(module).__name__})"
     weight = module.weight
-    if weight.device.type == "meta":
-        return f"{kind}.{path} has its weights offloaded (meta device)"
+    if weight.device.type == "meta" and _offloaded_key(model, module) is None:
+        return f"{kind}.{path} has its weights on the meta device and no accelerate hook loads them"
     bias = getattr(module, "bias", None)
     if bias is not None and not isinstance(bias, Tensor):
         return f"{kind}.{path}.bias is not a tensor"
     return module
+
+
+def _offloaded_key(model: nn.Module, module: nn.Module) -> tuple[Any, str] | None:
+    """The accelerate hook that loads ``module``'s offloaded weight, and the key its bias has there."""
+    name = next((n for n, m in model.named_modules() if m is module), None)
+    slot = None if name is None else offload_slot(model, f"{name}.weight" if name else "weight")
+    if slot is None:
+        return None
+    hook, key = slot
+    return hook, key[: -len("weight")] + "bias"
 
 
 def _targets(model: nn.Module, layers: int | Iterable[int] | None, site: str) -> dict[int, nn.Module] | str:
@@ -304,7 +343,7 @@ def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_o
                 width = _out_features(module)
                 if delta.shape != (width,):
                     raise LayerError(f"a folded delta must be [{width}], got shape {tuple(delta.shape)} for layer {index}")
-                group.on_remove(_add(module, delta.detach()))
+                group.on_remove(_add(model, module, delta.detach()))
         except BaseException:
             group.remove()
             raise
@@ -312,41 +351,74 @@ def fold(model: nn.Module, deltas: Mapping[int, Tensor], *, site: str = "block_o
 
 
 @torch.no_grad()
-def _add(module: nn.Module, delta: Tensor) -> _Undo:
+def _add(model: nn.Module, module: nn.Module, delta: Tensor) -> _Undo:
     """Add one delta to ``module``'s bias (the caller holds `_LOCK`)."""
     state = _STATES.get(module)
     if state is None:
-        bias = module.bias
-        if bias is None:
-            weight = module.weight
-            assert isinstance(weight, Tensor)
-            param = nn.Parameter(torch.zeros(_out_features(module) or 0, device=weight.device, dtype=weight.dtype), requires_grad=False)
-            state = _FoldState(original=None, param=param)
-            module.bias = param
-        else:
-            assert isinstance(bias, nn.Parameter)
-            state = _FoldState(original=bias.detach().clone(), param=bias)
+        state = _start(model, module)
         _STATES[module] = state
     token = next(_tokens)
-    state.deltas[token] = delta.to(device=state.param.device, dtype=state.param.dtype)
+    # An offloaded bias is computed where accelerate keeps the weights (the CPU), and loaded from there.
+    device = torch.device("cpu") if state.offloaded is not None else state.param.device
+    state.deltas[token] = delta.to(device=device, dtype=state.param.dtype)
     _refresh(module, state)
     return _Undo(module, token)
+
+
+def _start(model: nn.Module, module: nn.Module) -> _FoldState:
+    """Record ``module``'s bias before its first fold, giving it one if it has none."""
+    weight, bias = module.weight, module.bias
+    assert isinstance(weight, Tensor)
+    offloaded = _offloaded_key(model, module) if weight.device.type == "meta" else None
+    if bias is None:
+        # On meta for an offloaded module: accelerate's hook loads it from the weights map.
+        param = nn.Parameter(torch.zeros(_out_features(module) or 0, device=weight.device, dtype=weight.dtype), requires_grad=False)
+        module.bias = param
+        original = None
+    else:
+        assert isinstance(bias, nn.Parameter)
+        param = bias
+        original = bias.detach().clone() if offloaded is None else torch.as_tensor(offloaded[0].weights_map[offloaded[1]]).clone()
+    if offloaded is None:
+        return _FoldState(original=original, param=param)
+    hook, key = offloaded
+    # A bias written into the module would be dropped when the hook moves it back to meta after
+    # each forward pass: the folded value goes where the hook loads it from. One overlay per hook,
+    # shared by the folded modules under it.
+    if not isinstance(hook.weights_map, OverlaidWeights):
+        hook.weights_map = OverlaidWeights(hook.weights_map, {})
+    return _FoldState(original=original, param=param, offloaded=_Offloaded(hook, hook.weights_map, key))
 
 
 @torch.no_grad()
 def _refresh(module: nn.Module, state: _FoldState) -> None:
     """Set the bias to ``original + sum(active deltas)``, or restore it when none is left."""
+    off = state.offloaded
     if not state.deltas:
         del _STATES[module]
         if state.original is None:
             module.bias = None  # type: ignore[assignment]  # unregisters the temporary parameter, as Linear(bias=False) has it
-        else:
+        elif off is None:
             state.param.copy_(state.original)
+        if off is not None:
+            off.overlay.replaced.pop(off.key, None)
+            if not off.overlay.replaced and off.hook.weights_map is off.overlay:
+                off.hook.weights_map = off.overlay.base  # the weights map accelerate built, untouched
         return
-    total = torch.zeros_like(state.param) if state.original is None else state.original.clone()
+    if off is not None:
+        total = (
+            torch.zeros(state.param.shape, dtype=state.param.dtype)
+            if state.original is None
+            else state.original.to(state.param.dtype, copy=True)
+        )
+    else:
+        total = torch.zeros_like(state.param) if state.original is None else state.original.clone()
     for delta in state.deltas.values():
         total += delta
-    state.param.copy_(total)
+    if off is not None:
+        off.overlay.replaced[off.key] = total
+    else:
+        state.param.copy_(total)
 
 
 class _Undo:

@@ -1,18 +1,27 @@
 """What a vector records about the model it was made on.
 
-The fingerprint (format 2, written ``fp2:<16 hex>``) hashes the
+The fingerprint (format 3, written ``fp3:<16 hex>.<16 hex>``) hashes the
 architecture's shape and a strided sample of every parameter tensor (64
-values each, with the tensor's name and shape), rounded to bfloat16 so that
-one checkpoint loaded in float32 or bfloat16 gets the same fingerprint, while
-a fine-tune that changed any tensor (frozen embeddings or not) does not. It
-costs a few small reads per tensor, not a pass over the weights. Biases a fold
+values each, with the tensor's name and shape) twice: rounded to bfloat16
+(the first half), and rounded to float16 then bfloat16 (the second half). Two
+fingerprints name one checkpoint when either half agrees, so one checkpoint
+loaded in float32 and in bfloat16 agrees on the first half (bf16 rounding is
+idempotent), and in float32 and in float16 on the second (so is fp16's); a
+fine-tune that changed any tensor (frozen embeddings or not) agrees on
+neither. No rounding makes a bf16 and an fp16 copy of a float32 checkpoint
+agree: each rounds the same value to a different grid, and the two differ in
+about one sampled value in sixteen (where the checkpoint's values are
+themselves bfloat16, as in most released models, all three agree). It costs a
+few small reads per tensor, not a pass over the weights. Biases a fold
 (`hooks.fold`) changed count with their original value, so a model gets the
 same fingerprint while it is being steered.
 
+Format 2 (``fp2:<16 hex>``) is format 3's first half alone: files that carry
+it are checked against it, so they match float32 and bfloat16 loads only.
 Format 1 (16 hex digits, no prefix) hashed 16 rows of the input embedding
 only. Files that carry it still load: a model is checked against such a file
-with the format-1 hash, and two vectors whose fingerprints have different
-formats are not compared (with a warning) rather than called different.
+with the format-1 hash, and two vectors whose fingerprints have formats that
+cannot be compared are not compared (with a warning) rather than called different.
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ class VectorMismatchError(SteeringError, ValueError):
     """Two vectors, or a vector and a model, that do not belong together."""
 
 
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
+_KNOWN_VERSIONS = (1, 2, 3)
 _SAMPLES_PER_TENSOR = 64
 _VERSIONED = re.compile(r"fp(\d+):(.+)")
 
@@ -76,14 +86,14 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
 
     Args:
         model: a Hugging Face model.
-        version: the fingerprint format; 1 reproduces what older files recorded.
+        version: the fingerprint format; 1 and 2 reproduce what older files recorded.
 
     Raises:
         ValueError: for a format this library cannot compute.
 
     Example:
         >>> model_fingerprint(model)  # doctest: +SKIP
-        'fp2:3f0c9a1be27d4410'
+        'fp3:3f0c9a1be27d4410.9b01e6f2a4c8d317'
     """
     config = text_config(model)
     digest = hashlib.sha256()
@@ -92,8 +102,8 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
     if version == 1:
         _digest_v1(digest, cast(Any, model).get_input_embeddings().weight)
         return digest.hexdigest()[:16]
-    if version != FINGERPRINT_VERSION:
-        raise ValueError(f"fingerprint format {version} is not known to this library (it computes 1 and {FINGERPRINT_VERSION})")
+    if version not in _KNOWN_VERSIONS:
+        raise ValueError(f"fingerprint format {version} is not known to this library (it computes {_KNOWN_VERSIONS})")
     samples: list[Tensor] = []
     offloaded = _OFFLOADED_SAMPLES.setdefault(model, {})
     for name, param in unfolded_parameters(model):
@@ -107,11 +117,16 @@ def model_fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> s
             samples.append(offloaded[name])
         elif param.numel():
             samples.append(_sample(param))
-    if samples:
-        # One transfer to the CPU for all tensors (they may live on several devices).
-        joined = torch.cat([s.to(samples[0].device) for s in samples])
-        digest.update(joined.to("cpu", torch.bfloat16).float().numpy().tobytes())
-    return f"fp{FINGERPRINT_VERSION}:{digest.hexdigest()[:16]}"
+    halves = []
+    # One transfer to the CPU for all tensors (they may live on several devices).
+    joined = torch.cat([s.to(samples[0].device) for s in samples]).to("cpu") if samples else None
+    for via in (torch.bfloat16, torch.float16)[: version - 1]:
+        half = digest.copy()
+        if joined is not None:
+            # float16 rounds first where a float16 load would (subnormals and overflow included).
+            half.update(joined.to(via).to(torch.bfloat16).float().numpy().tobytes())
+        halves.append(half.hexdigest()[:16])
+    return f"fp{version}:{'.'.join(halves)}"
 
 
 # Samples of offloaded weights, per model: reading them back from disk costs a full tensor
@@ -142,7 +157,7 @@ def fingerprint_mismatch(fingerprint: str, model: nn.Module) -> str | None:
     if fingerprint == UNKNOWN:
         return None
     version = fingerprint_version(fingerprint)
-    if version not in (1, FINGERPRINT_VERSION):
+    if version not in _KNOWN_VERSIONS:
         warnings.warn(
             f"fingerprint {fingerprint!r} has format {version}, which this library cannot compute: not checked",
             RuntimeWarning,
@@ -150,18 +165,33 @@ def fingerprint_mismatch(fingerprint: str, model: nn.Module) -> str | None:
         )
         return None
     actual = model_fingerprint(model, version)
-    return None if actual == fingerprint else actual
+    return None if _agree(fingerprint, actual) else actual
+
+
+def _halves(fingerprint: str) -> list[str]:
+    match = _VERSIONED.fullmatch(fingerprint)
+    return match.group(2).split(".") if match else [fingerprint]
+
+
+def _agree(a: str, b: str) -> bool:
+    """Two fingerprints of one format agree: equal, or (format 3) equal in either half."""
+    return a == b or any(x == y for x, y in zip(_halves(a), _halves(b), strict=False))
 
 
 def same_checkpoint(a: str, b: str) -> bool | None:
     """Whether two recorded fingerprints name one checkpoint; ``None`` when that cannot be told.
 
     ``None`` for an ``unknown`` fingerprint, and (with a warning) for two
-    different formats: they hash different things, so unequal strings prove nothing.
+    formats that hash different things (1 and 2 or 3), where unequal strings
+    prove nothing. Format 3 agrees with itself in either half, and with
+    format 2 in its first.
     """
     if UNKNOWN in (a, b):
         return None
-    if fingerprint_version(a) != fingerprint_version(b):
+    versions = {fingerprint_version(a), fingerprint_version(b)}
+    if versions == {2, 3}:  # format 2 is format 3's first half (so it tells float16 copies apart, as it always did)
+        return _halves(a)[0] == _halves(b)[0]
+    if len(versions) > 1:
         warnings.warn(
             f"fingerprints {a!r} and {b!r} have different formats and cannot be compared; "
             "re-extract or re-save the older vector to check that both come from one model",
@@ -169,7 +199,7 @@ def same_checkpoint(a: str, b: str) -> bool | None:
             stacklevel=3,
         )
         return None
-    return a == b
+    return _agree(a, b)
 
 
 def check_fits(

@@ -286,3 +286,35 @@ def test_cli_mean_centred_corpus_and_affine_mode(capsys, tmp_path: Path, tiny_fo
         capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[1]", "method=mean_centred", f"out={out_file}"
     )
     assert code != 0 and "needs a generic corpus" in err
+
+
+def test_placement_keys_reach_load_model(capsys, monkeypatch, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    """device_map, max_memory, offload_folder and dtype on the command line reach `st.load_model`
+    (extract for real, with a block on disk; generate and run up to the load)."""
+    seen: list[dict] = []
+    real = st.load_model
+    monkeypatch.setattr(st, "load_model", lambda name, **kw: seen.append(kw) or real(name, **kw))
+    out_file = tmp_path / "vec.safetensors"
+    offload = tmp_path / "offload"
+    placement = ["device_map={model.layers.1: disk, model.layers.0: cpu, model.layers.2: cpu, model.embed_tokens: cpu,"
+                 " model.norm: cpu, model.rotary_emb: cpu, lm_head: cpu}", f"offload_folder={offload}"]  # fmt: skip
+    code, _, err = _run(capsys, "extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[0,1,2]", f"out={out_file}", *placement)
+    assert code == 0, err
+    assert seen[-1]["device_map"]["model.layers.1"] == "disk" and seen[-1]["offload_folder"] == str(offload)
+    plain = st.extract(*real(tiny_folder), st.load_pairs(pairs_file), layers=[0, 1, 2])
+    assert min(st.SteeringVector.load(out_file).cosine(plain).values()) >= 0.99999
+
+    def stop(name, **kw):
+        seen.append(kw)
+        raise st.ModelLoadError("stopped after the keys arrived")
+
+    monkeypatch.setattr(st, "load_model", stop)
+    keys = ["dtype=bfloat16", "device_map=auto", "max_memory={0: 20GiB, cpu: 1GiB}", f"offload_folder={offload}"]
+    expected = {"device": None, "dtype": "bfloat16", "device_map": "auto", "max_memory": {0: "20GiB", "cpu": "1GiB"}}
+    expected["offload_folder"] = str(offload)
+    code, _, err = _run(capsys, "generate", f"model={tiny_folder}", "prompt=Hi", *keys)
+    assert code != 0 and "stopped after the keys arrived" in err and seen[-1] == expected
+    run = ["run", "experiment=sentiment_sweep", "debug=default", f"model.name={tiny_folder}", f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit):  # `steering run` logs the one-line error and exits 1
+        _run(capsys, *run, *(f"model.{k}" for k in keys))
+    assert seen[-1] == expected

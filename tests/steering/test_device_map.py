@@ -8,7 +8,8 @@ them for each forward pass, beside our hooks), and built empty on the meta
 device then dispatched with ``load_checkpoint_and_dispatch`` (the last block
 offloaded). The reference is the plain model: the same vector (cos >= 0.99999
 at every layer, in practice bit-equal) and the same greedy tokens, steered by
-the fold and by the hook backend.
+the fold and by the hook backend at every block, the offloaded ones included
+(there the fold writes the bias into accelerate's weights map).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_placement_is_what_the_tests_claim(placed) -> None:
         assert layer_device(model, on_disk) == torch.device("cpu")  # the execution device, not meta
         assert input_device(model) == torch.device("cpu")
         assert layer_dtype(model, on_disk) == torch.float32
-        assert "offloaded" in (fold_blocker(model, [on_disk]) or "")
+        assert fold_blocker(model, [on_disk]) is None  # the fold writes into accelerate's weights map
 
 
 def test_extraction_gives_the_in_memory_vector(placed) -> None:
@@ -112,11 +113,8 @@ def test_extraction_gives_the_in_memory_vector(placed) -> None:
 @pytest.mark.parametrize("backend", ["fold", "hook"])
 def test_steered_generation_gives_the_in_memory_tokens(placed, backend: str) -> None:
     arch, (plain, tok), offloaded, meta = placed
-    vec = st.extract(plain, tok, PAIRS, layers=None, batch_size=2)
-    # The fold needs weights in memory: it steers block 0 (on disk in neither model); the hook
-    # backend steers every block, the offloaded ones included.
-    layers = {"fold": [0], "hook": [0, 1, 2]}[backend]
-    steered = vec.select(layers)
+    # Every block, the offloaded ones included (1 on disk in the first, 2 in the second model).
+    steered = st.extract(plain, tok, PAIRS, layers=None, batch_size=2)
     with st.steer(plain, steered, coef=8.0, backend=backend):
         expected = _generate(plain, tok)
     assert expected != _generate(plain, tok), "the vector should change the tokens"
@@ -127,16 +125,31 @@ def test_steered_generation_gives_the_in_memory_tokens(placed, backend: str) -> 
         assert _generate(model, tok) == _generate(plain, tok)  # removed cleanly, weights untouched
 
 
-def test_fold_refuses_an_offloaded_block_and_auto_uses_hooks(placed) -> None:
+def test_fold_at_an_offloaded_block_loads_with_the_weights_and_matches_hooks(placed) -> None:
+    """The folded bias goes into accelerate's weights map, which the hook loads each forward pass;
+    a bias written into the module would be dropped when the hook moves it back to meta."""
+    from steering.hooks.devices import OverlaidWeights, offload_slot
+    from steering.hooks.fold import fold_target
+
     arch, (plain, tok), (offloaded, _), _ = placed
     vec = st.extract(plain, tok, PAIRS, layers=[1], batch_size=2)
-    with pytest.raises(st.SteeringError, match="offloaded"):
-        st.attach(offloaded, vec, coef=8.0, backend="fold")
     with st.steer(plain, vec, coef=8.0, backend="hook"):
         expected = _generate(plain, tok)
-    with st.steer(offloaded, vec, coef=8.0) as group:  # auto
-        assert "backend=hook" in repr(group)
-        assert _generate(offloaded, tok) == expected
+    assert expected != _generate(plain, tok), "steering block 1 should change the tokens"
+    target = fold_target(offloaded, 1)
+    name = next(n for n, m in offloaded.named_modules() if m is target)
+    hook, _ = offload_slot(offloaded, f"{name}.weight")  # on the linear layer itself here
+    weights_map = hook.weights_map
+    names = [name for name, _ in offloaded.named_parameters()]
+    fingerprint = st.model_fingerprint(offloaded)
+    for backend in ("fold", "auto"):
+        with st.steer(offloaded, vec, coef=8.0, backend=backend) as group:
+            assert "backend=fold" in repr(group)
+            assert isinstance(hook.weights_map, OverlaidWeights) and hook.weights_map.base is weights_map
+            assert st.model_fingerprint(offloaded) == fingerprint  # the original bias counts
+            assert _generate(offloaded, tok) == expected, arch  # fold == hook on the plain model
+        assert hook.weights_map is weights_map and [name for name, _ in offloaded.named_parameters()] == names
+    assert _generate(offloaded, tok) == _generate(plain, tok)
 
 
 def test_ablation_positions_and_record_on_an_offloaded_model(placed) -> None:
@@ -225,12 +238,14 @@ def test_smollm2_offloaded_gives_the_in_memory_vector_and_tokens(tmp_path: Path)
     assert min(vec.cosine(reference).values()) >= 0.99999
     assert vec.model_fingerprint == reference.model_fingerprint
     prompt = "Tell me about your weekend."
-    for backend, layers in (("fold", [6]), ("hook", [6, 12])):
-        steered = reference.select(layers)
-        with st.steer(plain, steered, coef=4.0, backend=backend):
-            expected = st.generate(plain, tok, prompt, max_new_tokens=12)
-        with st.steer(model, steered, coef=4.0, backend=backend):
-            assert st.generate(model, tok, prompt, max_new_tokens=12) == expected
+    completions = {}
+    for backend in ("fold", "hook"):  # layer 12 on disk: the fold goes into accelerate's weights map there
+        with st.steer(plain, reference, coef=4.0, backend=backend):
+            completions[backend] = st.generate(plain, tok, prompt, max_new_tokens=12)
+        with st.steer(model, reference, coef=4.0, backend=backend) as group:
+            assert f"backend={backend}" in repr(group)
+            assert st.generate(model, tok, prompt, max_new_tokens=12) == completions[backend]
+    assert completions["fold"] == completions["hook"] != st.generate(plain, tok, prompt, max_new_tokens=12)
 
 
 def test_block_device_map_names_every_part(tmp_path: Path) -> None:

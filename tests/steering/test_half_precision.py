@@ -80,10 +80,11 @@ def test_half_extraction_is_close_to_float32(dtype: torch.dtype, read: str) -> N
     reference = st.extract(model, tok, PAIRS, layers=None, read=read)
     model.to(dtype)
     vec = st.extract(model, tok, PAIRS, layers=None, read=read)
-    # Compared by hand: vec.cosine refuses an fp16 vector, whose fingerprint (taken in bf16,
-    # after fp16's own rounding) differs from the float32 model's; see README, Models.
-    for layer, direction in vec.directions.items():
-        assert float(torch.cosine_similarity(direction.double(), reference.directions[layer].double(), dim=0)) >= 0.999
+    # One checkpoint in either dtype: the fingerprints agree (one half of format 3 does), so the
+    # vectors compare, and the float32 vector steers the half model with its fingerprint checked.
+    assert min(vec.cosine(reference).values()) >= 0.999
+    with st.steer(model, reference, coef=2.0):
+        pass
 
 
 def test_ablation_projects_in_float32_and_casts_back() -> None:

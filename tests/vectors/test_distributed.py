@@ -30,10 +30,19 @@ PAIRS = [  # with and without prompt, different lengths (batches pad); 9, so the
 ]
 
 
-def _torchrun(*args: str | Path, timeout: float = 600) -> None:
-    """``torchrun --nproc-per-node 2`` of ``args`` (a script and its arguments, or ``-m module ...``)."""
+# Two CPU processes. accelerate 1.15 has no --multi_cpu flag: --multi_gpu starts torch.distributed.run
+# (gloo on CPU here), while --cpu starts one process whatever --num_processes says.
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+}
+
+
+def _torchrun(*args: str | Path, timeout: float = 600, launcher: str = "torchrun") -> None:
+    """``torchrun --nproc-per-node 2`` (or ``accelerate launch``) of ``args`` (a script and its arguments, or ``-m module ...``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    extra = ["--mixed_precision", "no", "--dynamo_backend", "no"] if launcher == "accelerate" else []
+    command = [*LAUNCHERS[launcher], *extra, *args]
     done = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -47,14 +56,15 @@ def test_a_plain_process_is_not_data_parallel(monkeypatch: pytest.MonkeyPatch) -
     assert data_parallel(torch.device("cpu")) is None and is_main_process()
 
 
-def test_two_processes_write_the_one_process_vector(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_write_the_one_process_vector(tmp_path: Path, launcher: str) -> None:
     model_dir = save_tiny(tmp_path / "tiny")
     pairs = PAIRS
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if v is not None}) + "\n" for p in pairs))
     out = tmp_path / "out"
     out.mkdir()
-    _torchrun(SCRIPT, model_dir, pairs_file, out)
+    _torchrun(SCRIPT, model_dir, pairs_file, out, launcher=launcher)
 
     model, tok = st.load_model(model_dir)
     loaded = st.load_pairs(pairs_file)

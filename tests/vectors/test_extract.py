@@ -34,6 +34,7 @@ from steering.vectors import (
     model_name,
     pair_texts,
 )
+from steering.vectors.model_info import fingerprint_mismatch, same_checkpoint
 
 # `vectors.extract` the attribute is the function; the module is what hooks are patched on.
 vextract = importlib.import_module("steering.vectors.extract")
@@ -601,17 +602,28 @@ def test_fingerprint_tells_a_fine_tune_with_frozen_embeddings_apart():
     tuned.model.layers[1].mlp.down_proj.weight.add_(1e-2)
     assert torch.equal(base.get_input_embeddings().weight, tuned.get_input_embeddings().weight)
     assert model_fingerprint(base) != model_fingerprint(tuned)
-    assert model_fingerprint(base).startswith("fp2:")
+    assert model_fingerprint(base).startswith("fp3:")
+    assert not same_checkpoint(model_fingerprint(base), model_fingerprint(tuned))  # neither half agrees
 
 
 @torch.no_grad()
 def test_fingerprint_ignores_dtype_and_active_folds():
-    """One checkpoint in float32 or bfloat16, steered by a fold or not: one fingerprint."""
+    """One checkpoint in float32, bfloat16 or float16, steered by a fold or not: one checkpoint."""
     model, _ = make_tiny("llama", seed=0)
     expected = model_fingerprint(model)
     with hooks.fold(model, {0: torch.ones(32), 1: torch.ones(32)}):  # adds a bias to down_proj
         assert model_fingerprint(model) == expected
-    assert model_fingerprint(make_tiny("llama", seed=0)[0].to(torch.bfloat16)) == expected
+    half = {dtype: model_fingerprint(make_tiny("llama", seed=0)[0].to(dtype)) for dtype in (torch.bfloat16, torch.float16)}
+    for dtype, fingerprint in half.items():
+        assert same_checkpoint(fingerprint, expected) and fingerprint_mismatch(expected, make_tiny("llama", seed=0)[0].to(dtype)) is None
+        assert fingerprint_mismatch(fingerprint, model) is None, dtype  # and the other way round
+    # The reference: float16 breaks the bf16-rounded half (format 2 alone) on this float32 checkpoint.
+    assert half[torch.float16].split(".")[0] != expected.split(".")[0]
+    assert half[torch.bfloat16].split(".")[0] == expected.split(".")[0]
+    # A format-2 file (that half alone) is still checked in its own format, and agrees with format 3's first half.
+    old = model_fingerprint(model, version=2)
+    assert old == "fp2:" + expected[4:].split(".")[0] and fingerprint_mismatch(old, model) is None
+    assert same_checkpoint(old, expected)
 
 
 def test_extract_does_not_change_model(llama_mod):

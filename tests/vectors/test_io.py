@@ -24,6 +24,7 @@ from steering.vectors import (
     save_vector,
 )
 from steering.vectors.io import REQUIRED, atomic_write
+from steering.vectors.model_info import same_checkpoint
 
 D = 32  # tiny models' hidden size
 
@@ -425,10 +426,13 @@ def test_unknown_fingerprint_loads_on_any_same_shape_model(tmp_path, llama):
     assert load_vector(path, make_tiny_model("llama", seed=3)).layers == [0, 2]
 
 
-def test_fingerprint_same_across_dtypes(llama):
+def test_fingerprint_same_across_dtypes(llama, tmp_path):
     model, _ = llama
-    half = make_tiny_model("llama").to(torch.bfloat16)
-    assert model_fingerprint(half) == model_fingerprint(model)
+    for dtype in (torch.bfloat16, torch.float16):  # one half of the fingerprint agrees (see model_info)
+        half = make_tiny_model("llama").to(dtype)
+        assert same_checkpoint(model_fingerprint(half), model_fingerprint(model)), dtype
+        path = make_vector(model_fingerprint=model_fingerprint(model)).save(tmp_path / f"{dtype}.safetensors")
+        assert load_vector(path, half).layers == [0, 2]  # the float32 vector passes the check on the half model
 
 
 @pytest.fixture(params=[0o022, 0o027])
