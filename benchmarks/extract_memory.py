@@ -86,7 +86,11 @@ def rss_split_mib() -> dict[str, float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--counts", default="100,1000,10000", help="pair counts (default 100,1000,10000)")
-    p.add_argument("--methods", default="mean_diff,pca_diff", help="methods (default mean_diff,pca_diff)")
+    p.add_argument(
+        "--methods",
+        default="mean_diff,pca_diff",
+        help="methods (default mean_diff,pca_diff); 'plain' runs the same batches through the model without extraction (the baseline)",
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
     p.add_argument("--layers", default="10-20", help="layers to extract, e.g. 0-2 (default 10-20)")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
@@ -98,8 +102,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class _Stop(Exception):
+    """Ends a plain forward pass after the deepest layer extraction would read."""
+
+
+def plain_forward(model: Any, tok: Any, pairs: list[Any], layers: list[int], batch_size: int) -> None:
+    """The model's own working set: the pairs' texts, ``batch_size`` pairs per pass, through the
+    decoder blocks up to the deepest of ``layers``, with no steering code (a torch hook stops it)."""
+    import torch
+
+    from steering.hooks import decoder_layers, decoder_stack
+
+    stack, last = decoder_stack(model), decoder_layers(model)[max(layers)]
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    handle = last.register_forward_hook(stop)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                batch = tok([p.positive for p in chunk] + [p.negative for p in chunk], padding=True, return_tensors="pt")
+                try:
+                    stack(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+
+
 def child(args: argparse.Namespace) -> int:
-    """One extraction of ``--child METHOD:COUNT``; print its memory and speed as JSON."""
+    """One extraction of ``--child METHOD:COUNT`` (``plain``: the model's own forward passes of the
+    same batches, the baseline); print its memory and speed as JSON."""
     setup_torch(args.device, args.threads)
     import torch
 
@@ -110,7 +145,14 @@ def child(args: argparse.Namespace) -> int:
     model_mib = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     pairs = make_pairs(int(count))
     layers = parse_layers(args.layers)
-    st.extract(model, tok, pairs[:4], layers=layers, method=method, batch_size=args.batch_size, progress=False)
+
+    def run(some: list[Any]) -> None:
+        if method == "plain":
+            plain_forward(model, tok, some, layers, args.batch_size)
+        else:
+            st.extract(model, tok, some, layers=layers, method=method, batch_size=args.batch_size, progress=False)
+
+    run(pairs[:4])
     with torch.no_grad():  # page in every weight: a file-mapped weight counts once it is read (see module docs)
         for t in [*model.parameters(), *model.buffers()]:
             t.sum()
@@ -122,7 +164,7 @@ def child(args: argparse.Namespace) -> int:
     split_before = rss_split_mib()
     was_reset = reset_peak_rss()
     start = time.perf_counter()
-    st.extract(model, tok, pairs, layers=layers, method=method, batch_size=args.batch_size, progress=False)
+    run(pairs)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -190,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         worst, spread = max(above), max(above) - min(above)
         verdicts[method] = {"worst_above_mib": worst, "spread_mib": spread, "met": worst <= TARGET_ABOVE_MODEL_MIB}
         print(f"{method}: at most +{worst:.0f} MiB above the loaded model, spread {spread:.0f} MiB (target <= {TARGET_ABOVE_MODEL_MIB})")
+    # What extraction adds to the model's own forward passes of the same batches (same count).
+    plain = {r["pairs"]: r["above_after_load_mib"] for r in rows if r["method"] == "plain"}
+    for method in methods:
+        extra = [r["above_after_load_mib"] - plain[r["pairs"]] for r in rows if r["method"] == method and r["pairs"] in plain]
+        if method != "plain" and extra:
+            verdicts[method]["worst_above_plain_forward_mib"] = max(extra)
+            print(f"{method}: at most {max(extra):+.0f} MiB above the plain forward passes of the same batches")
     if not args.no_save:
         print(f"results: {write_results('extract-memory-pairs', {**payload, 'verdicts': verdicts, 'complete': True}, out)}")
     return 0
