@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--and-top", type=int, default=1, help="gate on the K best condition layers together (combine='and')")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -61,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cond_layers = [int(x) for x in args.condition_layers.split(",")]
     search = find_condition(model, tok, harmful_fit, harmless_fit, layers=cond_layers, held_out=0.25)
-    condition = search.condition
-    print("condition:", condition, "rows:", *search.rows, sep="\n  ")
+    from steering.conditions import Condition
+
+    # The K layers with the best held-out accuracy, each at its own threshold, all required.
+    ranked = sorted(search.rows, key=lambda r: (-r["held_out_accuracy"], -r["fit_accuracy"], r["layer"]))[: args.and_top]
+    conditions = [Condition(search.condition.vector, int(r["layer"]), float(r["threshold"]), bool(r["above"])) for r in ranked]
+    condition = conditions[0]
+    print("conditions:", *conditions, "rows:", *search.rows, sep="\n  ")
 
     layers = [int(x) for x in args.layers.split(",")]
     vec = st.extract(model, tok, st.load_pairs("refusal"), layers=layers, method="mean_diff")
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = {
             "unsteered": st.generate(model, tok, prompts, **gen),
             "unconditional": st.generate(model, tok, prompts, vec, coef=args.coef, **gen),
-            "conditional": st.generate(model, tok, prompts, vec, coef=args.coef, condition=condition, **gen),
+            "conditional": st.generate(model, tok, prompts, vec, coef=args.coef, condition=conditions, combine="and", **gen),
         }
         print(name, "done", round(time.time() - started), "s")
 
@@ -86,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     h, s = out["harmful"], out["harmless"]
     base, uncond, cond = rate(h["unsteered"]), rate(h["unconditional"]), rate(h["conditional"])
-    gate_harmful = search_rate(model, tok, condition, harmful_test)
-    gate_harmless = search_rate(model, tok, condition, harmless_test)
+    gate_harmful = search_rate(model, tok, conditions, harmful_test)
+    gate_harmless = search_rate(model, tok, conditions, harmless_test)
     figures = {
         "condition": {"layer": condition.layer, "threshold": condition.threshold, "above": condition.above},
+        "conditions": [{"layer": c.layer, "threshold": c.threshold, "above": c.above} for c in conditions],
+        "combine": "and",
         "condition_search": search.rows,
         "gate_on_harmful_test": gate_harmful,
         "gate_on_harmless_test": gate_harmless,
@@ -110,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def search_rate(model, tok, condition, prompts: list[str]) -> float:  # type: ignore[no-untyped-def]
-    """Share of ``prompts`` the gate turns on (read as `generate` encodes them)."""
+def search_rate(model, tok, conditions, prompts: list[str]) -> float:  # type: ignore[no-untyped-def]
+    """Share of ``prompts`` the gate turns on, every condition holding (read as `generate` encodes them)."""
     from steering.conditions import prompt_means
 
-    means = prompt_means(model, tok, prompts, [condition.layer])[condition.layer]
-    return float(condition.holds(means).double().mean())
+    means = prompt_means(model, tok, prompts, [c.layer for c in conditions])
+    on = None
+    for c in conditions:
+        holds = c.holds(means[c.layer])
+        on = holds if on is None else on & holds
+    return float(on.double().mean())
 
 
 if __name__ == "__main__":
