@@ -18,6 +18,16 @@ run, and the peak grows with the vocabulary the pairs cover (the +99 MiB at
 1,000 pairs of the first run: file-backed model pages, while anonymous memory
 stayed flat). ``anon_*``/``file_*`` split each figure (``/proc/self/smaps_rollup``).
 
+Why ``--mmap-threshold``: with glibc's default the threshold above which
+``malloc`` maps a block of its own (and unmaps it on ``free``) rises to the
+largest block freed so far, so after the first batches a forward pass's
+activations come from the heap, and how much of the freed heap is still
+resident at the peak varies from run to run: the plain forward pass of the
+same batches measured +39, +73 and +76 MiB in three runs (2026-12-01). A fixed
+threshold (65536: every tensor over 64 KiB mapped and returned when freed)
+makes the resident peak what the tensors hold, reproducibly; the option sets
+``MALLOC_MMAP_THRESHOLD_`` for the runs and is recorded with the results.
+
 Example:
     .venv/bin/python benchmarks/extract_memory.py --counts 100,1000,10000 --layers 0-2
 """
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -96,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=None,
+        help="glibc M_MMAP_THRESHOLD for the runs, in bytes (MALLOC_MMAP_THRESHOLD_); default: glibc's own, dynamic (see module docs)",
+    )
     p.add_argument("--out", default=None, help="results JSON path")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -201,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             cmd = [sys.executable, __file__, "--child", f"{method}:{count}", "--model", args.model, "--layers", args.layers]
             cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            env = dict(os.environ)
+            if args.mmap_threshold is not None:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("MEMORY ")), None)
             if line is None:
                 raise SystemExit(f"{method} with {count} pairs failed:\n{proc.stderr[-2000:]}")

@@ -157,7 +157,7 @@ def collect_stats(
                 cache = new_cache(model)
                 current = {}
                 run_until_stopped(model, **plan.prefix, **cache_kwargs(model, cache), use_cache=True)
-                cache.batch_repeat_interleave(2)
+                cache.pair_up(2)
                 current = {"_reduce": plan.read, "_interleaved": True}
                 run_until_stopped(model, **plan.suffix, **cache_kwargs(model, cache), use_cache=True)
                 del cache

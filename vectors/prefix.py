@@ -11,6 +11,13 @@ compute drops by the shared fraction of the tokens.
 
 Row layout of the suffix pass: interleaved, ``[pos_0, neg_0, pos_1, neg_1, ...]``
 (what ``Cache.batch_repeat_interleave(2)`` gives the cache rows).
+
+Memory: the cache is a `PairCache`. The suffix pass repeats each layer's
+prefix rows for the pair's two texts only when it reaches that layer, and
+drops them once attention has read them, never storing the suffix's own keys
+and values; so the cache costs at most the prefix pass's one row per pair,
+shrinking layer by layer, not every layer's prefix and suffix for both texts
+at once (which, on SmolLM2 at full depth, was more than the forward pass itself).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from steering.hooks import pad_ids, position_ids
 
@@ -110,11 +119,49 @@ def length_keys(tokenizer: Any, texts: Sequence[tuple[str, str, str, bool]], chu
     return keys
 
 
-def new_cache(model: nn.Module) -> Any:
-    """An empty transformers ``DynamicCache`` laid out for ``model`` (sliding layers included)."""
-    from transformers import DynamicCache
+class PairCache(DynamicCache):
+    """A prefix pass's KV cache that the suffix pass of the pairs reads once, layer by layer.
 
+    Before `pair_up` it is a plain ``DynamicCache`` (the prefix pass fills it, one
+    row per pair). After it, ``update`` at a layer repeats that layer's rows for the
+    two texts of each pair, returns prefix + suffix keys/values to attention as a
+    ``DynamicCache`` would, and then resets the layer: the suffix pass runs each layer
+    once and nothing reads a layer's cache after it (the masks are sized before the
+    first layer), so holding it, or the suffix's keys and values, only costs memory.
+    A model whose layers read other layers' caches (``num_kv_shared_layers``) keeps them.
+    """
+
+    _repeats: int | None = None
+    _drop = True
+
+    def pair_up(self, repeats: int = 2) -> None:
+        """From now on, serve each layer repeated ``repeats`` times per row, then drop it.
+
+        A cache with state other than keys/values (a linear-attention layer's) is
+        repeated whole, up front, by transformers' own ``batch_repeat_interleave``.
+        """
+        if all(isinstance(layer, DynamicLayer) for layer in self.layers):
+            self._repeats = repeats
+        else:
+            self.batch_repeat_interleave(repeats)
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self._repeats is None:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = cast(DynamicLayer, self.layers[layer_idx])
+        layer.batch_repeat_interleave(self._repeats)
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self._drop:
+            layer.reset()  # attention holds keys/values until it is done with them
+        return keys, values
+
+
+def new_cache(model: nn.Module) -> PairCache:
+    """An empty `PairCache` laid out for ``model`` (sliding layers included)."""
+    config = cast(Any, model.config)
     try:
-        return DynamicCache(config=cast(Any, model.config))
+        cache = PairCache(config=config)
     except TypeError:  # older transformers: no config argument
-        return DynamicCache()
+        cache = PairCache()
+    cache._drop = not getattr(config, "num_kv_shared_layers", 0)
+    return cache

@@ -80,3 +80,48 @@ def test_plan_layout() -> None:
     # a text that equals its partner still keeps one token to read
     same = plan_shared([[1, 2, 3]], [[1, 2, 3]], 0, torch.device("cpu"))
     assert same is not None and same.read.tolist() == [0, 0]
+
+
+@torch.no_grad()
+def test_pair_cache_serves_each_layer_once_then_drops_it(tiny) -> None:
+    """The suffix pass's keys/values equal a repeated plain cache's, and the cache shrinks layer by layer."""
+    from transformers import DynamicCache
+
+    from steering.hooks import cache_kwargs
+    from steering.vectors.prefix import new_cache
+
+    model, _ = tiny
+    n_layers = model.config.num_hidden_layers
+    prefix = torch.randint(3, 50, (2, 5))
+    suffix = torch.randint(3, 50, (4, 3))
+    pos = torch.arange(5, 8).expand(4, 3)
+
+    def filled(cache):
+        model(input_ids=prefix, **cache_kwargs(model, cache), use_cache=True)
+        return cache
+
+    reference = filled(DynamicCache(config=model.config))  # transformers' own cache, repeated up front
+    reference.batch_repeat_interleave(2)
+    paired = filled(new_cache(model))
+    paired.pair_up(2)
+
+    held: list[int] = []
+    served: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    update = type(paired).update
+
+    def spy(self, k, v, layer_idx, *args, **kwargs):
+        out = update(self, k, v, layer_idx, *args, **kwargs)
+        if self is paired:
+            served[layer_idx] = out
+            held.append(sum(layer.keys.numel() for layer in self.layers if layer.is_initialized))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(paired), "update", spy)
+        want = model(input_ids=suffix, position_ids=pos, **cache_kwargs(model, reference), use_cache=True).logits
+        got = model(input_ids=suffix, position_ids=pos, **cache_kwargs(model, paired), use_cache=True).logits
+    torch.testing.assert_close(got, want)
+    assert sorted(served) == list(range(n_layers))
+    assert held == sorted(held, reverse=True) and held[-1] == 0  # shrinks to nothing
+    assert all(not layer.is_initialized for layer in paired.layers)
+    assert all(layer.is_initialized for layer in reference.layers)
