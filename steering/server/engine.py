@@ -209,7 +209,136 @@ def generate_blocking(engine: Any, request: GenerationRequest, timeout: float | 
     return result[0]  # type: ignore[return-value]
 
 
-class Engine:
+class EngineBase:
+    """The client side both engines share: one queue under one condition, admission, pauses, shutdown.
+
+    A subclass builds its running state, starts its scheduler with `_start`, and
+    supplies ``_item`` (its per-request record), ``_occupied`` (rows taken now),
+    ``_loop`` (the scheduler thread's body) and ``_teardown`` (fail what is left);
+    ``_check`` may refuse requests before they queue. The scheduler waits on
+    ``_cond`` and admits nothing while ``_pauses`` is non-zero.
+    """
+
+    def __init__(self, *, max_batch_size: int, max_queue: int, metrics: ServerMetrics | None) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.metrics = metrics or ServerMetrics()
+        self._waiting: deque[Any] = deque()
+        self._cancelled: set[int] = set()
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._closing = False
+        self._pauses = 0
+        self._thread: threading.Thread | None = None
+
+    # hooks for the subclass
+    def _item(self, id: int, request: GenerationRequest, sink: Sink) -> Any:
+        raise NotImplementedError
+
+    def _occupied(self) -> int:
+        raise NotImplementedError
+
+    def _check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Refuse requests this engine cannot run (raise); the default takes all."""
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _teardown(self) -> None:
+        raise NotImplementedError
+
+    def _start(self, name: str) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ client side
+    def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
+        """Queue ``requests`` (all or none); return their ids for `cancel`.
+
+        Raises:
+            EngineBusy: running plus waiting would exceed ``max_batch_size + max_queue``.
+            EngineClosed: after `close`.
+        """
+        self._check(requests)
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shut down")
+            running = self._occupied()
+            room = self.max_batch_size + self.max_queue - running - len(self._waiting)
+            if len(requests) > room:
+                raise EngineBusy(
+                    f"server busy: {running} running and {len(self._waiting)} waiting "
+                    f"(max_batch_size={self.max_batch_size}, max_queue={self.max_queue})"
+                )
+            items = [self._item(next(self._ids), r, s) for r, s in zip(requests, sinks, strict=True)]
+            self._waiting.extend(items)
+            self.metrics.waiting.set(len(self._waiting))
+            self._cond.notify()
+        return [item.id for item in items]
+
+    def cancel(self, ids: Sequence[int]) -> None:
+        """Stop these requests; their sinks get no more events."""
+        with self._cond:
+            wanted = set(ids)
+            self._waiting = deque(s for s in self._waiting if s.id not in wanted)
+            self.metrics.waiting.set(len(self._waiting))
+            self._cancelled |= wanted
+            self._cond.notify()
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
+        """Submit one request and block until it finishes (for scripts and tests)."""
+        return generate_blocking(self, request, timeout)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the scheduler between passes: nothing is admitted inside the block.
+
+        Requests submitted meanwhile queue up and are admitted together on
+        exit (tests use this to line up a batch; operators to drain).
+        """
+        with self._cond:
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pauses -= 1
+                self._cond.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """``(running, waiting)`` right now."""
+        with self._cond:
+            return self._occupied(), len(self._waiting)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the thread and fail what is left (idempotent).
+
+        Only the scheduler thread touches its running state: ``close`` asks it
+        to stop and waits up to ``timeout`` s. The thread stops between passes
+        and tears its state down itself, so a pass still running when the wait
+        times out is never pulled from under (the teardown follows when it ends).
+
+        Returns:
+            Whether the engine is fully stopped (``False``: the wait timed out
+            and a pass is still running; it cleans up when it ends).
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is None:  # never started: no other thread can hold the state
+            self._teardown()
+            return True
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("the engine thread is still in a pass after %.1f s; it stops when the pass ends", timeout)
+            return False
+        return True
+
+
+class Engine(EngineBase):
     """The scheduler thread and its running batch.
 
     Args:
@@ -228,11 +357,9 @@ class Engine:
     def __init__(
         self, model: nn.Module, codec: Codec, *, max_batch_size: int = 8, max_queue: int = 64, metrics: ServerMetrics | None = None
     ) -> None:
+        super().__init__(max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
         self.model = model
         self.codec = codec
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
-        self.metrics = metrics or ServerMetrics()
         self._device = input_device(model)  # input ids; each layer's steering goes where that layer runs
         self._placement = layer_placement(model)
         self._width = hidden_size(model)
@@ -243,15 +370,15 @@ class Engine:
         self._batch = KVBatch()
         self._running: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
-        self._cancelled: set[int] = set()
         self._calls: deque[_Call] = deque()  # work for the model thread that is not generation (reading)
         self._active = 0  # running rows plus those being prefilled
-        self._ids = itertools.count(1)
-        self._cond = threading.Condition()
-        self._closing = False
-        self._pauses = 0
-        self._thread: threading.Thread | None = None
         self._shared: HookGroup | None = None
+
+    def _item(self, id: int, request: GenerationRequest, sink: Sink) -> _Sequence:
+        return _Sequence(id, request, sink)
+
+    def _occupied(self) -> int:
+        return self._active
 
     # ------------------------------------------------------------------ client side
     def start(self) -> Engine:
@@ -259,44 +386,8 @@ class Engine:
         if self._thread is None:
             # Rows steer through hooks on this model: a fold from another thread would leak into them.
             self._shared = share(self.model, "server engine")
-            self._thread = threading.Thread(target=self._loop, name="steering-engine", daemon=True)
-            self._thread.start()
+            self._start("steering-engine")
         return self
-
-    def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
-        """Queue ``requests`` (all or none); return their ids for `cancel`.
-
-        Raises:
-            EngineBusy: running plus waiting would exceed ``max_batch_size + max_queue``.
-            EngineClosed: after `close`.
-        """
-        with self._cond:
-            if self._closing:
-                raise EngineClosed("the engine is shut down")
-            room = self.max_batch_size + self.max_queue - self._active - len(self._waiting)
-            if len(requests) > room:
-                raise EngineBusy(
-                    f"server busy: {self._active} running and {len(self._waiting)} waiting "
-                    f"(max_batch_size={self.max_batch_size}, max_queue={self.max_queue})"
-                )
-            seqs = [_Sequence(next(self._ids), r, s) for r, s in zip(requests, sinks, strict=True)]
-            self._waiting.extend(seqs)
-            self.metrics.waiting.set(len(self._waiting))
-            self._cond.notify()
-        return [s.id for s in seqs]
-
-    def cancel(self, ids: Sequence[int]) -> None:
-        """Stop these requests; their sinks get no more events."""
-        with self._cond:
-            wanted = set(ids)
-            self._waiting = deque(s for s in self._waiting if s.id not in wanted)
-            self.metrics.waiting.set(len(self._waiting))
-            self._cancelled |= wanted
-            self._cond.notify()
-
-    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
-        """Submit one request and block until it finishes (for scripts and tests)."""
-        return generate_blocking(self, request, timeout)
 
     def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
         """Run ``fn(model)`` on the scheduler thread between two passes; return its result.
@@ -322,54 +413,6 @@ class Engine:
         if work.error is not None:
             raise work.error
         return work.result  # type: ignore[return-value]
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Hold the scheduler between passes: nothing is admitted or decoded inside the block.
-
-        Requests submitted meanwhile queue up and are admitted together on
-        exit (tests use this to line up a batch; operators to drain).
-        """
-        with self._cond:
-            self._pauses += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._pauses -= 1
-                self._cond.notify()
-
-    @property
-    def load(self) -> tuple[int, int]:
-        """``(running, waiting)`` right now."""
-        with self._cond:
-            return self._active, len(self._waiting)
-
-    def close(self, timeout: float = 30.0) -> bool:
-        """Stop the thread, fail what is left, and remove the steering hooks (idempotent).
-
-        Only the scheduler thread touches its batch and hooks: ``close`` asks
-        it to stop and waits up to ``timeout`` s. The thread stops between
-        passes and tears its state down itself, so a pass still running when
-        the wait times out is never pulled from under (the teardown follows
-        when that pass ends).
-
-        Returns:
-            Whether the engine is fully stopped (``False``: the wait timed out
-            and a pass is still running; it cleans up when it ends).
-        """
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is None:  # never started: no other thread can hold the state
-            self._teardown()
-            return True
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            logger.warning("the engine thread is still in a pass after %.1f s; it stops when the pass ends", timeout)
-            return False
-        return True
 
     def _teardown(self) -> None:
         with self._cond:

@@ -21,14 +21,12 @@ server loaded for the fit checks, under a lock.
 from __future__ import annotations
 
 import difflib
-import itertools
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,16 +34,14 @@ import torch
 from torch import nn
 
 from steering.server.engine import (
-    EngineBusy,
+    EngineBase,
     EngineClosed,
     Event,
     Failed,
-    Finished,
     GenerationRequest,
     Sink,
     advance,
     finish,
-    generate_blocking,
 )
 from steering.server.errors import APIError
 from steering.server.metrics import ServerMetrics
@@ -69,7 +65,7 @@ class _Request:
     stream: TextStream | None = None
 
 
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     """A vLLM ``LLMEngine`` driven like the HF `Engine` (see module docs).
 
     Args:
@@ -92,33 +88,23 @@ class VLLMEngine:
         max_configs: int = 16,
         metrics: ServerMetrics | None = None,
     ) -> None:
+        super().__init__(max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
         self.llm = llm_engine
         self.codec = codec
         self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
         self.max_configs = max_configs
-        self.metrics = metrics or ServerMetrics()
         self._running: dict[str, _Request] = {}
         self._waiting: deque[_Request] = deque()
-        self._cancelled: set[int] = set()
-        self._ids = itertools.count(1)
-        self._cond = threading.Condition()
         self._model_lock = threading.Lock()
-        self._closing = False
-        self._pauses = 0
-        self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ client side
-    def start(self) -> VLLMEngine:
-        """Start the scheduler thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="steering-vllm-engine", daemon=True)
-            self._thread.start()
-        return self
+    def _item(self, id: int, request: GenerationRequest, sink: Sink) -> _Request:
+        return _Request(id, request, sink, json.dumps(list(request.terms), sort_keys=True) if request.terms else "")
 
-    def submit(self, requests: Sequence[GenerationRequest], sinks: Sequence[Sink]) -> list[int]:
-        """Queue ``requests`` (all or none); see `steering.server.Engine.submit`.
+    def _occupied(self) -> int:
+        return len(self._running)
+
+    def _check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Refuse what the plugin does not apply.
 
         Raises:
             APIError: 422 for conditional steering (``steering_condition``), which
@@ -137,35 +123,12 @@ class VLLMEngine:
                 param="steering_condition",
                 code="unsupported_for_engine",
             )
-        with self._cond:
-            if self._closing:
-                raise EngineClosed("the engine is shut down")
-            room = self.max_batch_size + self.max_queue - len(self._running) - len(self._waiting)
-            if len(requests) > room:
-                raise EngineBusy(
-                    f"server busy: {len(self._running)} running and {len(self._waiting)} waiting "
-                    f"(max_batch_size={self.max_batch_size}, max_queue={self.max_queue})"
-                )
-            items = [
-                _Request(next(self._ids), r, s, json.dumps(list(r.terms), sort_keys=True) if r.terms else "")
-                for r, s in zip(requests, sinks, strict=True)
-            ]
-            self._waiting.extend(items)
-            self.metrics.waiting.set(len(self._waiting))
-            self._cond.notify()
-        return [item.id for item in items]
 
-    def cancel(self, ids: Sequence[int]) -> None:
-        """Stop these requests; their sinks get no more events."""
-        with self._cond:
-            wanted = set(ids)
-            self._waiting = deque(r for r in self._waiting if r.id not in wanted)
-            self._cancelled |= wanted
-            self._cond.notify()
-
-    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Finished:
-        """Submit one request and block until it finishes."""
-        return generate_blocking(self, request, timeout)
+    # ------------------------------------------------------------------ client side
+    def start(self) -> VLLMEngine:
+        """Start the scheduler thread (idempotent)."""
+        self._start("steering-vllm-engine")
+        return self
 
     def call(self, fn: Callable[[nn.Module], T], timeout: float | None = None) -> T:
         """Run ``fn`` on the Hugging Face model (the reading endpoint), one call at a time."""
@@ -178,35 +141,6 @@ class VLLMEngine:
                 return fn(self.model)
         finally:
             self._model_lock.release()
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Hold admission inside the block (requests queue up, then go in together)."""
-        with self._cond:
-            self._pauses += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._pauses -= 1
-                self._cond.notify()
-
-    @property
-    def load(self) -> tuple[int, int]:
-        with self._cond:
-            return len(self._running), len(self._waiting)
-
-    def close(self, timeout: float = 30.0) -> bool:
-        """Stop the thread and fail what is left (idempotent)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is None:
-            self._teardown()
-            return True
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     # ------------------------------------------------------------- scheduler thread
     def _loop(self) -> None:
