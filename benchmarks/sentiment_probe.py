@@ -111,7 +111,11 @@ def main() -> None:
     parser.add_argument("--kl", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="4 prompts, 12 tokens, 16 neutral sentences, the first candidate")
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.tokens, args.neutral = 4, 12, 16
+        args.candidates = (args.candidates or CANDIDATES)[:1]
     torch.set_num_threads(args.threads)
     model, tok = st.load_model(args.model)
     model.eval()
@@ -155,7 +159,7 @@ def main() -> None:
         c = parse(name)
         key = (c["data"], c["read"], c["method"])
         if key not in vectors:
-            vectors[key] = st.extract(model, tok, pairs_for(c["data"], tok), layers=range(2, 26), method=c["method"], read=c["read"])
+            vectors[key] = st.extract(model, tok, pairs_for(c["data"], tok), layers=None, method=c["method"], read=c["read"])
         vec = vectors[key]
         for sign in (1, -1):
             best = None
