@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from _common import ROOT, machine_info, write_results
 
@@ -33,6 +34,19 @@ REFUSAL_WORDS = ["sorry", "cannot", "can't", "unable", "apologize", "apologise",
 def _instructions(name: str) -> list[str]:
     data = json.loads((ROOT.parent / "shared" / "data" / "refusal_direction" / "splits" / name).read_text())
     return [item["instruction"] for item in data]
+
+
+def _ibm_pairs() -> list[Any]:
+    """Refusal pairs: IBM activation-steering's non-compliant / compliant openings after 200 harmless train instructions.
+
+    Instructions 2000-2199 of harmless_train: not among the condition's fitting prompts, nor in any test split.
+    """
+    import steering as st
+
+    openings = json.loads((ROOT.parent / "shared" / "data" / "ibm_activation_steering" / "behavior_refusal.json").read_text())
+    yes, no = openings["compliant_responses"], openings["non_compliant_responses"]
+    prompts = _instructions("harmless_train.json")[2000:2200]
+    return [st.ContrastPair(positive=no[i % len(no)], negative=yes[i % len(yes)], prompt=p) for i, p in enumerate(prompts)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--layers", default="10,11,12,13", help="behaviour layers")
     p.add_argument("--coef", type=float, default=1.0, help="coef per behaviour layer")
+    p.add_argument(
+        "--behaviour",
+        default="bundled",
+        choices=["bundled", "ibm"],
+        help="refusal pairs: the bundled set (read last) or IBM's openings after harmless train instructions (read mean)",
+    )
     p.add_argument("--condition-layers", default="2,4,6,8,10,12,14,16,18,20")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
@@ -80,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print("conditions:", *conditions, "rows:", *search.rows, sep="\n  ")
 
     layers = [int(x) for x in args.layers.split(",")]
-    vec = st.extract(model, tok, st.load_pairs("refusal"), layers=layers, method="mean_diff")
+    pairs, read = (st.load_pairs("refusal"), "last") if args.behaviour == "bundled" else (_ibm_pairs(), "mean")
+    vec = st.extract(model, tok, pairs, layers=layers, method="mean_diff", read=read)
     gen = dict(max_new_tokens=args.max_new_tokens, batch_size=20)
     out: dict[str, dict[str, list[str]]] = {}
     for name, prompts in (("harmful", harmful_test), ("harmless", harmless_test)):
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_fit": {"harmful": len(harmful_fit), "harmless": len(harmless_fit)},
         "method": args.method,
         "max_fpr": args.max_fpr,
-        "behaviour": {"layers": layers, "coef": args.coef, "method": "mean_diff", "data": "bundled refusal"},
+        "behaviour": {"layers": layers, "coef": args.coef, "method": "mean_diff", "read": read, "data": args.behaviour},
         "seconds": round(time.time() - started, 1),
         "examples": {k: {m: v[:3] for m, v in d.items()} for k, d in out.items()},
     }
