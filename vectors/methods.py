@@ -195,6 +195,13 @@ def probe_direction(positives: Tensor, negatives: Tensor, reference: Tensor | No
 
     ``n`` and ``m`` may differ. The sign makes the positives project higher and
     the norm is that of ``reference`` (default: the difference of the two means).
+
+    Example:
+        >>> pos = torch.tensor([[2.0, 0.0], [3.0, 1.0]], dtype=torch.float64)
+        >>> neg = torch.tensor([[0.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+        >>> d, diff = probe_direction(pos, neg), pos.mean(0) - neg.mean(0)
+        >>> bool(d @ diff > 0), bool(torch.isclose(d.norm(), diff.norm()))
+        (True, True)
     """
     x = torch.cat([positives, negatives]).double().numpy()
     y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
