@@ -2,10 +2,12 @@
 
 The condition is "the instruction is harmful": `find_condition` picks the layer
 and threshold from harmful / harmless training instructions (Arditi et al.'s
-splits in ../shared/data/refusal_direction). The behaviour is the bundled
-refusal vector (mean_diff). On held-out test instructions (never used to fit
-anything) it generates greedily: unsteered, steered unconditionally and
-steered conditionally, and reports
+splits in ../shared/data/refusal_direction; all 260 harmful and the first 1024
+harmless by default), with ``--method`` (probe by default) and optionally
+``--max-fpr``. The behaviour is the bundled refusal vector (mean_diff) at
+``--coef`` per layer. On held-out test instructions (never used to fit or
+choose anything; the first ``--n-test`` of each side) it generates greedily:
+unsteered, steered unconditionally and steered conditionally, and reports
 
 - ``harmless_identical``: share of harmless prompts whose conditional output
   equals the unsteered one token for token (goal >= 0.95), beside the share
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from _common import ROOT, machine_info, write_results
 
@@ -33,12 +36,36 @@ def _instructions(name: str) -> list[str]:
     return [item["instruction"] for item in data]
 
 
+def _ibm_pairs() -> list[Any]:
+    """Refusal pairs: IBM activation-steering's non-compliant / compliant openings after 200 harmless train instructions.
+
+    Instructions 2000-2199 of harmless_train: not among the condition's fitting prompts, nor in any test split.
+    """
+    import steering as st
+
+    openings = json.loads((ROOT.parent / "shared" / "data" / "ibm_activation_steering" / "behavior_refusal.json").read_text())
+    yes, no = openings["compliant_responses"], openings["non_compliant_responses"]
+    prompts = _instructions("harmless_train.json")[2000:2200]
+    return [st.ContrastPair(positive=no[i % len(no)], negative=yes[i % len(yes)], prompt=p) for i, p in enumerate(prompts)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer prompts (40 per side instead of 80)")
+    p.add_argument("--quick", action="store_true", help="fewer prompts (64 + 256 to fit, 40 + 40 to test)")
+    p.add_argument("--method", default="probe", choices=["probe", "mean_diff"], help="condition direction (find_condition)")
+    p.add_argument("--max-fpr", type=float, default=None, help="threshold: most harmful on within this harmless share")
+    p.add_argument("--fit-harmful", type=int, default=260, help="harmful train instructions to fit on (260: all)")
+    p.add_argument("--fit-harmless", type=int, default=1024, help="harmless train instructions to fit on")
+    p.add_argument("--n-test", type=int, default=160, help="test instructions per side")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--layers", default="10,11,12,13", help="behaviour layers")
     p.add_argument("--coef", type=float, default=1.0, help="coef per behaviour layer")
+    p.add_argument(
+        "--behaviour",
+        default="bundled",
+        choices=["bundled", "ibm"],
+        help="refusal pairs: the bundled set (read last) or IBM's openings after harmless train instructions (read mean)",
+    )
     p.add_argument("--condition-layers", default="2,4,6,8,10,12,14,16,18,20")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
@@ -56,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     model, tok = st.load_model(args.model, device=args.device)
-    n_fit, n_test = (64, 40) if args.quick else (128, 80)
-    harmful_fit, harmless_fit = _instructions("harmful_train.json")[:n_fit], _instructions("harmless_train.json")[:n_fit]
+    n_harmful, n_harmless, n_test = (64, 256, 40) if args.quick else (args.fit_harmful, args.fit_harmless, args.n_test)
+    harmful_fit, harmless_fit = _instructions("harmful_train.json")[:n_harmful], _instructions("harmless_train.json")[:n_harmless]
     harmful_test, harmless_test = _instructions("harmful_test.json")[:n_test], _instructions("harmless_test.json")[:n_test]
 
     cond_layers = [int(x) for x in args.condition_layers.split(",")]
-    search = find_condition(model, tok, harmful_fit, harmless_fit, layers=cond_layers, held_out=0.25)
+    search = find_condition(
+        model, tok, harmful_fit, harmless_fit, layers=cond_layers, held_out=0.25, method=args.method, max_fpr=args.max_fpr
+    )
     from steering.conditions import Condition
 
     # The K layers with the best held-out accuracy, each at its own threshold, all required.
@@ -71,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print("conditions:", *conditions, "rows:", *search.rows, sep="\n  ")
 
     layers = [int(x) for x in args.layers.split(",")]
-    vec = st.extract(model, tok, st.load_pairs("refusal"), layers=layers, method="mean_diff")
+    pairs, read = (st.load_pairs("refusal"), "last") if args.behaviour == "bundled" else (_ibm_pairs(), "mean")
+    vec = st.extract(model, tok, pairs, layers=layers, method="mean_diff", read=read)
     gen = dict(max_new_tokens=args.max_new_tokens, batch_size=20)
     out: dict[str, dict[str, list[str]]] = {}
     for name, prompts in (("harmful", harmful_test), ("harmless", harmless_test)):
@@ -106,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         "harmless_refusal": {k: rate(v) for k, v in s.items()},
         "harmful_refusal": {"unsteered": base, "unconditional": uncond, "conditional": cond},
         "effect_ratio": (cond - base) / (uncond - base) if uncond != base else None,
+        "unconditional_effect": uncond - base,
+        "conditional_effect": cond - base,
         "n_test_per_side": n_test,
-        "behaviour": {"layers": layers, "coef": args.coef, "method": "mean_diff", "data": "bundled refusal"},
+        "n_fit": {"harmful": len(harmful_fit), "harmless": len(harmless_fit)},
+        "method": args.method,
+        "max_fpr": args.max_fpr,
+        "behaviour": {"layers": layers, "coef": args.coef, "method": "mean_diff", "read": read, "data": args.behaviour},
         "seconds": round(time.time() - started, 1),
         "examples": {k: {m: v[:3] for m, v in d.items()} for k, d in out.items()},
     }

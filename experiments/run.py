@@ -284,6 +284,8 @@ def _condition(cfg: DictConfig, loaded: tuple[Any, Any] | None, out_dir: Path, y
         held_out=float(cfg.condition.held_out),
         chat=cfg.eval.chat,
         seed=int(cfg.seed),
+        method=cfg.condition.method,
+        max_fpr=None if cfg.condition.max_fpr is None else float(cfg.condition.max_fpr),
     )
     per_layer: dict[int, dict[str, float]] = {}
     with MetricsWriter(out_dir / "metrics.csv") as writer:

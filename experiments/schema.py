@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from steering.apply import COEF_FREE_MODES, MODES
+from steering.conditions import CONDITION_METHODS
 from steering.hooks import APPLY_TO, SITES, ConfigError
 from steering.hooks.renamed import RENAMED
 from steering.vectors import METHODS, READS
@@ -132,6 +133,8 @@ class ConditionConf:
     negatives: str | None = None
     max_prompts: int | None = None  # first N of each
     held_out: float = 0.25  # fraction of each side kept out to measure the gate
+    method: str = "probe"  # condition direction: probe | mean_diff (steering.conditions.CONDITION_METHODS)
+    max_fpr: float | None = None  # threshold: most positives on with at most this share of fitting negatives on
 
 
 @dataclass
@@ -268,6 +271,9 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"condition.held_out={cfg.condition.held_out} must be in (0, 1)")
         if cfg.condition.max_prompts is not None and cfg.condition.max_prompts < 2:
             raise ConfigError(f"condition.max_prompts={cfg.condition.max_prompts} must be >= 2 (or null for all)")
+        _choice("condition.method", cfg.condition.method, list(CONDITION_METHODS))
+        if cfg.condition.max_fpr is not None and not 0.0 <= cfg.condition.max_fpr < 1.0:
+            raise ConfigError(f"condition.max_fpr={cfg.condition.max_fpr} must be in [0, 1) (or null: best balanced accuracy)")
         return
     if cfg.task == "probe":
         if "probe_accuracy" not in cfg.metric.use:

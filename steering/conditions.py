@@ -11,15 +11,25 @@ run exactly as unsteered.
 
 `find_condition` picks the layer and threshold from positive / negative
 prompts, as IBM activation-steering's ``find_best_condition_point`` does: a
-mean-difference direction of the prompts' mean hidden states per layer, the
-threshold and side with the best accuracy on the fitting prompts, and the
-accuracy on held-out ones reported beside it.
+condition direction of the prompts' mean hidden states per layer (a method of
+`CONDITION_METHODS`: ``probe``, the default, or ``mean_diff``), the threshold
+and side with the best balanced accuracy on the fitting prompts (or, with
+``max_fpr``, the most positives turned on while at most that share of
+negatives is), and the accuracy on held-out ones reported beside it.
+
+=========  ==================================================================
+probe      logistic-regression direction (`vectors.probe_direction`): it
+           weighs the hidden dimensions by how well they separate, so a large
+           component the two sides share does not swamp the cosine
+mean_diff  mean(positives) - mean(negatives) (IBM's choice)
+=========  ==================================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -28,12 +38,21 @@ from torch import Tensor, nn
 
 from steering.hooks import SteeringError, capture, input_device, num_layers, position_ids, read_rows, resolve_layers, run_until_stopped
 from steering.hooks.gate import Decide
-from steering.vectors import SteeringVector, encode_prompt
+from steering.vectors import SteeringVector, encode_prompt, probe_direction
 from steering.vectors.model_info import hidden_size, model_fingerprint, model_name
 from steering.vectors.text import pad_batch
 
 Combine = Literal["and", "or"]
 COMBINES: tuple[str, ...] = get_args(Combine)
+ConditionMethod = Literal["probe", "mean_diff"]
+
+
+def _mean_diff(positives: Tensor, negatives: Tensor) -> Tensor:
+    return positives.double().mean(0) - negatives.double().mean(0)
+
+
+CONDITION_METHODS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType({"probe": probe_direction, "mean_diff": _mean_diff})
+"""Condition directions by name: ``fn(positives [n, hidden], negatives [m, hidden]) -> direction`` (``n``, ``m`` may differ)."""
 
 
 @dataclass(frozen=True)
@@ -162,19 +181,50 @@ class ConditionSearch:
     rows: list[dict[str, float]]
 
 
-def best_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, bool, float]:
-    """Threshold, side (``above``) and balanced accuracy that best split ``pos`` from ``neg`` scores."""
+def best_threshold(pos: np.ndarray, neg: np.ndarray, *, max_fpr: float | None = None) -> tuple[float, bool, float]:
+    """Threshold, side (``above``) and balanced accuracy that best split ``pos`` from ``neg`` scores.
+
+    Without ``max_fpr``: the best balanced accuracy. With it: the highest share
+    of ``pos`` on among the cuts that turn on at most ``max_fpr`` of ``neg``
+    (then the fewest ``neg`` on), for a gate where a false positive costs more
+    than a miss. Of equally good cuts (a gap between the sides) the middle one
+    is taken, leaving new prompts room on both sides.
+
+    Example:
+        >>> best_threshold(np.array([0.5, 0.7]), np.array([0.1, 0.3]))
+        (0.4, True, 1.0)
+    """
+    if max_fpr is not None and not 0.0 <= max_fpr < 1.0:
+        raise SteeringError(f"max_fpr must be a fraction in [0, 1), got {max_fpr!r}")
     values = np.unique(np.r_[pos, neg])
     cuts = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]
-    best = (0.0, True, -1.0)
-    for cut in cuts:
-        for above in (True, False):
-            hit_pos = (pos > cut) if above else (pos < cut)
-            hit_neg = (neg > cut) if above else (neg < cut)
-            acc = 0.5 * (hit_pos.mean() + (1 - hit_neg.mean()))
-            if acc > best[2]:
-                best = (float(cut), above, float(acc))
-    return best
+    best: tuple[tuple[float, float], float, bool, float] | None = None
+    for above in (True, False):
+        # share of each side on at every cut: strictly above (or below) it
+        on_pos, on_neg = (_share_on(np.sort(x), cuts, above) for x in (pos, neg))
+        if max_fpr is None:
+            ok = np.ones(len(cuts), dtype=bool)
+            key = (0.5 * (on_pos + 1 - on_neg), np.zeros(len(cuts)))
+        else:
+            ok = on_neg <= max_fpr + 1e-12
+            key = (on_pos, -on_neg)
+        if not ok.any():
+            continue
+        first = key[0][ok].max()
+        second = key[1][ok & (key[0] == first)].max()
+        ties = np.flatnonzero(ok & (key[0] == first) & (key[1] == second))
+        at = ties[len(ties) // 2]
+        if best is None or (float(first), float(second)) > best[0]:
+            best = ((float(first), float(second)), float(cuts[at]), above, float(0.5 * (on_pos[at] + 1 - on_neg[at])))
+    assert best is not None  # the cut above every score turns no negative on
+    return best[1], best[2], best[3]
+
+
+def _share_on(sorted_scores: np.ndarray, cuts: np.ndarray, above: bool) -> np.ndarray:
+    n = len(sorted_scores)
+    if above:
+        return 1.0 - np.searchsorted(sorted_scores, cuts, side="right") / n
+    return np.searchsorted(sorted_scores, cuts, side="left") / n
 
 
 def find_condition(
@@ -187,13 +237,20 @@ def find_condition(
     held_out: float = 0.25,
     chat: bool | None = None,
     seed: int = 0,
+    method: ConditionMethod = "probe",
+    max_fpr: float | None = None,
 ) -> ConditionSearch:
     """Choose a condition layer and threshold from prompts where the condition holds (``positives``) and not.
 
-    Per layer: the direction is mean(positives) - mean(negatives) of the fitting
-    prompts' mean hidden states, the threshold and side maximise balanced
-    accuracy on them, and the held-out fraction measures it. The layer with the
+    Per layer: the direction is ``method`` (`CONDITION_METHODS`) on the fitting
+    prompts' mean hidden states, the threshold and side are `best_threshold`'s
+    on their scores (balanced accuracy, or the most positives within
+    ``max_fpr``), and the held-out fraction measures it. The layer with the
     best held-out balanced accuracy (ties: the earlier layer) is chosen.
+
+    Args:
+        method: ``"probe"`` (logistic regression; the default) or ``"mean_diff"``.
+        max_fpr: optional bound on the share of fitting negatives the gate turns on.
 
     Returns:
         A `ConditionSearch`; its rows hold ``layer``, ``threshold``, ``above``,
@@ -204,6 +261,10 @@ def find_condition(
         raise SteeringError("find_condition needs at least 2 positive and 2 negative prompts")
     if not 0.0 < held_out < 1.0:
         raise SteeringError(f"held_out must be a fraction in (0, 1), got {held_out!r}")
+    if method not in CONDITION_METHODS:
+        raise SteeringError(f"unknown condition method {method!r}; choose one of {', '.join(CONDITION_METHODS)}")
+    if max_fpr is not None and not 0.0 <= max_fpr < 1.0:
+        raise SteeringError(f"max_fpr must be a fraction in [0, 1), got {max_fpr!r}")
     rng = np.random.default_rng(seed)
     split = {}
     for name, items in (("pos", list(positives)), ("neg", list(negatives))):
@@ -218,10 +279,10 @@ def find_condition(
     for layer in indices:
         (pos_fit, pos_test), (neg_fit, neg_test) = split["pos"], split["neg"]
         pos, neg = means_pos[layer], means_neg[layer]
-        direction = pos[pos_fit].mean(0) - neg[neg_fit].mean(0)
-        directions[layer] = direction.float()
+        direction = CONDITION_METHODS[method](pos[pos_fit], neg[neg_fit]).float()
+        directions[layer] = direction
         score_pos, score_neg = cosine_scores(pos, direction).numpy(), cosine_scores(neg, direction).numpy()
-        cut, above, fit_acc = best_threshold(score_pos[pos_fit], score_neg[neg_fit])
+        cut, above, fit_acc = best_threshold(score_pos[pos_fit], score_neg[neg_fit], max_fpr=max_fpr)
         on_pos = (score_pos[pos_test] > cut) if above else (score_pos[pos_test] < cut)
         on_neg = (score_neg[neg_test] > cut) if above else (score_neg[neg_test] < cut)
         rows.append(
@@ -242,7 +303,7 @@ def find_condition(
         num_layers=num_layers(model),
         model=model_name(model),
         model_fingerprint=model_fingerprint(model),
-        method="condition_mean_diff",
+        method=f"condition_{method}",
         read="prompt_mean",
         n_pairs=min(len(positives), len(negatives)),
     )

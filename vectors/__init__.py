@@ -7,7 +7,7 @@ builds on `hooks` and never imports upwards.
 from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 from .extract import READS, Read, collect_stats, extract, read_texts
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
-from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, register_method
+from .methods import METHODS, LayerStats, LogisticProbe, Method, PairMethod, fit_logistic, get_method, probe_direction, register_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, DatasetError, as_pairs, dataset_sha256, read_pairs, swap_letters
 from .text import encode_chat, encode_prompt, format_prompt, pair_texts
@@ -48,6 +48,7 @@ __all__ = [
     "model_fingerprint",
     "model_name",
     "pair_texts",
+    "probe_direction",
     "read_pairs",
     "read_texts",
     "register_method",

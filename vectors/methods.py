@@ -190,15 +190,32 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> LogisticProb
     return LogisticProbe(mean, scale, clf)
 
 
-def probe(stats: LayerStats) -> Tensor:
-    """Logistic-regression direction (see module docs)."""
-    x = torch.cat([torch.cat(stats.pos_samples), torch.cat(stats.neg_samples)]).double().numpy()
-    y = np.r_[np.ones(stats.n), np.zeros(stats.n)]
+def probe_direction(positives: Tensor, negatives: Tensor, reference: Tensor | None = None) -> Tensor:
+    """`fit_logistic`'s direction between ``positives`` ``[n, hidden]`` and ``negatives`` ``[m, hidden]`` (float64).
+
+    ``n`` and ``m`` may differ. The sign makes the positives project higher and
+    the norm is that of ``reference`` (default: the difference of the two means).
+
+    Example:
+        >>> pos = torch.tensor([[2.0, 0.0], [3.0, 1.0]], dtype=torch.float64)
+        >>> neg = torch.tensor([[0.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+        >>> d, diff = probe_direction(pos, neg), pos.mean(0) - neg.mean(0)
+        >>> bool(d @ diff > 0), bool(torch.isclose(d.norm(), diff.norm()))
+        (True, True)
+    """
+    x = torch.cat([positives, negatives]).double().numpy()
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
     weight = torch.from_numpy(fit_logistic(x, y).direction)
-    reference = stats.mean_diff
+    if reference is None:
+        reference = positives.double().mean(0) - negatives.double().mean(0)
     if float(weight @ reference) < 0:
         weight = -weight
-    return (weight / weight.norm().clamp_min(1e-12) * reference.norm()).float()
+    return weight / weight.norm().clamp_min(1e-12) * reference.norm()
+
+
+def probe(stats: LayerStats) -> Tensor:
+    """Logistic-regression direction (see module docs)."""
+    return probe_direction(torch.cat(stats.pos_samples), torch.cat(stats.neg_samples), stats.mean_diff).float()
 
 
 def mean_centred(stats: LayerStats) -> Tensor:

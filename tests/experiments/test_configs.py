@@ -91,6 +91,8 @@ def test_bad_overrides_fail_with_hydra_errors(override: str, error: type[Excepti
         (["method.name=mean_centred"], "needs method.corpus"),
         (["method.corpus=neutral.txt"], "method.corpus is for method=mean_centred"),
         (["task=condition"], "needs condition.positives"),
+        (["task=condition", "condition.positives=a.txt", "condition.negatives=b.txt", "condition.method=pca"], "condition.method='pca'"),
+        (["task=condition", "condition.positives=a.txt", "condition.negatives=b.txt", "condition.max_fpr=1.0"], "condition.max_fpr=1.0"),
         (["sweep.apply_to=middle"], "sweep.apply_to='middle'"),
         (["metric.use=[generation_score,telepathy]"], "telepathy"),
         (["metric.effect=joy"], "metric.effect='joy'"),

@@ -99,3 +99,84 @@ def _record_mean(model, tok, prompt: str, layer: int) -> np.ndarray:
     with st.record(model, layers=[layer]) as rec:
         model(input_ids=ids)
     return rec[layer][0].double().numpy().mean(0)
+
+
+def _brute_force(pos: np.ndarray, neg: np.ndarray, max_fpr: float | None) -> tuple[float, float]:
+    """Reference: every cut between sorted scores on both sides, plain loops; the best (key, balanced accuracy)."""
+    values = sorted(set(pos) | set(neg))
+    cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1.0]
+    best = (-1.0, -1.0)
+    for cut in cuts:
+        for above in (True, False):
+            tpr = sum((p > cut) if above else (p < cut) for p in pos) / len(pos)
+            fpr = sum((n > cut) if above else (n < cut) for n in neg) / len(neg)
+            if max_fpr is not None and fpr > max_fpr:
+                continue
+            key = tpr if max_fpr is not None else 0.5 * (tpr + 1 - fpr)
+            best = max(best, (key, 0.5 * (tpr + 1 - fpr)))
+    return best
+
+
+@pytest.mark.parametrize("max_fpr", [None, 0.0, 0.05, 0.2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_best_threshold_matches_brute_force_and_respects_the_bound(max_fpr: float | None, seed: int) -> None:
+    from steering.conditions import best_threshold
+
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if seed == 0 else -1.0  # seed 1: the positives score lower (above=False)
+    pos, neg = rng.normal(sign, 1.0, 60).round(2), rng.normal(0.0, 1.0, 90).round(2)  # rounding: tied scores
+    cut, above, acc = best_threshold(pos, neg, max_fpr=max_fpr)
+    tpr = float(((pos > cut) if above else (pos < cut)).mean())
+    fpr = float(((neg > cut) if above else (neg < cut)).mean())
+    key, _ = _brute_force(pos, neg, max_fpr)
+    assert acc == pytest.approx(0.5 * (tpr + 1 - fpr))
+    assert above == (sign > 0)
+    if max_fpr is None:
+        assert acc == pytest.approx(key)
+    else:
+        assert fpr <= max_fpr and tpr == pytest.approx(key)
+    # a gap between the two sides: the cut sits in its middle
+    assert best_threshold(np.array([0.5, 0.9]), np.array([-0.3, 0.1]), max_fpr=max_fpr) == (pytest.approx(0.3), True, 1.0)
+
+
+@torch.no_grad()
+def test_find_condition_probe_is_the_logistic_direction_of_the_fitting_prompts() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    model, tok = make_tiny("llama")
+    pos = [f"the sea and the boat number {k}" for k in range(12)]
+    neg = [f"a cat sat on mat {k} today" for k in range(16)]
+    found = find_condition(model, tok, pos, neg, layers=[1], held_out=0.25, method="probe", seed=3)
+    cond = found.condition
+    assert cond.vector.method == "condition_probe"
+    # reference: the fitting split drawn as documented, unpadded prompts, sklearn on standardised features
+    (fit_pos, held_pos), (fit_neg, held_neg) = _split(3, 12, 16)
+    x = np.stack([_record_mean(model, tok, p, 1) for p in np.array(pos)[fit_pos].tolist() + np.array(neg)[fit_neg].tolist()])
+    y = np.r_[np.ones(len(fit_pos)), np.zeros(len(fit_neg))]
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    weight = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y).coef_[0] / scale
+    d = cond.direction.double().numpy()
+    assert d @ weight / (np.linalg.norm(d) * np.linalg.norm(weight)) > 0.999
+    diff = x[: len(fit_pos)].mean(0) - x[len(fit_pos) :].mean(0)
+    assert np.linalg.norm(d) == pytest.approx(np.linalg.norm(diff), rel=1e-3)  # scaled to the mean difference
+    # the search's reported held-out rates are the gate's on the held-out prompts
+    held = [pos[i] for i in held_pos], [neg[i] for i in held_neg]
+    row = next(r for r in found.rows if r["layer"] == 1)
+    for side, key in zip(held, ("held_out_pos_rate", "held_out_neg_rate")):
+        on = cond.holds(torch.from_numpy(np.stack([_record_mean(model, tok, p, 1) for p in side])))
+        assert float(on.double().mean()) == pytest.approx(row[key])
+
+
+def _split(seed: int, n_pos: int, n_neg: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fitting, held-out) indices of each side as `find_condition` draws them (held_out=0.25): positives first."""
+    rng = np.random.default_rng(seed)
+    orders = [(rng.permutation(n), round(0.25 * n)) for n in (n_pos, n_neg)]
+    return [(order[k:], order[:k]) for order, k in orders]
+
+
+def test_find_condition_option_errors() -> None:
+    model, tok = make_tiny("llama")
+    with pytest.raises(st.SteeringError, match="unknown condition method 'pca'"):
+        find_condition(model, tok, ["a", "b"], ["c", "d"], layers=[1], method="pca")  # type: ignore[arg-type]
+    with pytest.raises(st.SteeringError, match="max_fpr"):
+        find_condition(model, tok, ["a", "b"], ["c", "d"], layers=[1], max_fpr=1.5)
