@@ -4,7 +4,9 @@ The condition is "the instruction is harmful": `find_condition` picks the layer
 and threshold from harmful / harmless training instructions (Arditi et al.'s
 splits in ../shared/data/refusal_direction; all 260 harmful and the first 1024
 harmless by default), with ``--method`` (probe by default) and optionally
-``--max-fpr``. The behaviour is the bundled refusal vector (mean_diff) at
+``--max-fpr``. The behaviour (``--behaviour``) is a mean_diff refusal vector from
+IBM's refusal openings after harmless train instructions (the default; coef 0.2 per
+layer, chosen on ``harmful_val``) or the bundled refusal set (coef 1.0), at
 ``--coef`` per layer. On held-out test instructions (never used to fit or
 choose anything; the first ``--n-test`` of each side) it generates greedily:
 unsteered, steered unconditionally and steered conditionally, and reports
@@ -59,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=160, help="test instructions per side")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--layers", default="10,11,12,13", help="behaviour layers")
-    p.add_argument("--coef", type=float, default=1.0, help="coef per behaviour layer")
+    p.add_argument("--coef", type=float, default=None, help="coef per behaviour layer (default: 0.2 for ibm, 1.0 for bundled)")
     p.add_argument(
         "--behaviour",
-        default="bundled",
+        default="ibm",
         choices=["bundled", "ibm"],
         help="refusal pairs: the bundled set (read last) or IBM's openings after harmless train instructions (read mean)",
     )
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--and-top", type=int, default=1, help="gate on the K best condition layers together (combine='and')")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.coef is None:
+        args.coef = 0.2 if args.behaviour == "ibm" else 1.0
 
     import torch
 
