@@ -185,7 +185,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
     result = run_sweep(ctx, vectors, rows, out_dir, runner)
     if not result.interrupted:
         check_choice(ctx, vectors, result, out_dir)
-    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(pairs))
+    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(pairs), letter_counts(list(ctx.data.items)))
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)
     log.info("results in %s", out_dir)

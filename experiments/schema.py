@@ -120,6 +120,7 @@ class EvalConf:
     neutral_prompt: str = "Tell me a fact."  # the user turn the neutral sentences answer
     ab_items: str | None = None  # CAA A/B test items (null = the held-out part of data.path)
     max_ab_items: int | None = None
+    balance_letters: bool = False  # A/B test items: score each item and its A<->B swapped copy
     test_fraction: float = 0.3  # probe_accuracy: pairs held out to test each probe
     capability: str | None = None  # two-choice MMLU items (caa/test/mmlu/mmlu.json)
     max_capability: int | None = None

@@ -13,8 +13,13 @@ direction, the cells on the effect / budget-use front, `select.pareto_front`,
 over every axis), ``by_axes`` (per method / mode / apply_to of the grid, each
 direction's best cell within budget and whether it lies on that front),
 for A/B runs ``letter_balance`` (unsteered answer shares),
-``extraction_letters`` (the matching letters of the pairs the vector was
-extracted from) and ``steers`` (whether any direction is ``ok``).
+``extraction_letters`` and ``test_letters`` (the matching letters of the
+pairs the vector was extracted from and of the scored test items),
+``letter_effects`` (per direction within budget, the change of ``p_match``
+over the items matching each letter, and whether every letter moved the
+chosen way) and ``steers``: whether a direction is ``ok`` and moves the items
+of every letter its way, so that a vector which only shifts the answer letter
+does not count as steering the behaviour.
 Non-finite numbers are written as ``null`` (JSON has no NaN).
 """
 
@@ -85,8 +90,29 @@ def _prompting(result: SweepResult, directions: dict[str, Any], effect: str, bud
     return out
 
 
-def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters: dict[str, int] | None = None) -> dict[str, Any]:
-    """The summary of a sweep (see module docs); ``letters`` are the extraction pairs' `letter_counts`."""
+def letter_effects(directions: dict[str, Any], baseline: dict[str, float]) -> dict[str, Any]:
+    """Per ``ok`` direction, the change of ``p_match_<X>`` per letter X and whether each has the direction's sign."""
+    out: dict[str, Any] = {}
+    for direction, sign in DIRECTIONS.items():
+        chosen = directions.get(direction, {})
+        if chosen.get("status") != "ok":
+            continue
+        values = chosen.get("values") or {}
+        deltas = {
+            k.removeprefix("p_match_"): float(values[k]) - float(v) for k, v in baseline.items() if k.startswith("p_match_") and k in values
+        }
+        out[direction] = {"deltas": deltas, "consistent": bool(deltas) and all(sign * d > 0 for d in deltas.values())}
+    return out
+
+
+def sweep_summary(
+    cfg: DictConfig,
+    result: SweepResult,
+    runtime: float,
+    letters: dict[str, int] | None = None,
+    test_letters: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The summary of a sweep (see module docs); ``letters`` / ``test_letters``: `letter_counts` of the extraction pairs / test items."""
     effect = str(cfg.metric.effect)
     budget = {str(k): float(v) for k, v in cfg.budget.items()}
     axes = grid_axes(cfg)
@@ -135,9 +161,13 @@ def sweep_summary(cfg: DictConfig, result: SweepResult, runtime: float, letters:
     shares = {k.removeprefix("share_"): v for k, v in result.baseline.values.items() if k.startswith("share_")}
     if shares:
         summary["letter_balance"] = shares
-        summary["steers"] = any(d["status"] == "ok" for d in directions.values())
+        effects = letter_effects(directions, dict(result.baseline.values))
+        summary["letter_effects"] = effects
+        summary["steers"] = any(e["consistent"] for e in effects.values())
     if letters is not None:
         summary["extraction_letters"] = letters
+    if test_letters is not None:
+        summary["test_letters"] = test_letters
     if result.rows:
         summary["rows"] = result.rows
     if result.layers:

@@ -8,7 +8,10 @@ Per item, with P the model's next-token probabilities there:
 - ``p_match`` = P(matching) / (P(matching) + P(other)), averaged over items;
 - ``ab_mass`` = P(matching) + P(other): how well the model keeps to the format;
 - ``share_<X>``: mean P(X) / (P(matching) + P(other)) over the items offering
-  answer X; at coef 0 this is the model's letter bias (``share_A`` vs ``share_B``).
+  answer X; at coef 0 this is the model's letter bias (``share_A`` vs ``share_B``);
+- ``p_match_<X>``: ``p_match`` over the items whose matching answer is X. A
+  vector that only moves the letter raises one of these and lowers the other,
+  so an effect on the behaviour is one that moves them the same way.
 
 Over one row of the sweep (one layer window, every coefficient, baseline
 included) the ``row`` step fits, per item, the least-squares slope of the
@@ -133,8 +136,13 @@ def ab_pmatch(ctx: Context, cell: Cell) -> Values:
     for item, s in zip(items, share.tolist()):
         totals.setdefault(item.match_label, []).append(s)
         totals.setdefault(item.other_label, []).append(1.0 - s)
+    matching: dict[str, list[float]] = {}
+    for item, s in zip(items, share.tolist()):
+        matching.setdefault(item.match_label, []).append(s)
     for label in sorted(totals):
         values[f"share_{label}"] = sum(totals[label]) / len(totals[label])
+    for label in sorted(matching):
+        values[f"p_match_{label}"] = sum(matching[label]) / len(matching[label])
     return values
 
 

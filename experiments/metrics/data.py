@@ -4,7 +4,9 @@
 prompts    user prompts to generate from (``eval.prompts``)
 neutral    plain factual sentences for side effects (``eval.neutral``)
 items      A/B items, CAA format (``eval.ab_items``, or the pairs held out of
-           ``data.path`` by ``data.holdout``)
+           ``data.path`` by ``data.holdout``); with ``eval.balance_letters``
+           each item also with (A) and (B) swapped, so every question is asked
+           with its matching answer under both letters
 pairs      contrastive pairs for probes (``data.path``)
 capability two-choice MMLU items (``eval.capability``)
 =========  ===============================================================
@@ -22,6 +24,7 @@ from omegaconf import DictConfig
 
 import steering as st
 from steering.hooks import ConfigError
+from steering.vectors import swap_letters
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,12 @@ def load_eval_data(cfg: DictConfig, needs: set[str], pairs: Sequence[st.Contrast
         for i, item in enumerate(items):
             if not item.prompt:
                 raise st.DatasetError(f"A/B item {i} ({item.positive!r} vs {item.negative!r}) has no question")
+        if ev.balance_letters:
+            source = f"eval.ab_items={ev.ab_items}" if ev.ab_items is not None else f"the held-out part of data.path={cfg.data.path}"
+            try:
+                items = [q for p in items for q in (p, swap_letters(p))]
+            except st.DatasetError as exc:
+                raise st.DatasetError(f"eval.balance_letters=true with {source}: {exc}") from None
     probe_pairs = list(pairs) if "pairs" in needs else []
     capability: list[st.ContrastPair] = []
     if "capability" in needs:

@@ -245,6 +245,25 @@ def test_cli_run_errors_name_the_problem(
     assert not (tmp_path / "bad" / "vector.safetensors").exists()  # failed before any work
 
 
+def test_balanced_test_items_need_both_options(tiny_dir: Path, ab_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "no_options.json"
+    bad.write_text(json.dumps([{"question": "Yes or no?", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}]))
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "run",
+                "experiment=caa_ab",
+                f"data.path={ab_file}",
+                f"eval.ab_items={bad}",
+                f"model.name={tiny_dir}",
+                f"hydra.run.dir={tmp_path / 'bad'}",
+            ]
+        )
+    captured = capsys.readouterr()
+    assert f"eval.balance_letters=true with eval.ab_items={bad}" in captured.out + captured.err
+    assert not (tmp_path / "bad" / "vector.safetensors").exists()
+
+
 def test_run_folders_feed_behaviour_profiles(tiny_dir: Path, tmp_path: Path) -> None:
     """`steering compare profiles=[<run folders>]` reads what a sweep's summary.json holds."""
     out = tmp_path / "profiled"
@@ -394,7 +413,11 @@ def test_caa_extraction_is_balanced_over_the_answer_letter(tiny_dir: Path, ab_fi
     out = tmp_path / "balanced"
     summary = run(compose_run([*_overrides("caa_ab", tiny_dir, out, ab_file), "data.max_pairs=5"]))
     assert summary["extraction_letters"] == {"A": 5, "B": 5}  # each of 5 items as given and swapped
-    assert isinstance(summary["steers"], bool)
+    tested = summary["test_letters"]
+    assert set(tested) == {"A", "B"} and tested["A"] == tested["B"]  # scored as given and swapped too
+    assert {"p_match_A", "p_match_B"} <= set(summary["baseline"])
+    assert summary["steers"] == any(e["consistent"] for e in summary["letter_effects"].values())
+    assert set(summary["letter_effects"]) == {d for d, c in summary["directions"].items() if c["status"] == "ok"}
     assert "Matching answer letter in the extraction pairs" in (out / "report.html").read_text()
     unbalanced = run(
         compose_run([*_overrides("caa_ab", tiny_dir, tmp_path / "as_given", ab_file), "data.max_pairs=5", "data.balance_letters=false"])

@@ -240,6 +240,39 @@ def test_ab_pmatch_matches_direct_softmax(ab_file) -> None:
     assert values["ab_mass"] == pytest.approx(np.mean(masses), rel=1e-5)
     assert values["share_A"] == pytest.approx(np.mean(share_a), rel=1e-5)
     assert values["share_A"] + values["share_B"] == pytest.approx(1.0)
+    for label in ("A", "B"):
+        want = [s for s, item in zip(shares, items) if item.match_label == label]
+        assert values[f"p_match_{label}"] == pytest.approx(np.mean(want), rel=1e-5)
+
+
+@torch.no_grad()
+def test_a_letter_shift_is_not_an_effect_on_the_behaviour(ab_file) -> None:
+    """A vector that only favours answer letter A (unembedding row of A minus B's, added at the
+    last layer) moves p_match up on items matching A and down on items matching B; scored on
+    letter-balanced items the summary does not call that steering."""
+    from steering.experiments.summary import letter_effects
+    from steering.vectors import swap_letters
+
+    items = st.load_pairs(ab_file)
+    ctx = _ctx("metric=ab", data=EvalData(items=[q for p in items for q in (p, swap_letters(p))]))
+    ab = build_items(ctx.tokenizer, ctx.data.items, None)
+    assert sum(i.match_label == "A" for i in ab) == sum(i.match_label == "B" for i in ab)
+    letter_a, letter_b = next((i.match, i.other) for i in ab if i.match_label == "A")
+    unembed = ctx.model.get_output_embeddings().weight.detach()
+    last = hooks.num_layers(ctx.model) - 1
+    width = unembed.shape[1]
+    shift = st.SteeringVector({last: unembed[letter_a] - unembed[letter_b]}, hidden_size=width, num_layers=last + 1)
+    base = ab_pmatch(ctx, Cell(0))
+    shifted = ab_pmatch(ctx, Cell(1, (last,), 4.0, shift))
+    assert shifted["share_A"] > base["share_A"] + 0.05
+    assert shifted["p_match_A"] > base["p_match_A"] and shifted["p_match_B"] < base["p_match_B"]
+    for direction in ("positive", "negative"):
+        effects = letter_effects({direction: {"status": "ok", "values": shifted}}, base)
+        assert effects[direction]["consistent"] is False
+    # An effect on the behaviour moves both letters' items the same way.
+    moved = {**base, "p_match_A": base["p_match_A"] + 0.1, "p_match_B": base["p_match_B"] + 0.05}
+    effects = letter_effects({"positive": {"status": "ok", "values": moved}, "negative": {"status": "no_effect"}}, base)
+    assert effects == {"positive": {"deltas": {"A": pytest.approx(0.1), "B": pytest.approx(0.05)}, "consistent": True}}
 
 
 def test_ab_pmatch_moves_with_steering(ab_file) -> None:
