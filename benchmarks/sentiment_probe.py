@@ -49,7 +49,7 @@ DATASETS = ROOT / "steering" / "datasets"
 LADDERS: dict[str, list[float]] = {
     "add": [0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16],
     "angular": [5, 10, 15, 20, 30, 40, 50, 60, 75, 90],
-    "clamp": [0.5, 1, 1.5, 2, 3, 4, 6, 8],
+    "clamp": [0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32],
 }
 
 
@@ -69,9 +69,37 @@ def pairs_for(data: str, tok: Any) -> list[Any]:
             return format_prompt(tok, f"Act as if you're extremely {persona}.")[0] + starter
 
         return [(text("happy", s), text("sad", s)) for s in starters[:200]]
+    if data in ("posneutral", "neutralneg"):  # one pole against the same sentences with neutral words
+        poled = [
+            (pair.positive, _neutral(pair.positive, pair.negative)) if data == "posneutral" else (_neutral(pair.positive, pair.negative), pair.negative)
+            for pair in st.load_pairs("sentiment")[:100]
+        ]
+        return [st.ContrastPair(a, b, pair.prompt) for (a, b), pair in zip(poled, st.load_pairs("sentiment")[:100])]
     if data == "bundled+repe":
         return pairs_for("bundled200", tok) + pairs_for("repe", tok)
     raise SystemExit(f"unknown data {data!r}")
+
+
+# The bundled pairs differ only in sentiment words (positive/negative slots); these
+# neutral words fill the same slots, so a pole minus its neutral twin keeps the form.
+NEUTRAL_WORDS = {
+    "happy": "calm", "thrilled": "unmoved", "grateful": "indifferent", "joyful": "calm", "pleased": "neutral",
+    "lovely": "ordinary", "delightful": "unremarkable", "delighted": "indifferent", "loved": "watched",
+    "perfect": "average", "amazing": "ordinary", "fond": "vague", "cheerful": "calm", "fantastic": "routine",
+    "enjoyed": "noticed", "adored": "noticed", "wonderful": "uneventful", "brilliant": "ordinary",
+    "warm": "plain", "sweet": "plain",
+}
+
+
+def _neutral(positive: str, negative: str) -> str:
+    out = []
+    for a, b in zip(positive.split(), negative.split(), strict=True):
+        if a == b:
+            out.append(a)
+            continue
+        word = a.rstrip(".,!")
+        out.append(NEUTRAL_WORDS[word] + a[len(word) :])
+    return " ".join(out)
 
 
 def parse(name: str) -> dict[str, Any]:
