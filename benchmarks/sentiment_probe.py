@@ -71,7 +71,9 @@ def pairs_for(data: str, tok: Any) -> list[Any]:
         return [(text("happy", s), text("sad", s)) for s in starters[:200]]
     if data in ("posneutral", "neutralneg"):  # one pole against the same sentences with neutral words
         poled = [
-            (pair.positive, _neutral(pair.positive, pair.negative)) if data == "posneutral" else (_neutral(pair.positive, pair.negative), pair.negative)
+            (pair.positive, _neutral(pair.positive, pair.negative))
+            if data == "posneutral"
+            else (_neutral(pair.positive, pair.negative), pair.negative)
             for pair in st.load_pairs("sentiment")[:100]
         ]
         return [st.ContrastPair(a, b, pair.prompt) for (a, b), pair in zip(poled, st.load_pairs("sentiment")[:100])]
@@ -83,11 +85,26 @@ def pairs_for(data: str, tok: Any) -> list[Any]:
 # The bundled pairs differ only in sentiment words (positive/negative slots); these
 # neutral words fill the same slots, so a pole minus its neutral twin keeps the form.
 NEUTRAL_WORDS = {
-    "happy": "calm", "thrilled": "unmoved", "grateful": "indifferent", "joyful": "calm", "pleased": "neutral",
-    "lovely": "ordinary", "delightful": "unremarkable", "delighted": "indifferent", "loved": "watched",
-    "perfect": "average", "amazing": "ordinary", "fond": "vague", "cheerful": "calm", "fantastic": "routine",
-    "enjoyed": "noticed", "adored": "noticed", "wonderful": "uneventful", "brilliant": "ordinary",
-    "warm": "plain", "sweet": "plain",
+    "happy": "calm",
+    "thrilled": "unmoved",
+    "grateful": "indifferent",
+    "joyful": "calm",
+    "pleased": "neutral",
+    "lovely": "ordinary",
+    "delightful": "unremarkable",
+    "delighted": "indifferent",
+    "loved": "watched",
+    "perfect": "average",
+    "amazing": "ordinary",
+    "fond": "vague",
+    "cheerful": "calm",
+    "fantastic": "routine",
+    "enjoyed": "noticed",
+    "adored": "noticed",
+    "wonderful": "uneventful",
+    "brilliant": "ordinary",
+    "warm": "plain",
+    "sweet": "plain",
 }
 
 

@@ -85,3 +85,45 @@ def test_one_number_format() -> None:
         "1, 2",
     ]
     assert layers_text([5, 1, 2, 3]) == "1-3, 5"
+
+
+def test_run_report_states_the_letters_and_a_letter_shift(tmp_path: Path) -> None:
+    chosen = {
+        "status": "ok",
+        "best_layer": 1,
+        "best_coef": 2.0,
+        "grid_coef": 2.0,
+        "effect": 0.55,
+        "delta": 0.05,
+        "side_effects": {"kl": 0.1},
+    }
+    summary = {
+        "name": "ab",
+        "task": "sweep",
+        "model": "m",
+        "method": "mean_diff",
+        "positions": "all",
+        "runtime_s": 1.0,
+        "grid": {"measured": 2, "planned": 2},
+        "effect": "p_match",
+        "budget": {"kl": 0.3},
+        "min_delta": 0.02,
+        "directions": {"positive": {**chosen, "window": "1"}},
+        "baseline": {"p_match": 0.5},
+        "letter_balance": {"A": 0.6, "B": 0.4},
+        "letter_effects": {"positive": {"deltas": {"A": 0.2, "B": -0.1}, "consistent": False}},
+        "steers": False,
+        "test_letters": {"A": 27, "B": 27, "C": 4},
+        "extraction_letters": {"A": 5, "B": 3},
+    }
+    base, cell = (
+        CellResult(0, "coef 0", (), 0.0, 0.0, {"p_match": 0.5, "kl": 0.0}),
+        CellResult(1, "1", (1,), 2.0, 2.0, {"p_match": 0.55, "kl": 0.1}),
+    )
+    html = write_run_report(tmp_path / "report.html", summary, [], "name: ab", baseline=base, cells=[cell]).read_text()
+    assert "positive: A +0.200, B -0.100 <b class='bad'>letter shift, not the behaviour</b>" in html
+    assert "steer the behaviour" in html and "<b class='bad'>no</b>" in html
+    test_line = html[html.index("in the scored test items") :].split("</p>")[0]
+    assert "A: 27, B: 27, C: 4" in test_line and "A and B unbalanced" not in test_line and "4 match a third option" in test_line
+    extraction_line = html[html.index("in the extraction pairs") :].split("</p>")[0]
+    assert "A and B unbalanced: the direction may carry the letter; set data.balance_letters=true" in extraction_line
