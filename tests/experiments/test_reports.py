@@ -29,18 +29,25 @@ def test_compare_report_escapes_a_vector_name(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt; / plain" in html and "name: &lt;script&gt;" in html
 
 
-def test_run_report_escapes_names_prompts_and_generations(tmp_path: Path) -> None:
-    summary = {
-        "name": EVIL,
+def _sweep_summary(name: str, effect: str, min_delta: float) -> dict:
+    """The fields every sweep summary has, for a one-cell report."""
+    return {
+        "name": name,
         "task": "sweep",
         "model": "m",
         "method": "mean_diff",
         "positions": "all",
         "runtime_s": 1.0,
         "grid": {"measured": 2, "planned": 2},
-        "effect": "score",
+        "effect": effect,
         "budget": {"kl": 0.3},
-        "min_delta": 0.0,
+        "min_delta": min_delta,
+    }
+
+
+def test_run_report_escapes_names_prompts_and_generations(tmp_path: Path) -> None:
+    summary = {
+        **_sweep_summary(EVIL, "score", 0.0),
         "directions": {
             EVIL: {
                 "status": "ok",
@@ -98,16 +105,7 @@ def test_run_report_states_the_letters_and_a_letter_shift(tmp_path: Path) -> Non
         "side_effects": {"kl": 0.1},
     }
     summary = {
-        "name": "ab",
-        "task": "sweep",
-        "model": "m",
-        "method": "mean_diff",
-        "positions": "all",
-        "runtime_s": 1.0,
-        "grid": {"measured": 2, "planned": 2},
-        "effect": "p_match",
-        "budget": {"kl": 0.3},
-        "min_delta": 0.02,
+        **_sweep_summary("ab", "p_match", 0.02),
         "directions": {"positive": {**chosen, "window": "1"}},
         "baseline": {"p_match": 0.5},
         "letter_balance": {"A": 0.6, "B": 0.4},
