@@ -16,6 +16,8 @@ scorer. Prints one line per candidate and sign; ``--out`` writes them as JSON.
 Candidates are named ``<data>-<read>-<method>-<mode>-<apply_to>-<first:last layer>``
 (``CANDIDATES`` lists the ones compared on 2026-12-01; ``--candidates`` takes any);
 data: ``bundled`` (100 bundled sentiment pairs, as ``steering run`` uses), ``bundled200``,
+``bundledcut`` (the same pairs cut after their first sentiment word), ``posneutral`` /
+``neutralneg`` (one pole against the same sentences with neutral words),
 ``repe`` (RepE happiness vs sadness scenarios), ``bundled+repe``, ``repeng`` (repeng's
 persona recipe: "Act as if you're extremely happy/sad." + a short opening). The
 strongest strength inside the budget is taken per sign (the ladder stops at the first
@@ -77,6 +79,13 @@ def pairs_for(data: str, tok: Any) -> list[Any]:
             for pair in st.load_pairs("sentiment")[:100]
         ]
         return [st.ContrastPair(a, b, pair.prompt) for (a, b), pair in zip(poled, st.load_pairs("sentiment")[:100])]
+    if data == "bundledcut":  # each pair cut after its first sentiment word: the last token read is that word
+        cut = []
+        for pair in st.load_pairs("sentiment")[:100]:
+            a, b = pair.positive.split(), pair.negative.split()
+            first = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+            cut.append(st.ContrastPair(" ".join(a[: first + 1]).rstrip(".,!"), " ".join(b[: first + 1]).rstrip(".,!"), pair.prompt))
+        return cut
     if data == "bundled+repe":
         return pairs_for("bundled200", tok) + pairs_for("repe", tok)
     raise SystemExit(f"unknown data {data!r}")
