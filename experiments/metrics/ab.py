@@ -133,11 +133,10 @@ def ab_pmatch(ctx: Context, cell: Cell) -> Values:
     cell.cache["ab_diff"] = (match - other).numpy()
     values: Values = {"p_match": float(share.mean()), "ab_mass": float((p_match + p_other).mean())}
     totals: dict[str, list[float]] = {}
+    matching: dict[str, list[float]] = {}
     for item, s in zip(items, share.tolist()):
         totals.setdefault(item.match_label, []).append(s)
         totals.setdefault(item.other_label, []).append(1.0 - s)
-    matching: dict[str, list[float]] = {}
-    for item, s in zip(items, share.tolist()):
         matching.setdefault(item.match_label, []).append(s)
     for label in sorted(totals):
         values[f"share_{label}"] = sum(totals[label]) / len(totals[label])
