@@ -19,7 +19,8 @@ data: ``bundled`` (100 bundled sentiment pairs, as ``steering run`` uses), ``bun
 ``bundledcut`` (the same pairs cut after their first sentiment word), ``posneutral`` /
 ``neutralneg`` (one pole against the same sentences with neutral words),
 ``repe`` (RepE happiness vs sadness scenarios), ``bundled+repe``, ``repeng`` (repeng's
-persona recipe: "Act as if you're extremely happy/sad." + a short opening). The
+persona recipe: "Act as if you're extremely happy/sad." + a short opening); method:
+any in ``steering.METHODS`` (``bipo`` is trained at the candidate's layers only). The
 strongest strength inside the budget is taken per sign (the ladder stops at the first
 strength over it). Results of 2026-12-01: ``benchmarks/results/sentiment-2026-12-01/``.
 """
@@ -37,6 +38,7 @@ import torch
 from _common import ROOT, machine_info
 
 import steering as st
+from steering import METHODS
 from steering.experiments.metrics.neutral import kl_sum
 from steering.experiments.metrics.replies import encode_replies, iter_reply_logprobs, reply_logprobs, token_logprobs
 from steering.experiments.metrics.text import DEGENERATE_DISTINCT2
@@ -49,7 +51,7 @@ DATASETS = ROOT / "steering" / "datasets"
 # Strength ladders (add: total over the window, split evenly; angular: degrees per layer;
 # clamp: multiples of |v| per layer), walked until the budget breaks.
 LADDERS: dict[str, list[float]] = {
-    "add": [0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16],
+    "add": [0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64],
     "angular": [5, 10, 15, 20, 30, 40, 50, 60, 75, 90],
     "clamp": [0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32],
 }
@@ -208,12 +210,14 @@ def main() -> None:
     names = args.candidates or CANDIDATES
     if args.only:
         names = [n for n in names if any(s in n for s in args.only)]
-    vectors: dict[tuple[str, str, str], st.SteeringVector] = {}
+    vectors: dict[tuple[str, str, str, tuple[int, ...] | None], st.SteeringVector] = {}
     for name in names:
         c = parse(name)
-        key = (c["data"], c["read"], c["method"])
+        # bipo trains each layer (minutes apiece): only the candidate's layers, not all of them.
+        layers = c["layers"] if METHODS[c["method"]].fit is not None else None
+        key = (c["data"], c["read"], c["method"], None if layers is None else tuple(layers))
         if key not in vectors:
-            vectors[key] = st.extract(model, tok, pairs_for(c["data"], tok), layers=None, method=c["method"], read=c["read"])
+            vectors[key] = st.extract(model, tok, pairs_for(c["data"], tok), layers=layers, method=c["method"], read=c["read"])
         vec = vectors[key]
         for sign in (1, -1):
             best = None

@@ -32,6 +32,7 @@ from steering.hooks import (
 )
 from steering.vectors import (
     METHODS,
+    BipoOptions,
     ContrastPair,
     DatasetError,
     LayerStats,
@@ -41,6 +42,7 @@ from steering.vectors import (
     SteeringVector,
     VectorFileError,
     VectorMismatchError,
+    bipo_directions,
     extract,
     model_fingerprint,
     register_method,
@@ -65,6 +67,7 @@ __all__ = [
     "SITES",
     "ApplyTo",
     "Backend",
+    "BipoOptions",
     "BakeError",
     "BakeMode",
     "Condition",
@@ -89,6 +92,7 @@ __all__ = [
     "bake",
     "bundled_datasets",
     "decoder_layers",
+    "bipo_directions",
     "extract",
     "find_condition",
     "generate",

@@ -4,6 +4,7 @@ An internal layer of the `steering` framework (users import `steering`); it
 builds on `hooks` and never imports upwards.
 """
 
+from .bipo import BipoOptions, bipo_directions
 from .coef import MAX_COEF, MAX_DELTA_NORM, CoefError, check_coef
 from .extract import READS, Read, collect_stats, extract, read_texts
 from .io import FORMAT, FORMAT_VERSION, VectorFileError, atomic_write
@@ -21,6 +22,7 @@ __all__ = [
     "METHODS",
     "READS",
     "Read",
+    "BipoOptions",
     "CoefError",
     "ContrastPair",
     "DatasetError",
@@ -33,6 +35,7 @@ __all__ = [
     "VectorMismatchError",
     "VectorValueError",
     "as_pairs",
+    "bipo_directions",
     "atomic_write",
     "check_coef",
     "collect_stats",

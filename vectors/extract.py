@@ -33,11 +33,8 @@ from steering.hooks import (
     cache_kwargs,
     capture,
     check_site,
-    completion_mask,
     input_device,
     num_layers,
-    position_ids,
-    read_indices,
     read_rows,
     renamed,
     resolve_layers,
@@ -49,36 +46,12 @@ from .methods import LayerStats, get_method
 from .model_info import hidden_size, model_fingerprint, model_name
 from .pairs import ContrastPair, as_pairs, dataset_sha256
 from .prefix import SharedBatch, length_keys, new_cache, plan_shared
-from .text import pad_batch, pair_texts, prefix_tokens, tokenize, tokenize_with_offsets
+from .text import encode_texts, pair_texts
 from .vector import SteeringVector
 
 Read = Literal["last", "mean"]
 """Where extraction reads each text (the ``read`` keyword; formerly ``position``)."""
 READS: tuple[str, ...] = get_args(Read)
-
-
-def _encode(
-    tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device
-) -> dict[str, Tensor]:
-    """Model inputs of ``texts`` and ``_reduce``, what `hooks.tokens.read_rows` reads of each row."""
-    if position == "mean":
-        ids, offsets = zip(*(tokenize_with_offsets(tokenizer, t, s) for t, s in zip(texts, special)))
-    else:
-        ids = tuple(tokenize(tokenizer, t, s) for t, s in zip(texts, special))
-    # Either side gives the same vectors (tested); the tokenizer's side is only read, never set.
-    batch = pad_batch(tokenizer, ids, side=getattr(tokenizer, "padding_side", "right"))
-    mask = batch["attention_mask"]
-    out = {
-        "input_ids": batch["input_ids"].to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": position_ids(mask).to(device),
-    }
-    if position == "mean":
-        lens = [prefix_tokens(tokenizer, *row) for row in zip(texts, prefixes, special, offsets)]
-        out["_reduce"] = completion_mask(mask, torch.tensor(lens)).to(device)
-    else:
-        out["_reduce"] = read_indices(mask).to(device)
-    return out
 
 
 @torch.no_grad()
@@ -151,7 +124,7 @@ def collect_stats(
             all_texts = [r[0] for r in rows] + [r[1] for r in rows]
             prefixes = [r[2] for r in rows] * 2
             special = [r[3] for r in rows] * 2
-            encoded = _encode(tokenizer, all_texts, prefixes, special, position, device)
+            encoded = encode_texts(tokenizer, all_texts, prefixes, special, position, device)
             plan = _plan_shared(encoded, tokenizer.pad_token_id, device) if share_prefix and position == "last" else None
             if plan is not None:
                 cache = new_cache(model)
@@ -242,7 +215,7 @@ def read_texts(
     with capture(model, indices, hook, site=site, stop_after_last=True):
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            current = _encode(tokenizer, chunk, [""] * len(chunk), [True] * len(chunk), read, device)
+            current = encode_texts(tokenizer, chunk, [""] * len(chunk), [True] * len(chunk), read, device)
             run_until_stopped(model, **{k: v for k, v in current.items() if not k.startswith("_")}, use_cache=False)
 
 
@@ -325,24 +298,32 @@ def extract(
             else f"corpus= is for method='mean_centred'; method {method!r} reads the pairs' negatives"
         )
     pair_list = as_pairs(pairs)
-    stats = collect_stats(
-        model,
-        tokenizer,
-        pair_list,
-        layers,
-        read=read,
-        site=site,
-        batch_size=batch_size,
-        needs_sketch=chosen.needs_sketch,
-        needs_samples=chosen.needs_samples,
-        progress=progress,
-        distributed=distributed,
-    )
+    extra: dict[str, str] = {}
+    if chosen.fit is not None and data_parallel(input_device(model), distributed) is not None:
+        raise SteeringError(f"method {method!r} trains in one process; it does not split the pairs over torch.distributed processes")
+    stats: dict[int, LayerStats] = {}
+    if chosen.fit is None or reference:  # a trained method reads activations only for the reference mean
+        stats = collect_stats(
+            model,
+            tokenizer,
+            pair_list,
+            layers,
+            read=read,
+            site=site,
+            batch_size=batch_size,
+            needs_sketch=chosen.needs_sketch,
+            needs_samples=chosen.needs_samples,
+            progress=progress,
+            distributed=distributed,
+        )
     if corpus is not None:
         means = corpus_means(model, tokenizer, corpus, list(stats), read=read, site=site, batch_size=batch_size)
         for layer, s in stats.items():
             s.corpus_mean = means[layer]
-    directions = {i: chosen.fn(s) for i, s in stats.items()}
+    if chosen.fit is not None:
+        directions, extra = chosen.fit(model, tokenizer, pair_list, resolve_layers(model, layers), site=site, progress=progress)
+    else:
+        directions = {i: chosen.fn(s) for i, s in stats.items()}
     for layer, direction in directions.items():
         if not bool(torch.isfinite(direction).all()):
             raise SteeringError(f"method {method!r} gave a non-finite direction at layer {layer}")
@@ -357,5 +338,6 @@ def extract(
         read=read,
         n_pairs=len(pair_list),
         dataset_sha256=dataset_sha256(pair_list),
+        extra=extra,
         reference={i: s.reference.float() for i, s in stats.items()} if reference or corpus is not None else None,
     )

@@ -16,6 +16,10 @@ probe      logistic-regression weight direction (standardised features),
 mean_centred  mean of positive activations minus the mean over a generic
            corpus (``extract(..., corpus=texts)``; Jorgensen et al. 2023):
            the pairs' negatives are not used
+bipo       trained, not read: per layer, the vector whose addition makes the
+           positive completions likelier than the negative ones and whose
+           subtraction does the reverse (`vectors.bipo`; Cao et al. 2024);
+           a forward and backward pass over the pairs per epoch and layer
 =========  ==================================================================
 
 ``pca_diff`` needs the second moment ``C = sum_i d_i d_i^T`` of the pair
@@ -42,6 +46,8 @@ import torch
 from torch import Tensor
 
 from steering.hooks import SteeringError
+
+from .bipo import fit_bipo
 
 SKETCH_RANK = 128
 """Columns of the ``pca_diff`` sketch (see module docs): ``hidden x 128`` float64 per layer."""
@@ -119,13 +125,19 @@ class LayerStats:
 
 @dataclass(frozen=True)
 class Method:
-    """An extraction method: ``fn(stats) -> direction`` plus the statistics it needs."""
+    """An extraction method: ``fn(stats) -> direction`` plus the statistics it needs.
+
+    A trained method sets ``fit(model, tokenizer, pairs, layers, site=, progress=)
+    -> ({layer: direction}, metadata)`` instead: `extract` calls it and reads no statistics
+    (its ``fn`` refuses to run).
+    """
 
     fn: Callable[[LayerStats], Tensor]
     needs_sketch: bool = False
     needs_samples: bool = False
     needs_corpus: bool = False
     doc: str = ""
+    fit: Callable[..., tuple[dict[int, Tensor], dict[str, str]]] | None = None
 
 
 def mean_diff(stats: LayerStats) -> Tensor:
@@ -225,11 +237,16 @@ def mean_centred(stats: LayerStats) -> Tensor:
     return (stats.pos_sum / max(stats.n, 1) - stats.corpus_mean).float()
 
 
+def _trained(stats: LayerStats) -> Tensor:
+    raise SteeringError("this method trains on the model, it is not computed from activation statistics: use extract()")
+
+
 _METHODS: dict[str, Method] = {
     "mean_diff": Method(mean_diff, doc="mean(positive) - mean(negative)"),
     "pca_diff": Method(pca_diff, needs_sketch=True, doc="first principal component of pair differences"),
     "probe": Method(probe, needs_samples=True, doc="logistic-regression weight direction"),
     "mean_centred": Method(mean_centred, needs_corpus=True, doc="mean(positive) - mean(generic corpus)"),
+    "bipo": Method(_trained, fit=fit_bipo, doc="trained: +v favours the positive completions, -v the negative (BiPO)"),
 }
 METHODS: Mapping[str, Method] = MappingProxyType(_METHODS)
 """The registered methods by name: a read-only view; add one with `register_method`."""

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steering.hooks.tokens import Side, pad_ids
+from steering.hooks.tokens import Side, completion_mask, pad_ids, position_ids, read_indices
 
 from .pairs import ContrastPair
 
@@ -145,3 +146,31 @@ def pad_batch(tokenizer: Any, rows: Sequence[Sequence[int]], side: Side = "left"
     """
     ids, mask = pad_ids(rows, pad_token_id(tokenizer), side)
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], prefixes: Sequence[str], special: Sequence[bool], position: str, device: torch.device
+) -> dict[str, Tensor]:
+    """Model inputs of ``texts`` (on ``device``) and ``_reduce``, what `hooks.tokens.read_rows` reads of each row.
+
+    ``position`` is a read (``last``: the index of each row's last token;
+    ``mean``: a mask of the tokens after each row's ``prefixes`` entry, the completion).
+    """
+    if position == "mean":
+        ids, offsets = zip(*(tokenize_with_offsets(tokenizer, t, s) for t, s in zip(texts, special)))
+    else:
+        ids = tuple(tokenize(tokenizer, t, s) for t, s in zip(texts, special))
+    # Either side gives the same vectors (tested); the tokenizer's side is only read, never set.
+    batch = pad_batch(tokenizer, ids, side=getattr(tokenizer, "padding_side", "right"))
+    mask = batch["attention_mask"]
+    out = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": position_ids(mask).to(device),
+    }
+    if position == "mean":
+        lens = [prefix_tokens(tokenizer, *row) for row in zip(texts, prefixes, special, offsets)]
+        out["_reduce"] = completion_mask(mask, torch.tensor(lens)).to(device)
+    else:
+        out["_reduce"] = read_indices(mask).to(device)
+    return out

@@ -485,7 +485,7 @@ def test_hooks_removed_when_extraction_raises_inside_forward(llama_mod, monkeypa
 def test_hooks_removed_when_batching_fails_midway(llama_mod, monkeypatch):
     model, tok = llama_mod
     baseline = hook_count(model)
-    real_encode = vextract._encode
+    real_encode = vextract.encode_texts
     calls = []
 
     def flaky(*args, **kwargs):
@@ -494,7 +494,7 @@ def test_hooks_removed_when_batching_fails_midway(llama_mod, monkeypatch):
             raise ValueError("tokenizer failed on batch 2")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(vextract, "_encode", flaky)
+    monkeypatch.setattr(vextract, "encode_texts", flaky)
     with pytest.raises(ValueError, match="batch 2"):
         extract(model, tok, PAIRS, [1], batch_size=2, progress=False)
     assert len(calls) == 2
@@ -694,7 +694,7 @@ def test_position_mean_without_chat_template_keeps_first_completion_token():
     """Base-model path: ``prompt + " " + completion``.
 
     The byte-level BPE merges the inserted space into the first completion token
-    ("Ġhappy"), but `_encode` counts prefix tokens by tokenising ``"prompt "`` on its
+    ("Ġhappy"), but `encode_texts` counts prefix tokens by tokenising ``"prompt "`` on its
     own, which ends in a separate "Ġ" token: one token too many, so the first
     completion token is dropped from the mean.
     """
