@@ -266,7 +266,9 @@ def extract(
         tokenizer: its tokenizer (needs a pad token).
         pairs: `ContrastPair` objects (or dicts / ``(positive, negative)`` tuples).
         layers: layers to extract (``None`` = all; negative indices allowed).
-        method: a name in `vectors.METHODS` (``mean_diff``, ``pca_diff``, ``probe``).
+        method: a name in `vectors.METHODS` (``mean_diff``, ``pca_diff``, ``probe``,
+            ``mean_centred``; ``bipo`` is trained on the model instead, see `vectors.bipo`:
+            ``read`` then only says where a reference mean is read, and it runs in one process).
         read: where each text is read: ``last`` (last non-pad token) or
             ``mean`` (completion tokens).
         site: hook site to read (`hooks.SITES`).
