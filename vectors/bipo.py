@@ -79,7 +79,8 @@ class _Trained:
         self.sign = 1.0
 
     def __call__(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        return hidden + (self.sign * self.v).to(hidden.dtype)
+        # The layer may sit on another device than v (device_map); .to() passes the gradient back.
+        return hidden + (self.sign * self.v).to(device=hidden.device, dtype=hidden.dtype)
 
 
 def completion_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -173,11 +174,12 @@ def _train_layer(
             for k in range(0, len(order), opts.batch_size):
                 rows = order[k : k + opts.batch_size]
                 op.sign = rng.choice((1.0, -1.0))
-                pos = completion_logprobs(model, encode(rows, 0)) - ref[0, rows].to(device)
-                neg = completion_logprobs(model, encode(rows, 1)) - ref[1, rows].to(device)
+                pos = completion_logprobs(model, encode(rows, 0))
+                neg = completion_logprobs(model, encode(rows, 1))
+                pos, neg = pos - ref[0, rows].to(pos.device), neg - ref[1, rows].to(neg.device)  # logits' device
                 loss = -F.logsigmoid(op.sign * opts.beta * (pos - neg)).mean()
                 if not bool(torch.isfinite(loss)):
-                    raise SteeringError(f"bipo: the loss at layer {layer} is not finite ({float(loss)}); lower bipo lr")
+                    raise SteeringError(f"bipo: the loss at layer {layer} is not finite ({float(loss.detach())}); lower bipo lr")
                 # Gradients for v alone: the weights' gradients are never computed.
                 (grad,) = torch.autograd.grad(loss, [v])
                 v.grad = grad
