@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from steering.hooks import Site, SteeringError, input_device, patch
+from steering.hooks import Site, SteeringError, input_device, patch, resolve_layers
 
 from .model_info import hidden_size
 from .pairs import ContrastPair
@@ -112,12 +112,16 @@ def bipo_directions(
 ) -> dict[int, Tensor]:
     """Train one BiPO vector per layer (each alone); return layer -> float32 direction ``[hidden]``.
 
+    Layers may be negative (from the end); the keys are non-negative indices.
+
     Raises:
-        SteeringError: fewer than one pair, or a loss that stops being finite.
+        SteeringError: no pairs, or a loss that stops being finite.
+        LayerError: a layer the model does not have.
     """
     opts = options or BipoOptions()
     if not pairs:
         raise SteeringError("bipo needs at least one contrastive pair")
+    layers = resolve_layers(model, list(layers))
     device = input_device(model)
     texts = [pair_texts(tokenizer, p) for p in pairs]
 

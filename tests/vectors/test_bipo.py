@@ -83,7 +83,8 @@ def test_training_moves_both_sides() -> None:
 def test_layers_are_trained_alone_and_deterministic() -> None:
     model, tok = make_tiny("llama")
     both = st.bipo_directions(model, tok, PAIRS, [0, 2])
-    alone = st.bipo_directions(model, tok, PAIRS, [2])
+    alone = st.bipo_directions(model, tok, PAIRS, [-1])  # the last of 3 layers
+    assert list(alone) == [2]
     torch.testing.assert_close(both[2], alone[2])
     again = st.bipo_directions(model, tok, PAIRS, [0, 2])
     assert all(torch.equal(both[k], again[k]) for k in both)
@@ -126,6 +127,8 @@ def test_errors() -> None:
         st.BipoOptions(lr=-1)
     with pytest.raises(st.SteeringError, match="at least one contrastive pair"):
         st.bipo_directions(model, tok, [], [1])
+    with pytest.raises(st.LayerError, match="7"):
+        st.bipo_directions(model, tok, PAIRS, [7])
     with pytest.raises(st.SteeringError, match="trains on the model"):
         METHODS["bipo"].fn(None)  # type: ignore[arg-type]
 
