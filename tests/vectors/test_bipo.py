@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,6 +133,15 @@ def test_errors() -> None:
         st.bipo_directions(model, tok, PAIRS, [7])
     with pytest.raises(st.SteeringError, match="trains on the model"):
         METHODS["bipo"].fn(None)  # type: ignore[arg-type]
+
+
+def test_extract_refuses_to_train_under_torch_distributed(monkeypatch) -> None:
+    """Each process would train the whole thing again: extract says so instead of splitting pairs it cannot split."""
+    extract_module = importlib.import_module("steering.vectors.extract")  # the module, not the function of that name
+    model, tok = make_tiny("llama")
+    monkeypatch.setattr(extract_module, "data_parallel", lambda device, distributed: object())
+    with pytest.raises(st.SteeringError, match="method 'bipo' trains in one process"):
+        st.extract(model, tok, PAIRS, layers=[1], method="bipo")
 
 
 def test_a_loss_that_is_not_finite_stops_training(monkeypatch) -> None:
