@@ -153,7 +153,28 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
 
         sweep = cfg.sweep
         runner = ray_runner(int(sweep.workers), sweep.ray_address, int(sweep.cpus_per_worker), shipped=given)
-    return _sweep(ctx, pairs, out_dir, yaml, start, runner)
+    return _sweep(ctx, _with_self_pairs(cfg, model, tokenizer, pairs), out_dir, yaml, start, runner)
+
+
+def _with_self_pairs(cfg: DictConfig, model: Any, tokenizer: Any, pairs: list[st.ContrastPair]) -> list[st.ContrastPair]:
+    """``pairs`` and (``data.self_pairs=add``) or only (``only``) the model's own replies to their prompts under data.instructions."""
+    if cfg.data.self_pairs is None:
+        return pairs
+    prompts = list(dict.fromkeys(p.prompt for p in pairs if p.prompt))
+    if not prompts:
+        raise st.DatasetError(f"data.self_pairs={cfg.data.self_pairs} answers the pairs' prompts, and data.path={cfg.data.path} has none")
+    instructions = cfg.data.instructions
+    log.info("writing self pairs: %d prompts, %d tokens per reply", len(prompts), cfg.data.self_pairs_tokens)
+    written = st.self_written_pairs(
+        model,
+        tokenizer,
+        prompts,
+        str(instructions.positive),
+        str(instructions.negative),
+        max_new_tokens=int(cfg.data.self_pairs_tokens),
+        batch_size=int(cfg.eval.batch_size),
+    )
+    return [*pairs, *written] if cfg.data.self_pairs == "add" else written
 
 
 def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float, runner: CellRunner) -> dict[str, Any]:

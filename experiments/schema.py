@@ -27,6 +27,7 @@ from .metrics import METRICS, produced_values
 
 TASKS = ("sweep", "probe", "condition")
 BACKENDS = ("serial", "ray")
+SELF_PAIRS = ("add", "only")  # data.self_pairs (or null)
 
 
 @dataclass
@@ -51,6 +52,10 @@ class DataConf:
     # The prompting baseline: an instruction for the behaviour (positive) and its opposite (negative).
     instructions: dict[str, str] = field(default_factory=dict)
     balance_letters: bool = False  # A/B pairs: extract from each item and its A<->B swapped copy
+    # Pairs the model writes itself: its replies to the pairs' prompts under instructions.positive
+    # and .negative (steering.self_written_pairs), added to the pairs or used alone.
+    self_pairs: str | None = None  # null | add | only
+    self_pairs_tokens: int = 32  # tokens per self-written reply
 
 
 @dataclass
@@ -233,6 +238,22 @@ def _check_axes(cfg: DictConfig) -> None:
             raise ConfigError(f"sweep.mode_coefs.angular={coefs}: angles in degrees, within [-180, 180]")
 
 
+def _check_self_pairs(cfg: DictConfig) -> None:
+    if cfg.data.self_pairs is None:
+        return
+    _choice("data.self_pairs", cfg.data.self_pairs, SELF_PAIRS)
+    given = f"data.self_pairs={cfg.data.self_pairs}"
+    if cfg.task != "sweep":
+        raise ConfigError(f"{given} is for task=sweep (the pairs a sweep extracts from), not task={cfg.task}")
+    for key in ("positive", "negative"):
+        if not str(cfg.data.instructions.get(key) or "").strip():
+            raise ConfigError(f"{given} writes replies under data.instructions.positive and .negative; data.instructions.{key} is not set")
+    if cfg.data.balance_letters:
+        raise ConfigError(f"{given} with data.balance_letters=true: self-written replies have no answer letter to balance")
+    if cfg.data.self_pairs_tokens < 1:
+        raise ConfigError(f"data.self_pairs_tokens={cfg.data.self_pairs_tokens} must be >= 1")
+
+
 def check(cfg: DictConfig) -> None:
     """Raise `ConfigError` for values that do not fit together (see module docs)."""
     _choice("task", cfg.task, TASKS)
@@ -254,6 +275,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("method.batch_size and eval.batch_size must be >= 1")
     if not 0.0 <= cfg.data.holdout < 1.0:
         raise ConfigError(f"data.holdout={cfg.data.holdout} must be in [0, 1)")
+    _check_self_pairs(cfg)
     if not 0.0 < cfg.eval.test_fraction < 1.0:
         raise ConfigError(f"eval.test_fraction={cfg.eval.test_fraction} must be in (0, 1)")
     for key in ("data.max_pairs", "eval.max_prompts", "eval.max_neutral", "eval.max_ab_items", "eval.max_capability"):

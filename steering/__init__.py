@@ -54,6 +54,7 @@ from .conditions import Condition, find_condition
 from .data import bundled_datasets, load_lines, load_pairs, load_prompts
 from .generate import generate
 from .models import DEFAULT_MODEL, MODEL_REGISTRY, ModelLoadError, ModelSpec, load_model, register_model
+from .self_pairs import self_written_pairs
 
 try:
     __version__ = _dist_version("steering")  # the one version string: pyproject.toml's
@@ -105,6 +106,7 @@ __all__ = [
     "register_method",
     "register_model",
     "resolve_layers",
+    "self_written_pairs",
     "set_decoder_layers",
     "steer",
 ]

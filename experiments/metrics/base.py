@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import steering as st
+from steering.self_pairs import instructed
 
 from .data import EvalData
 
@@ -76,7 +77,7 @@ class Cell:
 
     def prompt(self, prompt: str) -> str:
         """``prompt`` as this cell asks it: after the instruction for a prompting cell."""
-        return prompt if self.instruction is None else f"{self.instruction}\n\n{prompt}"
+        return prompt if self.instruction is None else instructed(self.instruction, prompt)
 
     @property
     def layer_coef(self) -> float:

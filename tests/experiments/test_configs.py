@@ -113,6 +113,12 @@ def test_bad_overrides_fail_with_hydra_errors(override: str, error: type[Excepti
         (["sweep.modes=[angular]", "sweep.mode_coefs.angular=[0]"], "sweep.mode_coefs.angular"),
         (["sweep.modes=[angular]", "sweep.mode_coefs.angular=[200]"], "within [-180, 180]"),
         (["sweep.modes=[clamp]", "~sweep.mode_coefs.clamp"], "sweep.mode_coefs.clamp"),
+        (["data.self_pairs=more"], "data.self_pairs='more'"),
+        (["data.self_pairs=add", "~data.instructions.positive"], "data.instructions.positive is not set"),
+        (["data.self_pairs=only", "data.instructions.negative=' '"], "data.instructions.negative is not set"),
+        (["data.self_pairs=add", "data.balance_letters=true"], "no answer letter"),
+        (["data.self_pairs=add", "data.self_pairs_tokens=0"], "data.self_pairs_tokens=0"),
+        (["data.self_pairs=add", "task=probe", "metric.use=[probe_accuracy]"], "is for task=sweep"),
     ],
 )
 def test_check_names_the_bad_key(overrides: list[str], message: str) -> None:

@@ -420,6 +420,32 @@ def test_a_trained_method_is_a_grid_axis_like_the_others(tiny_dir: Path, tmp_pat
     assert {("bipo", -1.0), ("bipo", 1.0), ("mean_diff", -1.0), ("mean_diff", 1.0)} <= cells
 
 
+@pytest.mark.parametrize("how", ["add", "only"])
+def test_self_written_pairs_are_what_the_sweep_extracts_from(tiny_dir: Path, tmp_path: Path, how: str) -> None:
+    """data.self_pairs: the vector is extract() on the pairs plus (or instead of) self_written_pairs of their prompts."""
+    out = tmp_path / how
+    overrides = ["sweep.layers=[1]", "sweep.coefs=[-1,1]", "data.max_pairs=6", f"data.self_pairs={how}", "data.self_pairs_tokens=5"]
+    cfg = compose_run([*_tiny_sweep(tiny_dir, out), *overrides])
+    run(cfg)
+    model, tok = st.load_model(tiny_dir)
+    given = st.load_pairs(cfg.data.path)[:6]  # the sentiment sweep holds none out
+    prompts = list(dict.fromkeys(p.prompt for p in given))
+    instructions = cfg.data.instructions
+    written = st.self_written_pairs(model, tok, prompts, instructions.positive, instructions.negative, max_new_tokens=5)
+    pairs = [*given, *written] if how == "add" else written
+    saved = st.SteeringVector.load(out / "vector.safetensors", model)
+    assert saved.n_pairs == len(pairs) == (len(given) if how == "add" else 0) + len(prompts)
+    torch.testing.assert_close(saved.directions[1], st.extract(model, tok, pairs, [1]).directions[1])
+
+
+def test_self_written_pairs_need_prompts(tiny_dir: Path, tmp_path: Path) -> None:
+    no_prompts = tmp_path / "plain.jsonl"
+    no_prompts.write_text('{"positive": "I love it.", "negative": "I hate it."}\n' * 3, encoding="utf-8")
+    cfg = compose_run([*_tiny_sweep(tiny_dir, tmp_path / "out"), f"data.path={no_prompts}", "data.self_pairs=add"])
+    with pytest.raises(st.DatasetError, match=f"data.self_pairs=add answers the pairs' prompts, and data.path={no_prompts} has none"):
+        run(cfg)
+
+
 def r_axes(row: dict) -> tuple[str, str, str]:
     return row["method"], row["mode"], row["apply_to"]
 
