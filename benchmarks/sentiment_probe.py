@@ -12,6 +12,7 @@ scorer. Prints one line per candidate and sign; ``--out`` writes them as JSON.
 
     python benchmarks/sentiment_probe.py --prompts 12 --tokens 24 --only 10:13
     python benchmarks/sentiment_probe.py --candidates repeng-last-mean_diff-add-all-10:13
+    python benchmarks/sentiment_probe.py --candidates bundled-last-bipo-add-all-18:18 --ladder 0.25 0.5 0.75 1 1.25 1.5
 
 Candidates are named ``<data>-<read>-<method>-<mode>-<apply_to>-<first:last layer>``
 (``CANDIDATES`` lists the ones compared on 2026-12-01; ``--candidates`` takes any);
@@ -166,9 +167,12 @@ def main() -> None:
     parser.add_argument("--ppl", type=float, default=1.3)
     parser.add_argument("--kl", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ladder", type=float, nargs="*", default=None, help="strengths to walk instead of LADDERS[mode], ascending")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="4 prompts, 12 tokens, 16 neutral sentences, the first candidate")
     args = parser.parse_args()
+    if args.ladder and (sorted(args.ladder) != args.ladder or args.ladder[0] <= 0):
+        parser.error(f"--ladder must be positive and ascending, got {args.ladder}")
     if args.quick:
         args.prompts, args.tokens, args.neutral = 4, 12, 16
         args.candidates = (args.candidates or CANDIDATES)[:1]
@@ -221,7 +225,7 @@ def main() -> None:
         vec = vectors[key]
         for sign in (1, -1):
             best = None
-            for step in LADDERS[c["mode"]]:
+            for step in args.ladder or LADDERS[c["mode"]]:
                 if c["mode"] == "add":
                     spec, coef = vec.select(c["layers"]), sign * step / len(c["layers"])
                 else:
