@@ -58,7 +58,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # Written last into a cache folder; its presence marks a complete cache.
 _CACHE_MARKER = "steering_cache.json"
-_CACHE_FORMAT = 1
+# 2: the tokenizer adds BOS / EOS as the GGUF says (transformers 5.19 drops Gemma-3's add_bos_token);
+# a cache of another format is converted again.
+_CACHE_FORMAT = 2
 # Temp dirs of interrupted conversions older than this are deleted.
 _STALE_TMP_SECONDS = 3600
 
@@ -207,7 +209,26 @@ def _resolve_device(device: Any) -> torch.device:
 
 
 def _is_complete_cache(folder: Path) -> bool:
-    return (folder / _CACHE_MARKER).is_file() and (folder / "config.json").is_file()
+    """A finished conversion of the current format (an older one is converted again)."""
+    if not (folder / _CACHE_MARKER).is_file() or not (folder / "config.json").is_file():
+        return False
+    try:
+        return json.loads((folder / _CACHE_MARKER).read_text()).get("format") == _CACHE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _gguf_special_token_flags(gguf_path: Path) -> dict[str, bool]:
+    """The GGUF's ``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, those it sets."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf_path).fields
+    flags = {}
+    for name in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{name}")
+        if field is not None and field.data:
+            flags[name] = bool(field.parts[field.data[0]][0])
+    return flags
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -253,6 +274,15 @@ def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True, **extra)
     except Exception as exc:  # transformers raises many types for unsupported GGUFs
         raise ModelLoadError(f"transformers could not load GGUF file {gguf_path}: {exc}") from exc
+    # transformers (5.19) does not carry every GGUF's add_bos_token over: Gemma-3 would lose the
+    # BOS it was trained with. The GGUF's flags are the truth; setting one rebuilds the post-processor.
+    flags = _gguf_special_token_flags(gguf_path)
+    for flag, value in flags.items():
+        if getattr(tokenizer, flag, value) != value:
+            logger.info("%s: %s=%s as the GGUF says (transformers gave %s)", gguf_path.name, flag, value, not value)
+            setattr(tokenizer, flag, value)
+    if flags.get("add_bos_token") and tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        raise ModelLoadError(f"{gguf_path} says add_bos_token, and the tokenizer transformers made from it does not add BOS")
 
     # A GGUF-loaded model refuses save_pretrained while it still looks quantised,
     # although its weights are already dequantised float32 tensors.

@@ -61,8 +61,8 @@ def tiny_folder(tmp_path_factory):
     return folder, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _write_tiny_gguf(path: Path, seed: int = 0) -> Path:
-    """A valid 2-layer float32 Llama GGUF with a byte-level BPE tokenizer and a chat template."""
+def _write_tiny_gguf(path: Path, seed: int = 0, add_bos: bool | None = None) -> Path:
+    """A valid 2-layer float32 Llama GGUF with a byte-level BPE tokenizer and a chat template (``add_bos``: that flag, if given)."""
     import gguf
     import numpy as np
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -90,6 +90,8 @@ def _write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_token_merges(["h i", "Ġ t"])  # an empty merge list makes transformers want scores
     writer.add_bos_token_id(258)
     writer.add_eos_token_id(259)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 
     def rand(*shape):
@@ -278,6 +280,30 @@ def test_gguf_file_converted_once_then_cached(tmp_path, cache_env, monkeypatch):
     # A changed file (new mtime) gets a new cache key, hence a new conversion.
     st = gguf_path.stat()
     os.utime(gguf_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="conversion should not run"):
+        load_model(gguf_path)
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_the_tokenizer_adds_bos_as_the_gguf_says(tmp_path, cache_env, add_bos):
+    """tokenizer.ggml.add_bos_token is kept through the conversion (transformers drops Gemma-3's), also after a reload."""
+    gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf", add_bos=add_bos)
+    _, tok = load_model(gguf_path)
+    assert (tok("hi there")["input_ids"][0] == 258) is add_bos
+    (cache,) = list(cache_env.iterdir())
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(cache)
+    assert reloaded("hi there")["input_ids"] == tok("hi there")["input_ids"]
+
+
+def test_a_cache_of_an_older_format_is_converted_again(tmp_path, cache_env, monkeypatch):
+    gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf", add_bos=True)
+    load_model(gguf_path)
+    (cache,) = list(cache_env.iterdir())
+    marker = cache / "steering_cache.json"
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"format": 1}))
+    _forbid_conversion(monkeypatch)
     with pytest.raises(AssertionError, match="conversion should not run"):
         load_model(gguf_path)
 
