@@ -37,7 +37,7 @@ from typing import Any, cast
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import steering as st
 from steering.hooks import Site, resolve_layers
@@ -200,6 +200,7 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
             progress=bool(cfg.progress),
             corpus=st.load_lines(cfg.method.corpus) if method == "mean_centred" else None,
             reference=reference,
+            options=OmegaConf.to_container(cfg.method.bipo) if method == "bipo" else None,  # type: ignore[arg-type]
         )
         vectors[method].save(out_dir / vector_file(axes["method"], method))
     log.info("sweeping %d rows (%s) x their coefficients", len(rows), " x ".join(f"{len(v)} {k}" for k, v in axes.items()))

@@ -12,16 +12,17 @@ config key and the bad value.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from steering.apply import COEF_FREE_MODES, MODES
 from steering.conditions import CONDITION_METHODS
-from steering.hooks import APPLY_TO, SITES, ConfigError
+from steering.hooks import APPLY_TO, SITES, ConfigError, SteeringError
 from steering.hooks.renamed import RENAMED
 from steering.vectors import METHODS, READS
+from steering.vectors.bipo import BipoOptions
 
 from .metrics import METRICS, produced_values
 
@@ -67,6 +68,8 @@ class MethodConf:
     position: str | None = None  # deprecated name of read
     batch_size: int = 16
     corpus: str | None = None  # mean_centred: generic texts, one per line (file or bundled name)
+    # BiPO's training settings (st.BipoOptions, its defaults), wherever bipo is extracted (method.name or sweep.methods).
+    bipo: dict[str, Any] = field(default_factory=lambda: asdict(BipoOptions()))
 
 
 @dataclass
@@ -254,6 +257,13 @@ def _check_self_pairs(cfg: DictConfig) -> None:
         raise ConfigError(f"data.self_pairs_tokens={cfg.data.self_pairs_tokens} must be >= 1")
 
 
+def _check_bipo(cfg: DictConfig) -> None:
+    try:
+        BipoOptions.from_mapping(OmegaConf.to_container(cfg.method.bipo))  # type: ignore[arg-type]
+    except SteeringError as error:
+        raise ConfigError(f"method.bipo: {error}") from None
+
+
 def check(cfg: DictConfig) -> None:
     """Raise `ConfigError` for values that do not fit together (see module docs)."""
     _choice("task", cfg.task, TASKS)
@@ -268,6 +278,7 @@ def check(cfg: DictConfig) -> None:
             if "mean_centred" in methods
             else f"method.corpus is for method=mean_centred, not {', '.join(methods)}"
         )
+    _check_bipo(cfg)
     _choice("sweep.backend", cfg.sweep.backend, BACKENDS)
     if cfg.sweep.workers < 1 or cfg.sweep.cpus_per_worker < 1:
         raise ConfigError(f"sweep.workers={cfg.sweep.workers} and sweep.cpus_per_worker={cfg.sweep.cpus_per_worker} must be >= 1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import steering as st
 from steering.hooks import ConfigError
@@ -27,6 +27,18 @@ def _layers(value: object) -> list[int]:
     if isinstance(value, (ListConfig, list, tuple)):
         return [int(v) for v in value]
     return [int(cast(Any, value))]
+
+
+def _bipo_options(cfg: DictConfig) -> dict[str, Any] | None:
+    """``bipo=`` for ``method=bipo`` (checked by `st.BipoOptions`); refused with another method."""
+    options = OmegaConf.to_container(cfg.bipo) if cfg.bipo is not None else {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"bipo={cfg.bipo!r}: a mapping of BiPO's settings, e.g. 'bipo={{seed: 1}}'")
+    if cfg.method != "bipo":
+        if options:
+            raise ConfigError(f"bipo={options} are BiPO's settings; method={cfg.method} takes none")
+        return None
+    return {str(k): v for k, v in options.items()}
 
 
 def extract_command(cfg: DictConfig) -> Path:
@@ -52,6 +64,7 @@ def extract_command(cfg: DictConfig) -> Path:
         batch_size=int(cfg.batch_size),
         corpus=None if cfg.corpus is None else st.load_lines(cfg.corpus),
         reference=bool(cfg.reference),
+        options=_bipo_options(cfg),
     )
     if not is_main_process():
         return out

@@ -24,8 +24,8 @@ has no prompt).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -57,6 +57,20 @@ class BipoOptions:
     beta: float = 0.1
     batch_size: int = 10
     seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, object]) -> BipoOptions:
+        """Options from a config mapping; an unknown name or a value of the wrong type is a `SteeringError` naming it."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, object] = {}
+        for name, value in options.items():
+            if name not in known:
+                raise SteeringError(f"bipo has no option {name!r}; its options are {', '.join(known)}")
+            kind = int if known[name] in ("int", int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+                raise SteeringError(f"bipo option {name}={value!r} must be {'an integer' if kind is int else 'a number'}")
+            values[name] = kind(value)
+        return cls(**values)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -149,11 +163,18 @@ def bipo_directions(
 
 
 def fit_bipo(
-    model: nn.Module, tokenizer: Any, pairs: Sequence[ContrastPair], layers: Sequence[int], *, site: Site, progress: bool | None
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[ContrastPair],
+    layers: Sequence[int],
+    *,
+    site: Site,
+    progress: bool | None,
+    options: Mapping[str, object] | None = None,
 ) -> tuple[dict[int, Tensor], dict[str, str]]:
-    """The registry's form (`vectors.methods.Method.fit`): directions with the default options, and those options as metadata."""
-    options = BipoOptions()
-    return bipo_directions(model, tokenizer, pairs, layers, site=site, options=options, progress=progress), options.metadata()
+    """The registry's form (`vectors.methods.Method.fit`): directions trained with ``options`` (`BipoOptions` names), and the options as metadata."""
+    opts = BipoOptions.from_mapping(options or {})
+    return bipo_directions(model, tokenizer, pairs, layers, site=site, options=opts, progress=progress), opts.metadata()
 
 
 def _train_layer(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -258,6 +258,7 @@ def extract(
     reference: bool = False,
     distributed: bool | None = None,
     position: Read | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> SteeringVector:
     """Extract a steering vector from contrastive pairs.
 
@@ -284,6 +285,8 @@ def extract(
             `vectors.distributed`); every process returns the whole vector.
             ``False``: this process extracts every pair itself.
         position: deprecated name of ``read`` (warns).
+        options: a trained method's settings by name (``bipo``: the fields of
+            `vectors.bipo.BipoOptions`), recorded in the file; refused by the other methods.
 
     Returns:
         A `SteeringVector` with one direction per layer and its metadata.
@@ -299,6 +302,8 @@ def extract(
             if chosen.needs_corpus
             else f"corpus= is for method='mean_centred'; method {method!r} reads the pairs' negatives"
         )
+    if options and chosen.fit is None:
+        raise SteeringError(f"options= are a trained method's settings; method {method!r} reads activations and takes none")
     pair_list = as_pairs(pairs)
     extra: dict[str, str] = {}
     if chosen.fit is not None and data_parallel(input_device(model), distributed) is not None:
@@ -323,7 +328,9 @@ def extract(
         for layer, s in stats.items():
             s.corpus_mean = means[layer]
     if chosen.fit is not None:
-        directions, extra = chosen.fit(model, tokenizer, pair_list, resolve_layers(model, layers), site=site, progress=progress)
+        directions, extra = chosen.fit(
+            model, tokenizer, pair_list, resolve_layers(model, layers), site=site, progress=progress, options=options
+        )
     else:
         directions = {i: chosen.fn(s) for i, s in stats.items()}
     for layer, direction in directions.items():

@@ -127,9 +127,9 @@ class LayerStats:
 class Method:
     """An extraction method: ``fn(stats) -> direction`` plus the statistics it needs.
 
-    A trained method sets ``fit(model, tokenizer, pairs, layers, site=, progress=)
-    -> ({layer: direction}, metadata)`` instead: `extract` calls it and reads no statistics
-    (its ``fn`` refuses to run).
+    A trained method sets ``fit(model, tokenizer, pairs, layers, site=, progress=, options=)
+    -> ({layer: direction}, metadata)`` instead: `extract` calls it with its ``options``
+    (the method's settings by name) and reads no statistics (its ``fn`` refuses to run).
     """
 
     fn: Callable[[LayerStats], Tensor]

@@ -132,6 +132,22 @@ def test_convert_between_formats_and_info_reads_them(capsys, tmp_path: Path, tin
     assert loaded.extra["source_format"] == "caa-pt"
 
 
+def test_extract_bipo_takes_its_settings(capsys, tmp_path: Path, tiny_folder: Path, pairs_file: Path) -> None:
+    out_file = tmp_path / "bipo.safetensors"
+    args = ["extract", f"model={tiny_folder}", f"data={pairs_file}", "layers=[1]", "method=bipo"]
+    code, out, err = _run(capsys, *args, "bipo={seed: 3, epochs: 1}", f"out={out_file}")
+    assert code == 0, err
+    vec = st.SteeringVector.load(out_file)
+    assert (vec.method, vec.extra["bipo_seed"], vec.extra["bipo_epochs"]) == ("bipo", "3", "1")
+    model, tok = st.load_model(tiny_folder)
+    expected = st.bipo_directions(model, tok, st.load_pairs(pairs_file), [1], options=st.BipoOptions(seed=3, epochs=1))
+    torch.testing.assert_close(vec.directions[1], expected[1])
+    code, _, err = _run(capsys, *args, "bipo={sed: 3}", f"out={tmp_path / 'no.safetensors'}")
+    assert code == 1 and "bipo has no option 'sed'" in err and not (tmp_path / "no.safetensors").exists(), err
+    code, _, err = _run(capsys, *args[:-1], "method=mean_diff", "bipo={seed: 3}", f"out={tmp_path / 'no.safetensors'}")
+    assert code == 1 and "bipo={'seed': 3} are BiPO's settings; method=mean_diff takes none" in err, err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -406,16 +406,19 @@ def test_grid_is_the_product_of_its_axes_and_the_choice_keeps_the_budget(tiny_di
 
 
 def test_a_trained_method_is_a_grid_axis_like_the_others(tiny_dir: Path, tmp_path: Path) -> None:
-    """sweep.methods=[mean_diff,bipo]: bipo's vector file is what extract(method="bipo") gives, and its cells are measured."""
+    """sweep.methods=[mean_diff,bipo]: bipo's vector file is extract(method="bipo") with method.bipo's settings; its cells are measured."""
     out = tmp_path / "bipo"
-    cfg = compose_run([*_tiny_sweep(tiny_dir, out), "sweep.layers=[1]", "sweep.methods=[mean_diff,bipo]", "sweep.coefs=[-1,1]"])
+    grid = ["sweep.layers=[1]", "sweep.methods=[mean_diff,bipo]", "sweep.coefs=[-1,1]", "method.bipo.seed=2", "method.bipo.epochs=2"]
+    cfg = compose_run([*_tiny_sweep(tiny_dir, out), *grid])
     run(cfg)
     model, tok = st.load_model(tiny_dir)
     saved = st.SteeringVector.load(out / "vector-bipo.safetensors", model)
     pairs = st.load_pairs(cfg.data.path)[: int(cfg.data.max_pairs)]  # the sentiment sweep holds none out
-    direct = st.extract(model, tok, pairs, [1], method="bipo")
-    assert saved.method == "bipo" and saved.extra["bipo_epochs"] == "3"
+    direct = st.extract(model, tok, pairs, [1], method="bipo", options={"seed": 2, "epochs": 2})
+    assert saved.method == "bipo" and (saved.extra["bipo_epochs"], saved.extra["bipo_seed"]) == ("2", "2")
     torch.testing.assert_close(saved.directions[1], direct.directions[1])
+    plain = st.SteeringVector.load(out / "vector.safetensors", model)  # the first method's
+    torch.testing.assert_close(plain.directions[1], st.extract(model, tok, pairs, [1]).directions[1])
     cells = {(r["method"], r["coef"]) for r in read_metrics(out / "metrics.csv") if r["metric"] == "score" and r["cell"] not in (None, 0)}
     assert {("bipo", -1.0), ("bipo", 1.0), ("mean_diff", -1.0), ("mean_diff", 1.0)} <= cells
 

@@ -94,6 +94,24 @@ def test_layers_are_trained_alone_and_deterministic() -> None:
     assert not torch.equal(other[2], alone[2])
 
 
+def test_extract_takes_the_settings_by_name_and_records_them() -> None:
+    model, tok = make_tiny("llama")
+    vec = st.extract(model, tok, PAIRS, layers=[1], method="bipo", options={"seed": 2, "epochs": 1})
+    direct = st.bipo_directions(model, tok, PAIRS, [1], options=st.BipoOptions(seed=2, epochs=1))
+    torch.testing.assert_close(vec.directions[1], direct[1])
+    assert not torch.equal(vec.directions[1], st.bipo_directions(model, tok, PAIRS, [1], options=st.BipoOptions(epochs=1))[1])
+    assert (vec.extra["bipo_seed"], vec.extra["bipo_epochs"], vec.extra["bipo_lr"]) == ("2", "1", "0.05")
+    with pytest.raises(st.SteeringError, match="bipo has no option 'sed'; its options are epochs, lr, beta, batch_size, seed"):
+        st.extract(model, tok, PAIRS, layers=[1], method="bipo", options={"sed": 2})
+    with pytest.raises(st.SteeringError, match="bipo option epochs=1.5 must be an integer"):
+        st.BipoOptions.from_mapping({"epochs": 1.5})
+    with pytest.raises(st.SteeringError, match="bipo option lr='fast' must be a number"):
+        st.BipoOptions.from_mapping({"lr": "fast"})
+    with pytest.raises(st.SteeringError, match="method 'mean_diff' reads activations and takes none"):
+        st.extract(model, tok, PAIRS, layers=[1], options={"seed": 1})
+    assert st.BipoOptions.from_mapping({"lr": 1, "epochs": 2.0}) == st.BipoOptions(lr=1.0, epochs=2)
+
+
 def test_file_round_trip_keeps_the_settings(tmp_path) -> None:
     model, tok = make_tiny("llama")
     vec = st.extract(model, tok, PAIRS, layers=[1, 2], method="bipo", reference=True)
