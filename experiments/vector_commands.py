@@ -31,9 +31,10 @@ def _layers(value: object) -> list[int]:
 
 def _bipo_options(cfg: DictConfig) -> dict[str, Any] | None:
     """``bipo=`` for ``method=bipo`` (checked by `st.BipoOptions`); refused with another method."""
-    options = OmegaConf.to_container(cfg.bipo) if cfg.bipo is not None else {}
-    if not isinstance(options, dict):
+    if cfg.bipo is not None and not isinstance(cfg.bipo, DictConfig):
         raise ConfigError(f"bipo={cfg.bipo!r}: a mapping of BiPO's settings, e.g. 'bipo={{seed: 1}}'")
+    options = OmegaConf.to_container(cfg.bipo) if cfg.bipo is not None else {}
+    assert isinstance(options, dict)
     if cfg.method != "bipo":
         if options:
             raise ConfigError(f"bipo={options} are BiPO's settings; method={cfg.method} takes none")

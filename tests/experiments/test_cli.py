@@ -146,6 +146,8 @@ def test_extract_bipo_takes_its_settings(capsys, tmp_path: Path, tiny_folder: Pa
     assert code == 1 and "bipo has no option 'sed'" in err and not (tmp_path / "no.safetensors").exists(), err
     code, _, err = _run(capsys, *args[:-1], "method=mean_diff", "bipo={seed: 3}", f"out={tmp_path / 'no.safetensors'}")
     assert code == 1 and "bipo={'seed': 3} are BiPO's settings; method=mean_diff takes none" in err, err
+    code, _, err = _run(capsys, *args, "bipo=5", f"out={tmp_path / 'no.safetensors'}")
+    assert code == 1 and "bipo=5: a mapping of BiPO's settings" in err, err
 
 
 @pytest.mark.parametrize(
