@@ -216,37 +216,45 @@ def test_baked_smollm2_generates_what_steer_does(smollm2_baked):
         assert changed > 0, mode
 
 
-# vLLM starts its engine in a spawned process: the script needs a __main__ guard.
+# The child needs a __main__ guard: vLLM may spawn processes that re-import it.
 VLLM_CHILD = r"""
-import json, os, sys
+import gc, json, os, sys
 
 def main():
     from vllm import LLM, SamplingParams
 
-    folder, prompts, n = json.loads(sys.stdin.read())
-    llm = LLM(model=folder, dtype="float32", enforce_eager=True, seed=0, max_model_len=512)
+    folders, prompts, n = json.loads(sys.stdin.read())
     params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+    results = []
+    for folder in folders:
+        llm = LLM(model=folder, dtype="float32", enforce_eager=True, seed=0, max_model_len=512)
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        results.append([list(o.outputs[0].token_ids) for o in outputs])
+        del llm
+        gc.collect()
     assert not any(name == "steering" or name.startswith("steering.") for name in sys.modules), "steering was imported"
-    print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
+    print("RESULT " + json.dumps(results))
 
 if __name__ == "__main__":
     main()
 """
 
 
-def run_vllm(folder: Path, prompts: list[list[int]], n: int = N_TOKENS) -> list[list[int]]:
-    """Greedy tokens from vLLM for ``folder``, in a fresh process that does not import steering."""
+def run_vllm(folders: list[Path], prompts: list[list[int]], n: int = N_TOKENS) -> list[list[list[int]]]:
+    """Greedy tokens from vLLM for each of ``folders``, in one fresh process that does not import steering."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     # VLLM_PLUGINS="": no plugin loads, ours included should one be installed (vLLM loads every entry point otherwise).
-    env.update(VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu", VLLM_PLUGINS="")
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0: each engine in the child itself, seconds to start instead of ~30 s.
+    env.update(
+        VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu", VLLM_PLUGINS="", VLLM_ENABLE_V1_MULTIPROCESSING="0"
+    )
     done = subprocess.run(
         [sys.executable, "-c", VLLM_CHILD],
-        input=json.dumps([str(folder), prompts, n]),
+        input=json.dumps([[str(f) for f in folders], prompts, n]),
         capture_output=True,
         text=True,
         timeout=900,
-        cwd=folder.parent,
+        cwd=folders[0].parent,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -274,11 +282,10 @@ def test_baked_smollm2_runs_in_vllm(smollm2_baked):
 
     cases, batch, hf_unsteered = smollm2_baked
     prompts = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    vllm_unsteered = run_vllm(model_cache_dir() / "smollm2-135m-instruct", prompts)
+    vllm_unsteered, *baked = run_vllm([model_cache_dir() / "smollm2-135m-instruct", *(folder for folder, _ in cases.values())], prompts)
     base = agreement(hf_unsteered, vllm_unsteered)
     print(f"unsteered: HF vs vLLM agreement {base:.3f}")
-    for mode, (folder, reference) in cases.items():
-        theirs = run_vllm(folder, prompts)
+    for (mode, (_, reference)), theirs in zip(cases.items(), baked, strict=True):
         score = agreement(reference, theirs)
         print(
             f"{mode}: st.steer vs baked in vLLM agreement {score:.3f}; baked vs unsteered, both in vLLM {agreement(theirs, vllm_unsteered):.3f}"

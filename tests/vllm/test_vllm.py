@@ -50,9 +50,19 @@ def llm(smollm2, vector_dir: Path, folder: str) -> Iterator[Any]:
 
     # The front end checks vectors against the HF model already loaded (as `steering serve` does).
     install_frontend(folder, Frontend.for_model(smollm2[0], ServerConfig(vectors_dir=vector_dir)))
-    engine = vllm.LLM(
-        model=folder, dtype="float32", enforce_eager=True, max_num_seqs=16, block_size=32, max_model_len=1024, enable_prefix_caching=True
-    )
+    # The engine core in this process: a start takes seconds instead of the ~30 s of spawning
+    # the core and worker processes. The HTTP servers and TP=3 below run vLLM's usual processes.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        engine = vllm.LLM(
+            model=folder,
+            dtype="float32",
+            enforce_eager=True,
+            max_num_seqs=16,
+            block_size=32,
+            max_model_len=1024,
+            enable_prefix_caching=True,
+        )
     yield engine
     del engine
 
