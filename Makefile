@@ -95,11 +95,19 @@ lint: install
 	for d in hooks vectors experiments conf; do ln -s ../../../$$d build/typecheck/steering/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p steering
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a whole test file per worker at a
+# time, so a module's fixtures (SmolLM2, the vLLM engine) start once. Each worker gets an equal
+# share of the cores (OMP_NUM_THREADS; torch and the tests' llama.cpp read it): two workers each
+# spinning 2 threads on 2 cores made one llama.cpp test 4x slower. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+TEST_THREADS := $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
+PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The newest versions pyproject.toml allows (no lock), in their own venv: run it
 # before `make lock` to see what a fresh unlocked install would meet. Without vLLM,
@@ -108,7 +116,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(call make_venv,.venv-latest,--upgrade --upgrade-strategy eager,dev)
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|safetensors|numpy)=='
-	.venv-latest/bin/python -m pytest -q -m "not vllm"
+	OMP_NUM_THREADS=$(TEST_THREADS) .venv-latest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not vllm"
 
 # The oldest transformers pyproject.toml claims, the rest as locked.
 test-oldest:
@@ -116,7 +124,7 @@ test-oldest:
 	grep -v '^transformers==' $(LOCK) > .venv-oldest.constraints
 	$(call make_venv,.venv-oldest,-c .venv-oldest.constraints "transformers==$(TRANSFORMERS_FLOOR)",$(EXTRAS))
 	rm -f .venv-oldest.constraints
-	.venv-oldest/bin/python -m pytest -q
+	OMP_NUM_THREADS=$(TEST_THREADS) .venv-oldest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Re-resolve the lock on purpose: the newest versions pyproject.toml allows.
 # torch is left out (installed first, per machine: the CPU wheel here).

@@ -92,7 +92,7 @@ def llm():
         path = st.MODEL_REGISTRY["smollm2-135m-instruct"].gguf_path()
     except st.ModelLoadError as exc:
         missing(str(exc))
-    return Llama(model_path=str(path), n_ctx=512, n_threads=2, n_batch=512, verbose=False)
+    return Llama(model_path=str(path), n_ctx=512, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
 
 
 @pytest.fixture(scope="module")
