@@ -101,7 +101,9 @@ lint: install
 # spinning 2 threads on 2 cores made one llama.cpp test 4x slower. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 TEST_THREADS := $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
-PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# $(1): venv folder.
+pytest_in = OMP_NUM_THREADS=$(TEST_THREADS) $(1)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(call pytest_in,$(VENV))
 
 test: install lint
 	$(PYTEST)
@@ -116,7 +118,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(call make_venv,.venv-latest,--upgrade --upgrade-strategy eager,dev)
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|safetensors|numpy)=='
-	OMP_NUM_THREADS=$(TEST_THREADS) .venv-latest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not vllm"
+	$(call pytest_in,.venv-latest) -m "not vllm"
 
 # The oldest transformers pyproject.toml claims, the rest as locked.
 test-oldest:
@@ -124,7 +126,7 @@ test-oldest:
 	grep -v '^transformers==' $(LOCK) > .venv-oldest.constraints
 	$(call make_venv,.venv-oldest,-c .venv-oldest.constraints "transformers==$(TRANSFORMERS_FLOOR)",$(EXTRAS))
 	rm -f .venv-oldest.constraints
-	OMP_NUM_THREADS=$(TEST_THREADS) .venv-oldest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(call pytest_in,.venv-oldest)
 
 # Re-resolve the lock on purpose: the newest versions pyproject.toml allows.
 # torch is left out (installed first, per machine: the CPU wheel here).

@@ -256,7 +256,7 @@ def _clean_stale_tmp(root: Path, key: str) -> None:
 def _ensure_cache(target: Path, gguf: Callable[[], Path], source: dict[str, Any]) -> None:
     """Convert ``gguf()`` to ``target`` unless a complete cache is there.
 
-    One process converts at a time (a lock file beside the cache): the others, such as
+    One process converts at a time (a lock file in the cache's ``.locks``): the others, such as
     torchrun ranks or test workers starting together, wait and then read its cache
     instead of each spending minutes on the same conversion.
     """
@@ -505,7 +505,6 @@ def hf_folder(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     spec = MODEL_REGISTRY.get(key) or MODEL_REGISTRY.get(key.lower())
     if spec is not None:  # registry names win over same-named relative paths
         target = model_cache_dir() / spec.name
-        # A complete cache is used without touching the package / GGUF at all.
         _ensure_cache(target, spec.gguf_path, {"source": "registry", "name": spec.name})
         return target, spec.name
 

@@ -1,7 +1,8 @@
 """The vLLM plugin on SmolLM2 (fp32, CPU) against the HF path, offline and over HTTP.
 
-One offline ``LLM`` serves the whole module (each engine start is ~30 s); each HTTP
-server (vLLM's own, ``steering serve engine=vllm``) starts once, in its one test.
+One offline ``LLM`` serves the whole module, its engine core in this process (a start in
+seconds); each HTTP server (vLLM's own, ``steering serve engine=vllm``) and the TP=3 engine
+start once, in their one test, with vLLM's usual processes (~30 s or more each).
 References are computed here, independently, with `st.generate` / `st.steer`
 on the transformers model: tokens of 8 held-out prompts x 40 greedy tokens,
 and prompt log-probs.
