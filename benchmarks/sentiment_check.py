@@ -10,7 +10,9 @@ Side effects are recomputed on other text: the true statements of RepE's
 ``facts_true_false.csv`` (shared data) read as raw documents from BOS
 (perplexity ratio, KL per token), newly repetitive generations (distinct-2 <
 0.5) and two-choice MMLU accuracy on items the run did not use (offset 200).
-The prompting baseline (the run's instructions) is measured the same way.
+The prompting baseline (the run's instructions) is measured the same way. The
+swing comes with a 95 % bootstrap interval over the prompts (30 prompts leave
+about +-0.18 around it).
 
     python benchmarks/sentiment_check.py outputs/measure/smollm2_auto [--max-new-tokens 32]
 
@@ -23,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+import random
 import re
 import time
 from pathlib import Path
@@ -125,6 +128,13 @@ def mmlu_accuracy(model: Any, tok: Any, items: list[dict[str, str]]) -> float:
     return right / len(items)
 
 
+def mean_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean of ``values`` (prompts resampled, fixed seed)."""
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(resamples))
+    return [round(means[int(0.025 * resamples)], 4), round(means[int(0.975 * resamples) - 1], 4)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -188,9 +198,12 @@ def main() -> None:
     for direction, instruction in dict(OmegaConf.load(args.run / "config.yaml").data.get("instructions") or {}).items():
         texts = generate(model, tok, [f"{instruction}\n\n{p}" for p in prompts], args.max_new_tokens)
         results[f"prompting_{direction}"] = {"instruction": instruction, **measure(texts, None, None)}
-    swing = None
+    swing = swing_ci95 = None
     if "sentiment" in results.get("positive", {}) and "sentiment" in results.get("negative", {}):
         swing = results["positive"]["sentiment"] - results["negative"]["sentiment"]
+        # Paired over prompts: each prompt's positive minus negative score (the unsteered score cancels).
+        per_prompt = [a - b for a, b in zip(results["positive"]["per_prompt_changes"], results["negative"]["per_prompt_changes"])]
+        swing_ci95 = mean_interval(per_prompt)
     payload = {
         "machine": machine_info("cpu", args.threads),
         "run": str(args.run),
@@ -199,6 +212,7 @@ def main() -> None:
         "check_runtime_s": round(time.perf_counter() - start, 1),
         "run_budget": summary.get("budget"),
         "swing": swing,
+        "swing_ci95": swing_ci95,
         "prompts": len(prompts),
         "neutral_sentences": len(neutral),
         "mmlu_items": len(mmlu),
