@@ -5,16 +5,18 @@ of a ``steering run`` folder (``summary.json``) are applied by a forward hook
 written in this file (``output + coef * direction`` at each chosen layer,
 plain ``model.generate``, no `steering.steer`), generations come from 30
 prompts the search never saw (``benchmarks/data/sentiment_check_prompts.txt``,
-written for this check) and are scored with vaderSentiment called directly.
+written for this check; ``--prompts`` adds the 90 of ``sentiment_check_prompts_more.txt``,
+written later in the same three forms) and are scored with vaderSentiment called directly.
 Side effects are recomputed on other text: the true statements of RepE's
 ``facts_true_false.csv`` (shared data) read as raw documents from BOS
 (perplexity ratio, KL per token), newly repetitive generations (distinct-2 <
 0.5) and two-choice MMLU accuracy on items the run did not use (offset 200).
 The prompting baseline (the run's instructions) is measured the same way. The
 swing comes with a 95 % bootstrap interval over the prompts (30 prompts leave
-about +-0.18 around it).
+about +-0.18 around it, 120 about half that).
 
     python benchmarks/sentiment_check.py outputs/measure/smollm2_auto [--max-new-tokens 32]
+    python benchmarks/sentiment_check.py RUN --prompts data/sentiment_check_prompts.txt data/sentiment_check_prompts_more.txt
 
 Writes ``benchmarks/results/sentiment-check-<model>-<date>.json`` with the machine.
 """
@@ -39,6 +41,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 import steering as st
 
 SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT / "benchmarks" / "data"
 
 
 def _layers_module(model: Any) -> Any:
@@ -142,6 +145,9 @@ def main() -> None:
     parser.add_argument("--neutral", type=int, default=60)
     parser.add_argument("--mmlu", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--prompts", type=Path, nargs="+", default=[DATA / "sentiment_check_prompts.txt"], help="held-out prompt files, one prompt a line"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results file (default: results/sentiment-check-<model>-<date>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,7 +156,9 @@ def main() -> None:
     model, tok = st.load_model(summary["model"])
     model.eval()
     vector = st.SteeringVector.load(args.run / summary["vector"], model)
-    prompts = [line.strip() for line in (ROOT / "benchmarks/data/sentiment_check_prompts.txt").read_text().splitlines() if line.strip()]
+    prompts = [line.strip() for path in args.prompts for line in path.read_text().splitlines() if line.strip()]
+    if len(set(prompts)) != len(prompts):
+        raise SystemExit(f"--prompts {' '.join(map(str, args.prompts))}: a prompt occurs twice")
     with (SHARED / "repe/facts/facts_true_false.csv").open() as handle:
         neutral = [row["statement"] for row in csv.DictReader(handle) if row["label"] == "1"][: args.neutral]
     mmlu = json.loads((SHARED / "caa/test/mmlu/mmlu.json").read_text())[200 : 200 + args.mmlu]
@@ -214,6 +222,9 @@ def main() -> None:
         "swing": swing,
         "swing_ci95": swing_ci95,
         "prompts": len(prompts),
+        "prompt_files": [
+            str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else path.name for path in args.prompts
+        ],
         "neutral_sentences": len(neutral),
         "mmlu_items": len(mmlu),
         "results": results,
