@@ -3,20 +3,21 @@
 Issue 14's goal is measured here, not by the run that chose: the chosen cells
 of a ``steering run`` folder (``summary.json``) are applied by a forward hook
 written in this file (``output + coef * direction`` at each chosen layer,
-plain ``model.generate``, no `steering.steer`), generations come from 30
-prompts the search never saw (``benchmarks/data/sentiment_check_prompts.txt``,
-written for this check; ``--prompts`` adds the 90 of ``sentiment_check_prompts_more.txt``,
-written later in the same three forms) and are scored with vaderSentiment called directly.
+plain ``model.generate``, no `steering.steer`), generations come from 120
+prompts the search never saw (``benchmarks/data/sentiment_check_prompts.txt``, 30
+written for this check, and ``sentiment_check_prompts_more.txt``, 90 written later in
+the same three forms; ``--prompts`` chooses other files, e.g. the first alone as the
+checks before 2026-12-02 did) and are scored with vaderSentiment called directly.
 Side effects are recomputed on other text: the true statements of RepE's
 ``facts_true_false.csv`` (shared data) read as raw documents from BOS
 (perplexity ratio, KL per token), newly repetitive generations (distinct-2 <
 0.5) and two-choice MMLU accuracy on items the run did not use (offset 200).
 The prompting baseline (the run's instructions) is measured the same way. The
-swing comes with a 95 % bootstrap interval over the prompts (30 prompts leave
-about +-0.18 around it, 120 about half that).
+swing comes with a 95 % bootstrap interval over the prompts (120 prompts leave
+about +-0.1 around it, 30 about +-0.18).
 
     python benchmarks/sentiment_check.py outputs/measure/smollm2_auto [--max-new-tokens 32]
-    python benchmarks/sentiment_check.py RUN --prompts data/sentiment_check_prompts.txt data/sentiment_check_prompts_more.txt
+    python benchmarks/sentiment_check.py RUN --prompts benchmarks/data/sentiment_check_prompts.txt  # the 30 alone
 
 Writes ``benchmarks/results/sentiment-check-<model>-<date>.json`` with the machine.
 """
@@ -146,7 +147,11 @@ def main() -> None:
     parser.add_argument("--mmlu", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--prompts", type=Path, nargs="+", default=[DATA / "sentiment_check_prompts.txt"], help="held-out prompt files, one prompt a line"
+        "--prompts",
+        type=Path,
+        nargs="+",
+        default=[DATA / "sentiment_check_prompts.txt", DATA / "sentiment_check_prompts_more.txt"],
+        help="held-out prompt files, one prompt a line (default: both bundled files, 120 prompts)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results file (default: results/sentiment-check-<model>-<date>.json)")
     args = parser.parse_args()
