@@ -162,8 +162,9 @@ def main() -> None:
     model.eval()
     vector = st.SteeringVector.load(args.run / summary["vector"], model)
     prompts = [line.strip() for path in args.prompts for line in path.read_text().splitlines() if line.strip()]
-    if len(set(prompts)) != len(prompts):
-        raise SystemExit(f"--prompts {' '.join(map(str, args.prompts))}: a prompt occurs twice")
+    twice = sorted({p for p in prompts if prompts.count(p) > 1})
+    if twice:
+        raise SystemExit(f"--prompts {' '.join(map(str, args.prompts))}: {len(twice)} prompt(s) occur twice, e.g. {twice[0]!r}")
     with (SHARED / "repe/facts/facts_true_false.csv").open() as handle:
         neutral = [row["statement"] for row in csv.DictReader(handle) if row["label"] == "1"][: args.neutral]
     mmlu = json.loads((SHARED / "caa/test/mmlu/mmlu.json").read_text())[200 : 200 + args.mmlu]
