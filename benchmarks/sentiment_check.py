@@ -156,15 +156,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file (default: results/sentiment-check-<model>-<date>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    missing = [str(path) for path in args.prompts if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--prompts: no such file: {', '.join(missing)}")
+    prompts = [line.strip() for path in args.prompts for line in path.read_text().splitlines() if line.strip()]
+    twice = sorted({p for p in prompts if prompts.count(p) > 1})
+    if twice:
+        raise SystemExit(f"--prompts {' '.join(map(str, args.prompts))}: {len(twice)} prompt(s) occur twice, e.g. {twice[0]!r}")
     summary = json.loads((args.run / "summary.json").read_text())
     config = (args.run / "config.yaml").read_text()
     model, tok = st.load_model(summary["model"])
     model.eval()
     vector = st.SteeringVector.load(args.run / summary["vector"], model)
-    prompts = [line.strip() for path in args.prompts for line in path.read_text().splitlines() if line.strip()]
-    twice = sorted({p for p in prompts if prompts.count(p) > 1})
-    if twice:
-        raise SystemExit(f"--prompts {' '.join(map(str, args.prompts))}: {len(twice)} prompt(s) occur twice, e.g. {twice[0]!r}")
     with (SHARED / "repe/facts/facts_true_false.csv").open() as handle:
         neutral = [row["statement"] for row in csv.DictReader(handle) if row["label"] == "1"][: args.neutral]
     mmlu = json.loads((SHARED / "caa/test/mmlu/mmlu.json").read_text())[200 : 200 + args.mmlu]
