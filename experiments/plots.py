@@ -25,7 +25,7 @@ from typing import Any
 
 from steering.plots import new_figure, save_figure
 
-from .results import CellResult
+from .results import AXES, CellResult
 
 
 def _chosen(choices: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, float], str]:
@@ -244,7 +244,8 @@ def pareto(
     for ax, (direction, sign) in zip(axes, DIRECTIONS.items()):
         side = [c for c in cells if sign * c.coef > 0]
         groups = list(dict.fromkeys(c.axes for c in side))
-        if len(groups) > 1:  # the grid compares methods / modes / apply_to: one marker colour per combination
+        if len(groups) > 1:  # the grid compares methods / data / modes / apply_to: one marker colour per combination
+            varying = [i for i in range(len(AXES)) if len({key[i] for key in groups}) > 1]
             for k, key in enumerate(groups):
                 members = [c for c in side if c.axes == key]
                 ax.scatter(
@@ -254,7 +255,7 @@ def pareto(
                     marker="osD^v<>ph*"[k % 10],
                     edgecolors="black",
                     linewidths=0.3,
-                    label=" ".join(key),
+                    label=" ".join(f"self_pairs={key[i]}" if AXES[i] == "self_pairs" else key[i] for i in varying),
                 )
         else:
             uses = [min(excess(c, grid_budget), 5.0) for c in side]
@@ -285,7 +286,7 @@ def pareto(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     several = len({c.axes for c in cells}) > 1
-    fig.suptitle(f"effect against side effect ({'marker: method mode apply_to' if several else 'colour: window size'})", fontsize=10)
+    fig.suptitle(f"effect against side effect ({'marker: the grid axes that vary' if several else 'colour: window size'})", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -17,12 +17,14 @@ layer_coef   the coefficient applied at each layer of the window
 method       the extraction method of the row's vector
 mode         the operation (``add``, ``clamp``, ``angular``, ...)
 apply_to     the tokens steered (``all``, ``prompt``, ``generated``)
+self_pairs   the pairs the vector was extracted from: ``none`` (the data's
+             pairs), ``add`` (and the model's own replies), ``only`` (those)
 metric       value name (``sentiment``, ``kl``, ...)
 value        the number
 ===========  =============================================================
 
-``method``, ``mode`` and ``apply_to`` are empty for per-layer values and for
-the prompting cells (no vector).
+``method``, ``mode``, ``apply_to`` and ``self_pairs`` are empty for per-layer
+values and for the prompting cells (no vector).
 
 The baseline (coef 0) is measured once and written once per row, so every
 row of the grid has its coef-0 point.
@@ -39,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self, TextIO
 
-COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "method", "mode", "apply_to", "metric", "value")
+COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "method", "mode", "apply_to", "self_pairs", "metric", "value")
+AXES = ("method", "mode", "apply_to", "self_pairs")  # a row's place on the grid besides its window
 
 
 @dataclass
@@ -55,11 +58,12 @@ class CellResult:
     method: str = ""
     mode: str = "add"
     apply_to: str = "all"
+    self_pairs: str = "none"
 
     @property
-    def axes(self) -> tuple[str, str, str]:
-        """``(method, mode, apply_to)``: the row's place on the grid axes other than the window."""
-        return self.method, self.mode, self.apply_to
+    def axes(self) -> tuple[str, str, str, str]:
+        """``(method, mode, apply_to, self_pairs)`` (`AXES`): the row's place on the grid axes other than the window."""
+        return self.method, self.mode, self.apply_to, self.self_pairs
 
     def within(self, budget: Mapping[str, float]) -> bool:
         """True if every budgeted value is measured, finite and at most its limit."""
@@ -80,7 +84,7 @@ class RowLike(Protocol):
     def layers(self) -> tuple[int, ...]: ...
 
     @property
-    def axes(self) -> tuple[str, str, str]: ...
+    def axes(self) -> tuple[str, str, str, str]: ...
 
 
 def _fmt(value: float | None) -> str:
@@ -126,7 +130,7 @@ class MetricsWriter(_Appender):
     def cell(self, result: CellResult, like: RowLike | None = None) -> None:
         """Write every value of ``result`` (under the row of ``like``, its label, layers and axes, if given)."""
         row = result if like is None else like
-        method, mode, apply_to = ("", "", "") if not row.layers else row.axes
+        axes = ("",) * len(AXES) if not row.layers else row.axes
         for name, value in result.values.items():
             self._csv.writerow(
                 [
@@ -135,9 +139,7 @@ class MetricsWriter(_Appender):
                     " ".join(map(str, row.layers)),
                     _fmt(result.coef),
                     _fmt(result.layer_coef),
-                    method,
-                    mode,
-                    apply_to,
+                    *axes,
                     name,
                     _fmt(value),
                 ]
@@ -150,9 +152,9 @@ class MetricsWriter(_Appender):
         layers: Sequence[int],
         values: Mapping[str, float],
         coef: float | None = None,
-        axes: tuple[str, str, str] = ("", "", ""),
+        axes: tuple[str, ...] = ("",) * len(AXES),
     ) -> None:
-        """Write values that belong to a row (``axes``: its method, mode, apply_to) or a layer rather than to one cell."""
+        """Write values that belong to a row (``axes``: its `AXES` values) or a layer rather than to one cell."""
         for name, value in values.items():
             self._csv.writerow(["", label, " ".join(map(str, layers)), _fmt(coef), "", *axes, name, _fmt(value)])
         self._sync()
@@ -166,7 +168,7 @@ class GenerationsWriter(_Appender):
         for i, (prompt, text) in enumerate(zip(prompts, texts)):
             record: dict[str, Any] = {"cell": result.index, "layer": result.label, "coef": result.coef, "prompt": prompt, "text": text}
             if result.layers:
-                record.update(method=result.method, mode=result.mode, apply_to=result.apply_to)
+                record.update(zip(AXES, result.axes, strict=True))
             if scores is not None:
                 record["score"] = scores[i]
             self._file.write(json.dumps(record) + "\n")

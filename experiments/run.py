@@ -4,9 +4,10 @@ The Hydra app (`main`) composes ``conf/run/config.yaml`` with the command line
 and calls `run`, which is plain Python and takes any composed config:
 
 1. check the config and load the data (bad input fails before the model loads);
-2. load the model once and extract a vector at every layer the grid needs,
-   in one pass over the pairs per method of the grid;
-3. measure the baseline and every (method, mode, apply_to, layer window, coef) cell, appending to
+2. load the model once, write the model's own pairs if ``data.self_pairs``
+   asks, and extract a vector at every layer the grid needs, in one pass over
+   the pairs per method and data of the grid;
+3. measure the baseline and every (method, data, mode, apply_to, layer window, coef) cell, appending to
    ``metrics.csv`` as each finishes (`experiments.sweep`);
 4. choose the best cell per direction within the side-effect budget and
    write ``summary.json``, the figures and ``report.html``.
@@ -51,7 +52,7 @@ from .report import write_report
 from .results import MetricsWriter
 from .schema import check, migrate_renamed, register_schema
 from .summary import condition_summary, letter_counts, probe_summary, sweep_summary, vector_file, write_summary
-from .sweep import CellRunner, SweepResult, check_choice, grid, grid_axes, plan_rows, run_sweep, serial_cells
+from .sweep import CellRunner, SweepResult, check_choice, grid, grid_axes, plan_rows, run_sweep, serial_cells, vector_keys
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,18 @@ def run(cfg: DictConfig, loaded: tuple[Any, Any] | None = None) -> dict[str, Any
 
         sweep = cfg.sweep
         runner = ray_runner(int(sweep.workers), sweep.ray_address, int(sweep.cpus_per_worker), shipped=given)
-    return _sweep(ctx, _with_self_pairs(cfg, model, tokenizer, pairs), out_dir, yaml, start, runner)
+    return _sweep(ctx, _data_sets(cfg, model, tokenizer, pairs), out_dir, yaml, start, runner)
 
 
-def _with_self_pairs(cfg: DictConfig, model: Any, tokenizer: Any, pairs: list[st.ContrastPair]) -> list[st.ContrastPair]:
-    """``pairs`` and (``data.self_pairs=add``) or only (``only``) the model's own replies to their prompts under data.instructions."""
-    if cfg.data.self_pairs is None:
-        return pairs
+def _data_sets(cfg: DictConfig, model: Any, tokenizer: Any, pairs: list[st.ContrastPair]) -> dict[str, list[st.ContrastPair]]:
+    """The pairs each ``data.self_pairs`` value of the grid extracts from.
+
+    ``none``: the given ``pairs``; ``add``: those and the model's own replies to
+    their prompts under data.instructions; ``only``: the replies alone (written once for both).
+    """
+    wanted = grid_axes(cfg)["self_pairs"]
+    if wanted == ["none"]:
+        return {"none": pairs}
     prompts = list(dict.fromkeys(p.prompt for p in pairs if p.prompt))
     if not prompts:
         raise st.DatasetError(f"data.self_pairs={cfg.data.self_pairs} answers the pairs' prompts, and data.path={cfg.data.path} has none")
@@ -174,10 +180,13 @@ def _with_self_pairs(cfg: DictConfig, model: Any, tokenizer: Any, pairs: list[st
         max_new_tokens=int(cfg.data.self_pairs_tokens),
         batch_size=int(cfg.eval.batch_size),
     )
-    return [*pairs, *written] if cfg.data.self_pairs == "add" else written
+    sets = {"none": pairs, "add": [*pairs, *written], "only": written}
+    return {value: sets[value] for value in wanted}
 
 
-def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str, start: float, runner: CellRunner) -> dict[str, Any]:
+def _sweep(
+    ctx: Context, data: dict[str, list[st.ContrastPair]], out_dir: Path, yaml: str, start: float, runner: CellRunner
+) -> dict[str, Any]:
     cfg = ctx.cfg
     windows = grid(cfg, ctx.model)
     rows = plan_rows(cfg, windows)
@@ -185,10 +194,12 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
     axes = grid_axes(cfg)
     # The affine modes read the reference mean the vector file carries.
     reference = any(mode.startswith("affine") for mode in axes["mode"])
-    vectors: dict[str, st.SteeringVector] = {}
-    for method in axes["method"]:
-        log.info("extracting %s at %d layers from %d pairs", method, len(layers), len(pairs))
-        vectors[method] = st.extract(
+    keys = vector_keys(cfg)
+    vectors: dict[tuple[str, str], st.SteeringVector] = {}
+    for method, self_pairs in keys:
+        pairs = data[self_pairs]
+        log.info("extracting %s at %d layers from %d pairs (self_pairs=%s)", method, len(layers), len(pairs), self_pairs)
+        vectors[method, self_pairs] = st.extract(
             ctx.model,
             ctx.tokenizer,
             pairs,
@@ -202,12 +213,13 @@ def _sweep(ctx: Context, pairs: list[st.ContrastPair], out_dir: Path, yaml: str,
             reference=reference,
             options=OmegaConf.to_container(cfg.method.bipo) if method == "bipo" else None,  # type: ignore[arg-type]
         )
-        vectors[method].save(out_dir / vector_file(axes["method"], method))
+        vectors[method, self_pairs].save(out_dir / vector_file(keys, (method, self_pairs)))
     log.info("sweeping %d rows (%s) x their coefficients", len(rows), " x ".join(f"{len(v)} {k}" for k, v in axes.items()))
     result = run_sweep(ctx, vectors, rows, out_dir, runner)
     if not result.interrupted:
         check_choice(ctx, vectors, result, out_dir)
-    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(pairs), letter_counts(list(ctx.data.items)))
+    extracted = [p for pairs in data.values() for p in pairs]
+    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(extracted), letter_counts(list(ctx.data.items)))
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)
     log.info("results in %s", out_dir)

@@ -28,7 +28,7 @@ from .metrics import METRICS, produced_values
 
 TASKS = ("sweep", "probe", "condition")
 BACKENDS = ("serial", "ray")
-SELF_PAIRS = ("add", "only")  # data.self_pairs (or null)
+SELF_PAIRS = ("none", "add", "only")  # data.self_pairs (null is none), one value or a list (a grid axis)
 
 
 @dataclass
@@ -54,8 +54,9 @@ class DataConf:
     instructions: dict[str, str] = field(default_factory=dict)
     balance_letters: bool = False  # A/B pairs: extract from each item and its A<->B swapped copy
     # Pairs the model writes itself: its replies to the pairs' prompts under instructions.positive
-    # and .negative (steering.self_written_pairs), added to the pairs or used alone.
-    self_pairs: str | None = None  # null | add | only
+    # and .negative (steering.self_written_pairs), added to the pairs or used alone; a list
+    # compares them as a grid axis (one vector per value), e.g. [add, only].
+    self_pairs: Any = None  # null (= none) | add | only, or a list of them
     self_pairs_tokens: int = 32  # tokens per self-written reply
 
 
@@ -241,11 +242,17 @@ def _check_axes(cfg: DictConfig) -> None:
             raise ConfigError(f"sweep.mode_coefs.angular={coefs}: angles in degrees, within [-180, 180]")
 
 
+def self_pairs_axis(value: Any) -> list[str]:
+    """``data.self_pairs`` as the grid axis it is: a list of `SELF_PAIRS` values (null is ``none``)."""
+    values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]
+    return ["none" if v is None else str(v) for v in values]
+
+
 def _check_self_pairs(cfg: DictConfig) -> None:
-    if cfg.data.self_pairs is None:
+    values = _axis("data.self_pairs", self_pairs_axis(cfg.data.self_pairs), SELF_PAIRS)
+    if values == ["none"]:
         return
-    _choice("data.self_pairs", cfg.data.self_pairs, SELF_PAIRS)
-    given = f"data.self_pairs={cfg.data.self_pairs}"
+    given = f"data.self_pairs={cfg.data.self_pairs if len(values) == 1 else values}"
     if cfg.task != "sweep":
         raise ConfigError(f"{given} is for task=sweep (the pairs a sweep extracts from), not task={cfg.task}")
     for key in ("positive", "negative"):

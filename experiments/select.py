@@ -51,6 +51,7 @@ def describe(result: CellResult, baseline: CellResult, effect: str, budget: Mapp
         "method": result.method,
         "mode": result.mode,
         "apply_to": result.apply_to,
+        "self_pairs": result.self_pairs,
         "effect": value,
         "delta": value - baseline.values.get(effect, math.nan),
         "within_budget": result.within(budget),

@@ -3,14 +3,14 @@
 A sweep's summary names, for behaviour on (``positive``) and off
 (``negative``), the chosen cell over every grid axis: ``best_layer`` (an int,
 or the list of layers of a window), ``best_coef`` (the coefficient applied at
-each of those layers), ``method`` (and its ``vector`` file), ``mode`` and
-``apply_to``, so ``steer(model, vec.select(layers), coef=best_coef,
+each of those layers), ``method`` and ``self_pairs`` (and their ``vector``
+file), ``mode`` and ``apply_to``, so ``steer(model, vec.select(layers), coef=best_coef,
 mode=mode, apply_to=apply_to)`` reproduces the cell; its values and side effects.
 The top-level ``best_layer``/``best_coef`` repeat the positive direction's.
 Beside them: ``prompting`` (the prompting cells, described as chosen cells
 are, with ``steering_beats_prompting`` per direction), ``pareto`` (per
 direction, the cells on the effect / budget-use front, `select.pareto_front`,
-over every axis), ``by_axes`` (per method / mode / apply_to of the grid, each
+over every axis), ``by_axes`` (per method / mode / apply_to / self_pairs of the grid, each
 direction's best cell within budget and whether it lies on that front),
 for A/B runs ``letter_balance`` (unsteered answer shares),
 ``extraction_letters`` and ``test_letters`` (the matching letters of the
@@ -37,17 +37,30 @@ from steering.compare import to_jsonable
 from steering.vectors import atomic_write
 
 from .metrics import choice_values
-from .results import CellResult
+from .results import AXES, CellResult
 from .select import DIRECTIONS, choose, describe, excess, pareto_front
-from .sweep import SweepResult, as_list, grid_axes
+from .sweep import SweepResult, as_list, grid_axes, vector_keys
 
 SUMMARY = "summary.json"
 VECTOR = "vector.safetensors"
 
 
-def vector_file(methods: list[str], method: str) -> str:
-    """The file of ``method``'s vector in a run folder: `VECTOR` for the first method, ``vector-<method>.safetensors`` after."""
-    return VECTOR if method == methods[0] else f"vector-{method}.safetensors"
+def vector_file(keys: list[tuple[str, str]], key: tuple[str, str]) -> str:
+    """The file of the vector of ``key`` (``(method, self_pairs)``, one of `sweep.vector_keys`'s ``keys``) in a run folder.
+
+    `VECTOR` for the first key; after it ``vector-<method>.safetensors`` when
+    only methods vary, ``vector-<method>-self_pairs-<value>.safetensors`` when the data does.
+    """
+    if key == keys[0]:
+        return VECTOR
+    methods, data = ({k[i] for k in keys} for i in (0, 1))
+    parts = ([key[0]] if len(methods) > 1 else []) + ([f"self_pairs-{key[1]}"] if len(data) > 1 else [])
+    return f"vector-{'-'.join(parts)}.safetensors"
+
+
+def vector_name(keys: list[tuple[str, str]], key: tuple[str, str]) -> str:
+    """How the summary's ``vectors`` names the vector of ``key``: its method, then ``self_pairs=<value>`` when the data varies."""
+    return key[0] if len({k[1] for k in keys}) == 1 else f"{key[0]} self_pairs={key[1]}"
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
@@ -116,6 +129,7 @@ def sweep_summary(
     effect = str(cfg.metric.effect)
     budget = {str(k): float(v) for k, v in cfg.budget.items()}
     axes = grid_axes(cfg)
+    keys = vector_keys(cfg)
     summary = _common(cfg, runtime)
     summary.update(
         method=axes["method"][0],
@@ -125,7 +139,7 @@ def sweep_summary(
         budget=budget,
         min_delta=float(cfg.select.min_delta),
         vector=VECTOR,
-        vectors={m: vector_file(axes["method"], m) for m in axes["method"]},
+        vectors={vector_name(keys, k): vector_file(keys, k) for k in keys},
         interrupted=result.interrupted,
         grid={
             "rows": list(dict.fromkeys(c.label for c in result.cells)),
@@ -142,7 +156,7 @@ def sweep_summary(
     directions = choose(result.cells, result.baseline, effect, budget, float(cfg.select.min_delta))
     for choice in directions.values():
         if choice.get("method"):
-            choice["vector"] = vector_file(axes["method"], choice["method"])
+            choice["vector"] = vector_file(keys, (choice["method"], choice["self_pairs"]))
     positive = directions["positive"]
     summary.update(
         best_layer=positive.get("best_layer"),
@@ -184,9 +198,9 @@ def by_axes(
     fronts: dict[str, list[int]],
     min_delta: float,
 ) -> list[dict[str, Any]]:
-    """Where each (method, mode, apply_to) of the grid lies: per direction its best cell within budget and its front cells.
+    """Where each (method, mode, apply_to, self_pairs) of the grid lies: per direction its best cell within budget and its front cells.
 
-    Each entry has ``method``, ``mode``, ``apply_to``, ``cells`` (how many) and per
+    Each entry has ``method``, ``mode``, ``apply_to``, ``self_pairs``, ``cells`` (how many) and per
     direction ``status``, ``cell``, ``window``, ``grid_coef``, ``delta`` (change
     of the effect), ``budget_use`` (`select.excess` on the grid's budget) and
     ``on_front`` (the cells of this group on the Pareto front of all cells).
@@ -194,7 +208,7 @@ def by_axes(
     out = []
     for key in dict.fromkeys(c.axes for c in cells):
         group = [c for c in cells if c.axes == key]
-        entry: dict[str, Any] = {"method": key[0], "mode": key[1], "apply_to": key[2], "cells": len(group)}
+        entry: dict[str, Any] = {**dict(zip(AXES, key, strict=True)), "cells": len(group)}
         indices = {c.index for c in group}
         for direction, pick in choose(group, baseline, effect, budget, min_delta).items():
             shown: dict[str, Any] = {"status": pick["status"], "on_front": [i for i in fronts[direction] if i in indices]}

@@ -1,8 +1,10 @@
-"""The sweep: every (method, operation, tokens, layer window, coefficient) cell, measured in turn.
+"""The sweep: every (method, data, operation, tokens, layer window, coefficient) cell, measured in turn.
 
-The grid's rows are the product of four axes: the extraction method
-(``sweep.methods``, default ``method.name`` alone; one vector per method), the
-operation (``sweep.modes``, default ``[add]``), the tokens steered
+The grid's rows are the product of five axes: the extraction method
+(``sweep.methods``, default ``method.name`` alone), the pairs it extracts from
+(``data.self_pairs``: ``none``, the given pairs; ``add``, with the model's own
+replies; ``only``, those alone; one value or a list), one vector per method
+and data; the operation (``sweep.modes``, default ``[add]``), the tokens steered
 (``sweep.apply_to``, one value or a list) and the layer windows
 (``sweep.layers`` x ``sweep.window``: a window of ``w`` layers starting at
 ``L`` steers ``L .. L+w-1``). Its columns are the coefficients: ``sweep.coefs``
@@ -11,7 +13,7 @@ for ``add`` (the total over the window, ``coef / w`` at each layer),
 ``affine_add`` (the value at each layer), and one cell recorded as coef ``-1``
 for ``ablate`` / ``affine_ablate`` (no strength; they turn the behaviour off).
 A row's label is its window followed by the values of the axes that vary
-(``10-13 pca_diff angular``). The baseline (coefficient 0) is
+(``10-13 pca_diff angular``; the data as ``self_pairs=only``). The baseline (coefficient 0) is
 the same for every row, so it is measured once, first; then each row's
 non-zero coefficients (each refinement round over all rows at once, so a
 parallel runner gets the whole round), and the rows' aggregates (e.g. the A/B
@@ -53,7 +55,7 @@ from .metrics import METRICS, Cell, Context, choice_values
 from .metrics import text as text_metrics
 from .metrics.base import row_label
 from .results import CellResult, GenerationsWriter, MetricsWriter
-from .schema import ConfigError
+from .schema import ConfigError, self_pairs_axis
 from .select import choose
 
 # Rounds of the choice check: each measures the choice metrics on at most one
@@ -80,9 +82,13 @@ class SweepResult:
     scores: dict[int, list[float]] = field(default_factory=dict)
 
 
+Vectors = Mapping[tuple[str, str], st.SteeringVector]
+"""The sweep's vectors by ``(method, self_pairs)``: one per extraction method and data of the grid."""
+
+
 @dataclass(frozen=True)
 class Row:
-    """One row of the grid: ``layers`` steered with ``method``'s vector by ``mode`` on the ``apply_to`` tokens.
+    """One row of the grid: ``layers`` steered with the vector of ``method`` on ``self_pairs``'s data, by ``mode`` on ``apply_to``.
 
     ``tag`` holds the values of the axes that vary in this sweep (see module docs).
     """
@@ -92,19 +98,22 @@ class Row:
     mode: str = "add"
     apply_to: str = "all"
     tag: str = ""
+    self_pairs: str = "none"
 
     @property
     def label(self) -> str:
         return row_label(self.layers, self.tag)
 
     @property
-    def axes(self) -> tuple[str, str, str]:
-        return self.method, self.mode, self.apply_to
+    def axes(self) -> tuple[str, str, str, str]:
+        return self.method, self.mode, self.apply_to, self.self_pairs
 
-    def cell(self, index: int, coef: float, vectors: Mapping[str, st.SteeringVector]) -> Cell:
+    def cell(self, index: int, coef: float, vectors: Vectors) -> Cell:
         """The cell of this row at ``coef``, numbered ``index``."""
-        vector = vectors[self.method].select(self.layers)
-        return Cell(index, self.layers, coef, vector, self.apply_to, mode=self.mode, method=self.method, tag=self.tag)
+        vector = vectors[self.method, self.self_pairs].select(self.layers)
+        return Cell(
+            index, self.layers, coef, vector, self.apply_to, mode=self.mode, method=self.method, tag=self.tag, self_pairs=self.self_pairs
+        )
 
 
 def as_list(value: Any) -> list[str]:
@@ -113,20 +122,31 @@ def as_list(value: Any) -> list[str]:
 
 
 def grid_axes(cfg: DictConfig) -> dict[str, list[str]]:
-    """The grid's axes besides windows and coefficients: ``method``, ``mode`` and ``apply_to`` values, in order."""
+    """The grid's axes besides windows and coefficients: ``method``, ``self_pairs``, ``mode`` and ``apply_to`` values, in order."""
     methods = as_list(cfg.sweep.methods) if cfg.sweep.methods is not None else [str(cfg.method.name)]
-    return {"method": methods, "mode": as_list(cfg.sweep.modes), "apply_to": as_list(cfg.sweep.apply_to)}
+    return {
+        "method": methods,
+        "self_pairs": self_pairs_axis(cfg.data.self_pairs),
+        "mode": as_list(cfg.sweep.modes),
+        "apply_to": as_list(cfg.sweep.apply_to),
+    }
+
+
+def vector_keys(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The ``(method, self_pairs)`` of every vector the grid needs, in order (the first one's file is ``vector.safetensors``)."""
+    axes = grid_axes(cfg)
+    return list(itertools.product(axes["method"], axes["self_pairs"]))
 
 
 def plan_rows(cfg: DictConfig, windows: list[tuple[int, ...]]) -> list[Row]:
-    """The grid's rows: every method x mode x apply_to x window (`grid_axes`; windows innermost)."""
+    """The grid's rows: every method x self_pairs x mode x apply_to x window (`grid_axes`; windows innermost)."""
     axes = grid_axes(cfg)
     varying = [name for name, values in axes.items() if len(values) > 1]
     rows: list[Row] = []
     for values in itertools.product(*axes.values()):
-        tag = " ".join(v for name, v in zip(axes, values, strict=True) if name in varying)
-        method, mode, apply_to = values
-        rows.extend(Row(window, method, mode, apply_to, tag) for window in windows)
+        at = dict(zip(axes, values, strict=True))
+        tag = " ".join(f"self_pairs={v}" if name == "self_pairs" else v for name, v in at.items() if name in varying)
+        rows.extend(Row(window, at["method"], at["mode"], at["apply_to"], tag, at["self_pairs"]) for window in windows)
     return rows
 
 
@@ -235,7 +255,9 @@ def measure(ctx: Context, cell: Cell) -> CellResult:
 
 
 def _result(cell: Cell, values: dict[str, float]) -> CellResult:
-    return CellResult(cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values, cell.method, cell.mode, cell.apply_to)
+    return CellResult(
+        cell.index, cell.label, cell.layers, cell.coef, cell.layer_coef, values, cell.method, cell.mode, cell.apply_to, cell.self_pairs
+    )
 
 
 CellRunner = Callable[[Context, list[Cell]], Iterator[tuple[Cell, CellResult]]]
@@ -252,12 +274,10 @@ def serial_cells(ctx: Context, cells: list[Cell]) -> Iterator[tuple[Cell, CellRe
         yield cell, measure(ctx, cell)
 
 
-def run_sweep(
-    ctx: Context, vectors: Mapping[str, st.SteeringVector], rows: list[Row], out_dir: Path, runner: CellRunner = serial_cells
-) -> SweepResult:
+def run_sweep(ctx: Context, vectors: Vectors, rows: list[Row], out_dir: Path, runner: CellRunner = serial_cells) -> SweepResult:
     """Measure the baseline, then every cell of ``rows`` x their coefficients (`row_coefs`).
 
-    ``vectors`` holds one vector per method of the rows.
+    ``vectors`` holds one vector per ``(method, self_pairs)`` of the rows.
 
     The baseline and the per-layer metrics run here; the steered cells run on
     ``runner`` (`serial_cells`, or Ray workers: `experiments.distributed`).
@@ -356,7 +376,7 @@ def run_sweep(
     return result
 
 
-def check_choice(ctx: Context, vectors: Mapping[str, st.SteeringVector], result: SweepResult, out_dir: Path) -> None:
+def check_choice(ctx: Context, vectors: Vectors, result: SweepResult, out_dir: Path) -> None:
     """Measure the ``choice`` metrics (e.g. ``capability``) where the choice needs them, appending to ``metrics.csv``.
 
     They are measured on the baseline, the prompting cells and the cell each
@@ -381,8 +401,10 @@ def check_choice(ctx: Context, vectors: Mapping[str, st.SteeringVector], result:
             elif not res.layers:
                 cell = Cell(res.index, (), res.coef, None, apply_to, instruction=asked[res.coef])
             else:
-                vector = vectors[res.method].select(res.layers)
-                cell = Cell(res.index, res.layers, res.coef, vector, res.apply_to, mode=res.mode, method=res.method)
+                vector = vectors[res.method, res.self_pairs].select(res.layers)
+                cell = Cell(
+                    res.index, res.layers, res.coef, vector, res.apply_to, mode=res.mode, method=res.method, self_pairs=res.self_pairs
+                )
             values = _measure(ctx, cell, names)
             res.values.update(values)
             measured = CellResult(res.index, res.label, res.layers, res.coef, res.layer_coef, values, *res.axes)

@@ -52,6 +52,8 @@ class Cell:
         method: the extraction method of ``vector`` (for labels and the summary).
         tag: the values of the grid axes that vary in this sweep
             (``"pca_diff angular"``), shown after the window in the row label.
+        self_pairs: the data ``vector`` was extracted from (``none``, ``add``,
+            ``only``: ``data.self_pairs``).
     """
 
     index: int
@@ -64,6 +66,7 @@ class Cell:
     mode: str = "add"
     method: str = ""
     tag: str = ""
+    self_pairs: str = "none"
 
     @property
     def steers(self) -> bool:

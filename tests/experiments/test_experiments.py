@@ -441,6 +441,52 @@ def test_self_written_pairs_are_what_the_sweep_extracts_from(tiny_dir: Path, tmp
     torch.testing.assert_close(saved.directions[1], st.extract(model, tok, pairs, [1]).directions[1])
 
 
+def test_the_data_is_a_grid_axis_too(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.self_pairs=[null,add,only]: one vector per data, each extract() on its own pairs from replies written once;
+    the rows, files, summary and report name the data, and a run folder's choice steers with its data's vector."""
+    out = tmp_path / "data"
+    calls: list[int] = []
+    real = st.self_written_pairs
+    monkeypatch.setattr(st, "self_written_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    overrides = [
+        "sweep.layers=[1]",
+        "sweep.coefs=[-1,1]",
+        "data.max_pairs=6",
+        "data.self_pairs=[null,add,only]",
+        "data.self_pairs_tokens=5",
+    ]
+    cfg = compose_run([*_tiny_sweep(tiny_dir, out), *overrides])
+    summary = run(cfg)
+    assert calls == [1]
+    model, tok = st.load_model(tiny_dir)
+    given = st.load_pairs(cfg.data.path)[:6]  # the sentiment sweep holds none out
+    prompts = list(dict.fromkeys(p.prompt for p in given))
+    instructions = cfg.data.instructions
+    written = real(model, tok, prompts, instructions.positive, instructions.negative, max_new_tokens=5)
+    sets = {"none": given, "add": [*given, *written], "only": written}
+    files = {"none": "vector.safetensors", "add": "vector-self_pairs-add.safetensors", "only": "vector-self_pairs-only.safetensors"}
+    assert summary["vectors"] == {f"mean_diff self_pairs={k}": f for k, f in files.items()}
+    assert summary["grid"]["axes"]["self_pairs"] == ["none", "add", "only"]
+    for key, pairs in sets.items():
+        saved = st.SteeringVector.load(out / files[key], model)
+        assert saved.n_pairs == len(pairs)
+        torch.testing.assert_close(saved.directions[1], st.extract(model, tok, pairs, [1]).directions[1])
+    measured = [
+        r for r in read_metrics(out / "metrics.csv") if r["cell"] not in (None, 0) and r["layer"] != "prompt" and r["metric"] == "score"
+    ]
+    got = sorted((r["self_pairs"], r["layer"], r["coef"]) for r in measured)
+    assert got == sorted((k, f"1 self_pairs={k}", c) for k in sets for c in (-1.0, 1.0))
+    assert {g["self_pairs"] for g in summary["by_axes"]} == set(sets)
+    choices = {c.direction: c for c in load_choices(out, model)}
+    for direction, choice in summary["directions"].items():
+        row = next(r for r in measured if r["cell"] == choice["cell"])
+        assert choice["self_pairs"] == row["self_pairs"] and choice["vector"] == files[row["self_pairs"]]
+        chosen = st.SteeringVector.load(out / files[row["self_pairs"]], model).select([1])
+        torch.testing.assert_close(choices[direction].vector.directions[1], chosen.directions[1])
+    html = (out / "report.html").read_text()
+    assert "self_pairs=only" in html and "<th>self_pairs</th>" in html
+
+
 def test_self_written_pairs_need_prompts(tiny_dir: Path, tmp_path: Path) -> None:
     no_prompts = tmp_path / "plain.jsonl"
     no_prompts.write_text('{"positive": "I love it.", "negative": "I hate it."}\n' * 3, encoding="utf-8")
@@ -450,6 +496,7 @@ def test_self_written_pairs_need_prompts(tiny_dir: Path, tmp_path: Path) -> None
 
 
 def r_axes(row: dict) -> tuple[str, str, str]:
+    assert row["self_pairs"] == "none"  # a grid that does not compare data
     return row["method"], row["mode"], row["apply_to"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from steering.experiments.results import COLUMNS, CellResult, MetricsWriter, read_metrics
+from steering.experiments.results import AXES, COLUMNS, CellResult, MetricsWriter, read_metrics
 from steering.experiments.schema import ConfigError
 from steering.experiments.select import choose
 from steering.experiments.summary import write_summary
@@ -95,7 +95,7 @@ def test_metrics_rows_are_on_disk_before_the_writer_closes(tmp_path: Path) -> No
     rows = read_metrics(path)
     assert rows[3]["coef"] is None and rows[3]["metric"] == "slope"
     assert rows[-1]["layer"] == "6" and rows[-1]["cell"] == 0
-    assert (rows[-1]["method"], rows[-1]["mode"], rows[-1]["apply_to"]) == ("", "add", "all")  # the row's axes
+    assert tuple(rows[-1][k] for k in AXES) == ("", "add", "all", "none")  # the row's axes
     assert rows[3]["mode"] == ""  # an aggregate without axes
 
 
