@@ -380,10 +380,12 @@ def check_choice(ctx: Context, vectors: Vectors, result: SweepResult, out_dir: P
     """Measure the ``choice`` metrics (e.g. ``capability``) where the choice needs them, appending to ``metrics.csv``.
 
     They are measured on the baseline, the prompting cells and the cell each
-    direction would choose on the grid's budget; a cell that breaks the
-    choice metrics' budget is set aside and the next best measured, for at
-    most `MAX_CHOICE_CHECKS` rounds. `summary.sweep_summary` then chooses
-    with the whole budget among the measured cells.
+    direction would choose on the grid's budget, over all cells and (when the
+    grid compares methods, data, modes or tokens) within each combination of
+    them, whose best cell ``by_axes`` reports; a cell that breaks the choice
+    metrics' budget is set aside and the next best measured, for at most
+    `MAX_CHOICE_CHECKS` rounds. `summary.sweep_summary` then chooses with the
+    whole budget among the measured cells.
     """
     cfg = ctx.cfg
     names = [n for n in cfg.metric.use if METRICS[n].kind == "choice"]
@@ -419,10 +421,21 @@ def check_choice(ctx: Context, vectors: Vectors, result: SweepResult, out_dir: P
             measure(res)
         by_index = {c.index: c for c in result.cells}
         set_aside: set[int] = set()
+        groups = list(dict.fromkeys(c.axes for c in result.cells))
+        pools = [result.cells] + ([[c for c in result.cells if c.axes == key] for key in groups] if len(groups) > 1 else [])
         for _ in range(MAX_CHOICE_CHECKS):
-            pool = [c for c in result.cells if c.index not in set_aside]
-            picks = choose(pool, result.baseline, str(cfg.metric.effect), grid_budget, float(cfg.select.min_delta))
-            todo = [by_index[p["cell"]] for p in picks.values() if p.get("cell") is not None]
+            picks = [
+                pick
+                for pool in pools
+                for pick in choose(
+                    [c for c in pool if c.index not in set_aside],
+                    result.baseline,
+                    str(cfg.metric.effect),
+                    grid_budget,
+                    float(cfg.select.min_delta),
+                ).values()
+            ]
+            todo = list({p["cell"]: by_index[p["cell"]] for p in picks if p.get("cell") is not None}.values())
             todo = [c for c in todo if not all(k in c.values for k in choice_values(cfg))]
             if not todo:
                 return

@@ -343,6 +343,28 @@ def test_capability_bound_sets_chosen_cells_aside(tiny_dir: Path, tmp_path: Path
     assert {0, 1, 2} <= measured and len(measured) == 3 + 4  # baseline, 2 prompting cells, then all 4 grid cells
 
 
+def test_each_compared_combination_gets_its_best_cell_checked(tiny_dir: Path, tmp_path: Path) -> None:
+    """by_axes gives each method's best cell within the whole budget: the choice check measures capability on each one's pick too."""
+    out = tmp_path / "groups"
+    overrides = [
+        *_tiny_sweep(tiny_dir, out),
+        "metric.use=[generation_score,neutral_ppl,kl,repetition,capability]",
+        f"eval.capability={shared_data('caa', 'test', 'mmlu', 'mmlu.json')}",
+        "eval.max_capability=8",
+        "budget.degenerate=1",
+        "+budget.capability_drop=1",  # every measured cell keeps it
+        "sweep.methods=[mean_diff,pca_diff]",
+        "sweep.layers=[1]",
+        "sweep.coefs=[-2,-1,1,2]",
+    ]
+    summary = run(compose_run(overrides))
+    groups = summary["by_axes"]
+    assert [g["method"] for g in groups] == ["mean_diff", "pca_diff"]
+    picks = {g[d]["cell"] for g in groups for d in ("positive", "negative")}  # every group has a pick per direction
+    measured = {r["cell"] for r in read_metrics(out / "metrics.csv") if r["metric"] == "capability"}
+    assert measured == {0, 1, 2} | picks and len(picks) == 4 < len(summary["grid"]["rows"]) * 4
+
+
 def test_grid_is_the_product_of_its_axes_and_the_choice_keeps_the_budget(tiny_dir: Path, tmp_path: Path) -> None:
     """method x mode x apply_to x window x coef: every cell measured and labelled; the choice is the best cell in budget over all of them."""
     out = tmp_path / "axes"
