@@ -266,7 +266,7 @@ def pareto(
         front = [by_index[i] for i in fronts.get(direction, []) if i in by_index]
         if front:
             ax.plot(
-                [excess(c, grid_budget) for c in front],
+                [min(excess(c, grid_budget), 5.0) for c in front],
                 [sign * (c.values[effect] - base) for c in front],
                 "-o",
                 color="firebrick",
