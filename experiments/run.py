@@ -218,8 +218,9 @@ def _sweep(
     result = run_sweep(ctx, vectors, rows, out_dir, runner)
     if not result.interrupted:
         check_choice(ctx, vectors, result, out_dir)
-    extracted = [p for pairs in data.values() for p in pairs]
-    summary = sweep_summary(cfg, result, time.perf_counter() - start, letter_counts(extracted), letter_counts(list(ctx.data.items)))
+    # Several data sets mean self-written pairs, which carry no answer letter.
+    letters = letter_counts(next(iter(data.values()))) if len(data) == 1 else None
+    summary = sweep_summary(cfg, result, time.perf_counter() - start, letters, letter_counts(list(ctx.data.items)))
     write_summary(out_dir / "summary.json", summary)
     _sweep_report(ctx, result, summary, out_dir, yaml)
     log.info("results in %s", out_dir)
