@@ -25,7 +25,7 @@ from typing import Any
 
 from steering.plots import new_figure, save_figure
 
-from .results import AXES, CellResult
+from .results import AXES, CellResult, axis_label
 
 
 def _chosen(choices: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, float], str]:
@@ -255,7 +255,7 @@ def pareto(
                     marker="osD^v<>ph*"[k % 10],
                     edgecolors="black",
                     linewidths=0.3,
-                    label=" ".join(f"self_pairs={key[i]}" if AXES[i] == "self_pairs" else key[i] for i in varying),
+                    label=" ".join(axis_label(AXES[i], key[i]) for i in varying),
                 )
         else:
             uses = [min(excess(c, grid_budget), 5.0) for c in side]

@@ -45,6 +45,11 @@ COLUMNS = ("cell", "layer", "layers", "coef", "layer_coef", "method", "mode", "a
 AXES = ("method", "mode", "apply_to", "self_pairs")  # a row's place on the grid besides its window
 
 
+def axis_label(name: str, value: str) -> str:
+    """How labels show a value of the grid axis ``name``: bare (``pca_diff``), the data as ``self_pairs=only``."""
+    return f"{name}={value}" if name == "self_pairs" else value
+
+
 @dataclass
 class CellResult:
     """The measured values of one cell, and where it sits on the grid's axes."""

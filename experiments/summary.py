@@ -37,7 +37,7 @@ from steering.compare import to_jsonable
 from steering.vectors import atomic_write
 
 from .metrics import choice_values
-from .results import AXES, CellResult
+from .results import AXES, CellResult, axis_label
 from .select import DIRECTIONS, choose, describe, excess, pareto_front
 from .sweep import SweepResult, as_list, grid_axes, vector_keys
 
@@ -60,7 +60,7 @@ def vector_file(keys: list[tuple[str, str]], key: tuple[str, str]) -> str:
 
 def vector_name(keys: list[tuple[str, str]], key: tuple[str, str]) -> str:
     """How the summary's ``vectors`` names the vector of ``key``: its method, then ``self_pairs=<value>`` when the data varies."""
-    return key[0] if len({k[1] for k in keys}) == 1 else f"{key[0]} self_pairs={key[1]}"
+    return key[0] if len({k[1] for k in keys}) == 1 else f"{key[0]} {axis_label('self_pairs', key[1])}"
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:

@@ -54,7 +54,7 @@ from steering.hooks import num_layers, resolve_layers
 from .metrics import METRICS, Cell, Context, choice_values
 from .metrics import text as text_metrics
 from .metrics.base import row_label
-from .results import CellResult, GenerationsWriter, MetricsWriter
+from .results import CellResult, GenerationsWriter, MetricsWriter, axis_label
 from .schema import ConfigError, self_pairs_axis
 from .select import choose
 
@@ -145,7 +145,7 @@ def plan_rows(cfg: DictConfig, windows: list[tuple[int, ...]]) -> list[Row]:
     rows: list[Row] = []
     for values in itertools.product(*axes.values()):
         at = dict(zip(axes, values, strict=True))
-        tag = " ".join(f"self_pairs={v}" if name == "self_pairs" else v for name, v in at.items() if name in varying)
+        tag = " ".join(axis_label(name, v) for name, v in at.items() if name in varying)
         rows.extend(Row(window, at["method"], at["mode"], at["apply_to"], tag, at["self_pairs"]) for window in windows)
     return rows
 
