@@ -59,7 +59,7 @@ from .schema import ConfigError, self_pairs_axis
 from .select import choose
 
 # Rounds of the choice check: each measures the choice metrics on at most one
-# cell per direction; a cell that breaks their budget is set aside and the
+# cell per direction and grid-axes combination; a cell that breaks their budget is set aside and the
 # next best picked. Past this many rounds the rest stay unmeasured (and so
 # out of budget), which bounds the cost of a vector that breaks them everywhere.
 MAX_CHOICE_CHECKS = 6
@@ -421,19 +421,15 @@ def check_choice(ctx: Context, vectors: Vectors, result: SweepResult, out_dir: P
             measure(res)
         by_index = {c.index: c for c in result.cells}
         set_aside: set[int] = set()
-        groups = list(dict.fromkeys(c.axes for c in result.cells))
-        pools = [result.cells] + ([[c for c in result.cells if c.axes == key] for key in groups] if len(groups) > 1 else [])
+        # The overall pick per direction is the best of the combinations' picks, so picking
+        # within each combination (method, mode, apply_to, self_pairs) covers both.
+        groups = [[c for c in result.cells if c.axes == key] for key in dict.fromkeys(c.axes for c in result.cells)]
+        effect, min_delta = str(cfg.metric.effect), float(cfg.select.min_delta)
         for _ in range(MAX_CHOICE_CHECKS):
             picks = [
                 pick
-                for pool in pools
-                for pick in choose(
-                    [c for c in pool if c.index not in set_aside],
-                    result.baseline,
-                    str(cfg.metric.effect),
-                    grid_budget,
-                    float(cfg.select.min_delta),
-                ).values()
+                for group in groups
+                for pick in choose([c for c in group if c.index not in set_aside], result.baseline, effect, grid_budget, min_delta).values()
             ]
             todo = list({p["cell"]: by_index[p["cell"]] for p in picks if p.get("cell") is not None}.values())
             todo = [c for c in todo if not all(k in c.values for k in choice_values(cfg))]
