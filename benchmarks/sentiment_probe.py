@@ -20,7 +20,9 @@ data: ``bundled`` (100 bundled sentiment pairs, as ``steering run`` uses), ``bun
 ``bundledcut`` (the same pairs cut after their first sentiment word), ``posneutral`` /
 ``neutralneg`` (one pole against the same sentences with neutral words),
 ``repe`` (RepE happiness vs sadness scenarios), ``bundled+repe``, ``repeng`` (repeng's
-persona recipe: "Act as if you're extremely happy/sad." + a short opening); method:
+persona recipe: "Act as if you're extremely happy/sad." + a short opening), ``objects``
+(``data/sentiment_object_pairs.jsonl``: templated pairs about objects and places, written by
+``object_pairs.py``), ``bundled+objects`` (the two alternating); method:
 any in ``steering.METHODS`` (``bipo`` is trained at the candidate's layers only). The
 strongest strength inside the budget is taken per sign (the ladder stops at the first
 strength over it). Results of 2026-12-01: ``benchmarks/results/sentiment-2026-12-01/``.
@@ -91,6 +93,10 @@ def pairs_for(data: str, tok: Any) -> list[Any]:
         return cut
     if data == "bundled+repe":
         return pairs_for("bundled200", tok) + pairs_for("repe", tok)
+    if data == "objects":  # templated pairs about objects and places (object_pairs.py)
+        return st.load_pairs(ROOT / "benchmarks/data/sentiment_object_pairs.jsonl")
+    if data == "bundled+objects":  # alternating, as `steering run` reads a mixed file
+        return [p for two in zip(pairs_for("bundled", tok), pairs_for("objects", tok)) for p in two]
     raise SystemExit(f"unknown data {data!r}")
 
 
